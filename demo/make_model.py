@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Write the built-in demo model: a tiny linear classifier a server can load.
+
+Weights are raw float32 (little endian) with a JSON config, like a real
+model directory, plus a larger random shard so the demo crosses many
+encryption segments.
+"""
+
+import json
+import os
+import random
+import struct
+import sys
+
+out = sys.argv[1]
+os.makedirs(os.path.join(out, "variables"), exist_ok=True)
+rng = random.Random(1234)
+n_in, n_out = 4, 3
+weights = [rng.uniform(-1, 1) for _ in range(n_in * n_out)]
+with open(os.path.join(out, "variables", "weights.f32"), "wb") as f:
+    f.write(struct.pack(f"<{len(weights)}f", *weights))
+with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump({"name": "iris-linear", "inputs": n_in, "outputs": n_out,
+               "labels": ["setosa", "versicolor", "virginica"]}, f)
+with open(os.path.join(out, "variables", "shard-00001.bin"), "wb") as f:
+    f.write(rng.randbytes(int(os.environ.get("DEMO_SHARD_BYTES", 8 * 2**20))))
+os.makedirs(os.path.join(out, "assets.extra"), exist_ok=True)  # an empty directory, as SavedModels have

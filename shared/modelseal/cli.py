@@ -1,0 +1,261 @@
+"""The `modelseal` command line: flags (each also from MODELSEAL_<FLAG>), and the
+one place where errors become exit codes, log lines and the termination message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any, Callable
+
+from . import __version__, stages
+from .errors import UsageError, classify
+from .log import Log, write_termination
+from .uri import Options
+
+
+def _env_name(dest: str) -> str:
+    return "MODELSEAL_" + dest.upper()
+
+
+def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
+    """Add a flag whose default comes from its environment variable, for pod specs."""
+    dest = kw.get("dest") or next((n for n in names if n.startswith("--")), names[0]).lstrip("-").replace("-", "_")
+    env = _env_name(dest)
+    value = os.environ.get(env)
+    kw["help"] = f"{kw.get('help', '')} [${env}]".strip()
+    if kw.get("action") == "store_true":
+        kw["default"] = value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+    elif value is not None:
+        kw["default"] = value
+        if names[0].startswith("-"):
+            kw["required"] = False
+        else:
+            kw["nargs"] = "?"
+    p.add_argument(*names, **kw)
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def size(text: str) -> int:
+    """Byte counts like 512M or 64GiB."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 64G)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection (also as URI query parameters)")
+    _flag(g, "--timeout", type=float, default=30.0, help="seconds for each network call")
+    _flag(g, "--ca", help="CA bundle for TLS")
+    _flag(g, "--cert", help="client certificate (PEM)")
+    _flag(g, "--cert-key", help="client certificate key (PEM), when separate")
+    _flag(g, "--token-file", help="bearer token file (HTTPS, Vault)")
+    _flag(g, "--endpoint-url", help="S3/KMS-compatible endpoint")
+    _flag(g, "--allow-http", action="store_true", help="allow plain http:// (warned)")
+    _flag(g, "--retries", type=int, default=6, help="attempts on transient errors")
+    _flag(g, "--concurrency", type=int, default=8, help="parallel ranged reads")
+    _flag(g, "--cdh-url", default="http://127.0.0.1:8006", help="Confidential Data Hub for kbs:///")
+    _flag(g, "--role", help="Vault Kubernetes-auth role")
+
+
+def _options(a: argparse.Namespace) -> Options:
+    return Options(
+        timeout=float(a.timeout), ca=a.ca, cert=a.cert, cert_key=a.cert_key, token_file=a.token_file,
+        endpoint_url=a.endpoint_url, allow_http=a.allow_http, retries=int(a.retries),
+        concurrency=int(a.concurrency), cdh_url=a.cdh_url, role=a.role,
+    )
+
+
+def _keys(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--key", help="key file (32 raw bytes; a Tink keyset or raw key with --format tink; "
+                            "a passphrase file with --format openpgp)")
+    _flag(p, "--key-uri", help="key URI: file://, env:, https://, aws-kms://, secretsmanager://, vault://, "
+                               "vault-transit://, kbs:///")
+
+
+def _keyspec(a: argparse.Namespace) -> stages.KeySpec:
+    return stages.KeySpec(key_file=a.key, key_uri=a.key_uri)
+
+
+def _format(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--format", choices=stages.FORMATS, default="seal", help="input format")
+    _flag(p, "--associated-data", default="", help="associated data for --format tink (text)")
+    _flag(p, "--associated-data-hex", default="", help="associated data for --format tink (hex)")
+    _flag(p, "--tink-template", default="AES256_GCM_HKDF_1MB", help="parameters for a raw Tink key")
+
+
+def _aad(a: argparse.Namespace) -> bytes:
+    if a.associated_data and a.associated_data_hex:
+        raise UsageError("give --associated-data or --associated-data-hex, not both")
+    try:
+        return bytes.fromhex(a.associated_data_hex) if a.associated_data_hex else a.associated_data.encode()
+    except ValueError:
+        raise UsageError("--associated-data-hex is not valid hex") from None
+
+
+def _limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("unpack limits (counted on the stream)")
+    _flag(g, "--max-bytes", type=size, help="total bytes extracted")
+    _flag(g, "--max-files", type=int, help="number of entries")
+    _flag(g, "--max-file-size", type=size, help="bytes in one file")
+    _flag(g, "--max-ratio", type=float, help="decompressed / compressed bytes")
+    _flag(g, "--allow-symlinks", action="store_true", help="extract symlinks that stay inside the target")
+
+
+def _limits_of(a: argparse.Namespace):
+    from .unpack import Limits
+
+    given = {k: getattr(a, k) for k in ("max_bytes", "max_files", "max_file_size", "max_ratio")}
+    return Limits(**{k: (size(v) if k in ("max_bytes", "max_file_size") and isinstance(v, str)
+                         else type(getattr(Limits(), k))(v)) for k, v in given.items() if v is not None})
+
+
+def _allow_disk(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--allow-disk", action="store_true", help="allow plaintext on a non-memory filesystem (logged)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelseal", description="Deliver encrypted models into pods; "
+                                     "plaintext only ever on tmpfs.")
+    parser.add_argument("--version", action="version", version=f"modelseal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("keygen", _keygen, "write a new random 32-byte data key (mode 0400)")
+    _flag(p, "-o", "--output", required=True, help="key file to create")
+
+    p = command("seal", _seal, "tar (optionally compress) and encrypt a model into one .seal")
+    _flag(p, "src", metavar="SRC", help="model directory or file; - for stdin")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, or s3://bucket/key")
+    _keys(p)
+    _flag(p, "--name", help="model name recorded in the header (default: SRC's name)")
+    _flag(p, "--model-version", default="", help="model version recorded in the header")
+    _flag(p, "--compress", choices=("none", "gzip", "zstd"), default="none", help="compression inside the seal")
+    _connection(p)
+
+    p = command("inspect", _inspect, "print a .seal header as JSON (no key needed)")
+    _flag(p, "file", metavar="FILE", help=".seal file, or - for stdin")
+
+    p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
+    _flag(p, "--key-uri", required=True, help="key URI")
+    _flag(p, "-o", "--output", required=True, help="key file to write")
+    _flag(p, "--wrapped-from", help="local .seal whose header carries the wrapped key")
+    _flag(p, "--source", help="model source whose header carries the wrapped key (a ranged read)")
+    _allow_disk(p)
+    _connection(p)
+
+    p = command("fetch-model", _fetch_model, "download the ciphertext (may be on disk)")
+    _flag(p, "--source", required=True, help="s3://, https://, file:// or -")
+    _flag(p, "-o", "--output", required=True, help="file to write")
+    _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
+    _connection(p)
+
+    p = command("decrypt", _decrypt, "decrypt onto tmpfs; the output appears only once fully verified")
+    _flag(p, "--in", dest="input", required=True, help="ciphertext file or -")
+    _flag(p, "-o", "--output", required=True, help="plaintext file (on tmpfs) or -")
+    _keys(p)
+    _format(p)
+    _allow_disk(p)
+    _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
+    _flag(p, "--delete-input", action="store_true", help="delete the ciphertext after success")
+    _connection(p)
+
+    p = command("unpack", _unpack, "safely extract a tar or zip into a new directory on tmpfs")
+    _flag(p, "--in", dest="input", required=True, help="archive file or -")
+    _flag(p, "-o", "--output", required=True, help="directory to create")
+    _limits(p)
+    _allow_disk(p)
+    _flag(p, "--delete-input", action="store_true", help="delete the archive after success")
+
+    p = command("run", _run, "fetch, decrypt and unpack in one streaming pass")
+    _flag(p, "--source", required=True, help="s3://, https://, file:// or -")
+    _flag(p, "-o", "--output", required=True, help="directory to create (on tmpfs)")
+    _keys(p)
+    _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
+    _format(p)
+    _limits(p)
+    _allow_disk(p)
+    _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
+    _connection(p)
+    return parser
+
+
+def _require(a: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if not getattr(a, name, None):
+            raise UsageError(f"missing {name.upper()} (argument or ${_env_name(name)})")
+
+
+def _keygen(a: argparse.Namespace, log: Log) -> dict:
+    return stages.keygen(a.output, log)
+
+
+def _seal(a: argparse.Namespace, log: Log) -> dict:
+    _require(a, "src")
+    return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
+                       version=a.model_version, compress=a.compress)
+
+
+def _inspect(a: argparse.Namespace, log: Log) -> dict:
+    _require(a, "file")
+    info = stages.inspect(a.file)
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return {"name": info.get("name")}
+
+
+def _fetch_key(a: argparse.Namespace, log: Log) -> dict:
+    return stages.fetch_key(a.key_uri, a.output, _options(a), log, allow_disk=a.allow_disk,
+                            wrapped_from=a.wrapped_from, source=a.source)
+
+
+def _fetch_model(a: argparse.Namespace, log: Log) -> dict:
+    return stages.fetch_model(a.source, a.output, _options(a), log, sha256=a.sha256)
+
+
+def _decrypt(a: argparse.Namespace, log: Log) -> dict:
+    return stages.decrypt(a.input, a.output, _keyspec(a), _options(a), log, fmt=a.format,
+                          allow_disk=a.allow_disk, delete_key=a.delete_key, delete_input=a.delete_input,
+                          associated_data=_aad(a), tink_template=a.tink_template)
+
+
+def _unpack(a: argparse.Namespace, log: Log) -> dict:
+    return stages.unpack(a.input, a.output, log, allow_disk=a.allow_disk, delete_input=a.delete_input,
+                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a))
+
+
+def _run(a: argparse.Namespace, log: Log) -> dict:
+    return stages.run(a.source, a.output, _keyspec(a), _options(a), log, fmt=a.format, sha256=a.sha256,
+                      allow_disk=a.allow_disk, allow_symlinks=a.allow_symlinks, limits=_limits_of(a),
+                      delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors exit 2 here
+    log = Log(args.command)
+    try:
+        summary = args.func(args, log) or {}
+    except (Exception, KeyboardInterrupt) as exc:
+        err = classify(exc)
+        log.error("failed", category=err.category, exit_code=err.exit_code, error=str(err))
+        write_termination({"stage": args.command, "status": "error", "exit_code": err.exit_code,
+                           "category": err.category, "error": str(err)})
+        return err.exit_code
+    seconds = round(log.elapsed(), 3)
+    log.info("done", seconds=seconds)
+    write_termination({"stage": args.command, "status": "ok", "seconds": seconds,
+                       **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

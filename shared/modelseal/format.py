@@ -1,0 +1,185 @@
+"""The `.seal` file format, version 1 (docs/FORMAT.md).
+
+    magic "MSEAL\\x01" || uint32_be(hlen) || header (hlen bytes of JSON) || payload
+
+The payload is a Tink AES256_GCM_HKDF_1MB stream whose associated data is the
+whole prefix before it, so any change to the header fails on segment 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Callable
+
+from .errors import IntegrityError, UsageError
+from .streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, _read_full
+
+MAGIC = b"MSEAL"
+VERSION = 1
+MAX_HEADER = 65536
+ALG = "AES256_GCM_HKDF_1MB"
+DATA_KEY_SIZE = 32
+COMPRESSIONS = ("none", "gzip", "zstd", "xz", "bzip2")
+
+
+def key_id(data_key: bytes) -> str:
+    """A short public identifier of a data key, so a wrong key is named as such.
+
+    Safe to publish because data keys are 256 random bits, never passphrases.
+    """
+    return hashlib.sha256(b"modelseal key id v1\x00" + data_key).hexdigest()[:16]
+
+
+@dataclass
+class WrappedKey:
+    """The data key encrypted by a key-encryption key (envelope encryption)."""
+
+    provider: str
+    key_id: str
+    ciphertext: bytes
+    context: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "key_id": self.key_id,
+            "ciphertext": base64.b64encode(self.ciphertext).decode(),
+            "context": dict(self.context),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "WrappedKey":
+        try:
+            return cls(
+                provider=str(obj["provider"]),
+                key_id=str(obj["key_id"]),
+                ciphertext=base64.b64decode(obj["ciphertext"], validate=True),
+                context={str(k): str(v) for k, v in (obj.get("context") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise IntegrityError(f"bad header: malformed wrapped_key ({type(exc).__name__})") from None
+
+
+@dataclass
+class Header:
+    key_id: str
+    compression: str = "none"
+    content_type: str = "tar"
+    name: str = ""
+    version: str = ""
+    created: str = ""
+    wrapped_key: WrappedKey | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept as read
+
+    def __post_init__(self) -> None:
+        if not self.created:
+            self.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = dict(self.extra)
+        obj.update(
+            {
+                "v": VERSION,
+                "alg": ALG,
+                "segment_size": AES256_GCM_HKDF_1MB.segment_size,
+                "key_id": self.key_id,
+                "wrapped_key": self.wrapped_key.to_json() if self.wrapped_key else None,
+                "content": {"type": self.content_type, "compression": self.compression},
+                "name": self.name,
+                "version": self.version,
+                "created": self.created,
+            }
+        )
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Header":
+        if not isinstance(obj, dict):
+            raise IntegrityError("bad header: not a JSON object")
+        if obj.get("v") != VERSION:
+            raise IntegrityError(f"bad header: unsupported header version {obj.get('v')!r}")
+        if obj.get("alg") != ALG or obj.get("segment_size") != AES256_GCM_HKDF_1MB.segment_size:
+            raise IntegrityError(f"bad header: unsupported algorithm {obj.get('alg')!r}")
+        content = obj.get("content") or {}
+        if not isinstance(content, dict) or content.get("compression", "none") not in COMPRESSIONS:
+            raise IntegrityError("bad header: unsupported content compression")
+        known = {"v", "alg", "segment_size", "key_id", "wrapped_key", "content", "name", "version", "created"}
+        wrapped = obj.get("wrapped_key")
+        return cls(
+            key_id=str(obj.get("key_id", "")),
+            compression=content.get("compression", "none"),
+            content_type=str(content.get("type", "tar")),
+            name=str(obj.get("name", "")),
+            version=str(obj.get("version", "")),
+            created=str(obj.get("created", "")),
+            wrapped_key=WrappedKey.from_json(wrapped) if wrapped is not None else None,
+            extra={k: v for k, v in obj.items() if k not in known},
+        )
+
+
+def encode_prefix(header: Header) -> bytes:
+    body = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode()
+    if len(body) > MAX_HEADER:
+        raise UsageError(f"header is {len(body)} bytes, over the {MAX_HEADER}-byte limit")
+    return MAGIC + bytes([VERSION]) + struct.pack(">I", len(body)) + body
+
+
+def read_prefix(src: BinaryIO) -> tuple[Header, bytes]:
+    """Read and parse magic, length and header; return the header and the raw prefix."""
+    fixed = bytearray(len(MAGIC) + 1 + 4)
+    n = _read_full(src, memoryview(fixed))
+    if n == 0:
+        raise IntegrityError("empty input: not a .seal file")
+    if n < len(MAGIC) or fixed[: len(MAGIC)] != MAGIC:
+        raise IntegrityError("not a .seal file: bad magic")
+    if n < len(MAGIC) + 1:
+        raise IntegrityError("truncated: input ends inside the magic")
+    if fixed[len(MAGIC)] != VERSION:
+        raise IntegrityError(f"unsupported .seal format version {fixed[len(MAGIC)]}")
+    if n < len(fixed):
+        raise IntegrityError("truncated: input ends inside the header length")
+    (hlen,) = struct.unpack(">I", fixed[-4:])
+    if hlen > MAX_HEADER:
+        raise IntegrityError(f"bad header: length {hlen} is over the {MAX_HEADER}-byte limit")
+    body = bytearray(hlen)
+    if _read_full(src, memoryview(body)) < hlen:
+        raise IntegrityError("truncated: input ends inside the header")
+    try:
+        obj = json.loads(bytes(body).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise IntegrityError("bad header: not valid UTF-8 JSON") from None
+    return Header.from_json(obj), bytes(fixed) + bytes(body)
+
+
+def open_sealed(src: BinaryIO, key_for: Callable[[Header], bytes]) -> tuple[Header, DecryptingReader]:
+    """Parse the prefix, ask `key_for` for the data key, return a plaintext reader.
+
+    `key_for` sees the header first so envelope keys can be unwrapped from it.
+    """
+    header, prefix = read_prefix(src)
+    data_key = key_for(header)
+    check_data_key(data_key)
+    if header.key_id and header.key_id != key_id(data_key):
+        raise IntegrityError(
+            f"wrong key (or tampered header): the file was sealed with key id {header.key_id}, the key given has id {key_id(data_key)}"
+        )
+    return header, DecryptingReader(src, data_key, prefix, AES256_GCM_HKDF_1MB)
+
+
+def seal_writer(out: BinaryIO, header: Header, data_key: bytes) -> EncryptingWriter:
+    """Write the prefix to `out`; return the writer for the plaintext."""
+    check_data_key(data_key)
+    header.key_id = key_id(data_key)
+    prefix = encode_prefix(header)
+    out.write(prefix)
+    return EncryptingWriter(out, data_key, prefix, AES256_GCM_HKDF_1MB)
+
+
+def check_data_key(data_key: bytes) -> None:
+    if len(data_key) != DATA_KEY_SIZE:
+        raise UsageError(f"data key must be {DATA_KEY_SIZE} bytes, got {len(data_key)}")

@@ -1,0 +1,93 @@
+"""Key sources: where the 32-byte data key comes from, selected by URI scheme.
+
+A backend is one module in this package that defines `SCHEMES` and a
+`KeySource` subclass named `Backend`. It either fetches secret material
+(`file:`, `env:`, `https:`, `vault:`, ...) or unwraps the `wrapped_key` of a
+`.seal` header (`aws-kms:`, `vault-transit:`), and may wrap fresh data keys
+for `seal` (envelope encryption).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sys
+from typing import ClassVar
+
+from ..errors import IntegrityError, UsageError
+from ..format import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI, Options, discover
+
+
+class KeySource:
+    SCHEMES: ClassVar[tuple[str, ...]] = ()
+    #: True when the key is obtained by unwrapping the header's wrapped_key.
+    unwraps: ClassVar[bool] = False
+
+    def __init__(self, uri: URI, options: Options) -> None:
+        self.uri = uri
+        self.options = options.with_query(uri.query)
+
+    def material(self, wrapped: WrappedKey | None) -> bytes:
+        """The secret as the service stores it (before `field=` and `encoding=`)."""
+        raise NotImplementedError
+
+    def wrap(self, data_key: bytes) -> WrappedKey:
+        """Envelope-encrypt a fresh data key (only for sources that unwrap)."""
+        raise UsageError(f"{self.uri.scheme}: keys cannot be wrapped by this key source")
+
+    def data_key(self, wrapped: WrappedKey | None = None) -> bytes:
+        if self.unwraps and wrapped is None:
+            raise UsageError(
+                f"{self.uri.scheme}: this key source unwraps the wrapped_key of a .seal header, "
+                "but no header was given (use --wrapped-from or a model source)"
+            )
+        raw = self.material(wrapped)
+        if not self.unwraps:
+            raw = decode(raw, self.options.extra.get("field"), self.options.extra.get("encoding", "auto"))
+        if len(raw) != DATA_KEY_SIZE:
+            raise IntegrityError(f"key from {self.uri.redacted()} is {len(raw)} bytes, expected {DATA_KEY_SIZE}")
+        return raw
+
+
+def decode(raw: bytes, field: str | None, encoding: str) -> bytes:
+    """Apply `field=` (a JSON member) and `encoding=` (raw, base64, hex or auto)."""
+    if field:
+        try:
+            obj = json.loads(raw)
+            for part in field.split("."):
+                obj = obj[part]
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise IntegrityError(f"key material has no JSON field {field!r}") from None
+        if not isinstance(obj, str):
+            raise IntegrityError(f"JSON field {field!r} of the key material is not a string")
+        raw = obj.encode()
+    if encoding == "raw":
+        return raw
+    text = raw.strip()
+    if encoding == "auto":
+        if len(raw) == DATA_KEY_SIZE:
+            return raw
+        encoding = "hex" if len(text) == 2 * DATA_KEY_SIZE else "base64"
+    try:
+        if encoding == "hex":
+            return binascii.unhexlify(text)
+        if encoding == "base64":
+            return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise IntegrityError(f"key material is not valid {encoding}") from None
+    raise UsageError(f"unknown key encoding {encoding!r} (raw, base64, hex)")
+
+
+def backends() -> dict:
+    return discover(sys.modules[__name__])
+
+
+def open_key(uri: str, options: Options | None = None) -> KeySource:
+    parsed = URI.parse(uri)
+    module = backends().get(parsed.scheme)
+    if module is None:
+        known = ", ".join(sorted(backends()))
+        raise UsageError(f"unknown key URI scheme {parsed.scheme!r} (known: {known})")
+    return module.Backend(parsed, options or Options())

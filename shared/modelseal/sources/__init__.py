@@ -1,0 +1,50 @@
+"""Model sources: where the ciphertext comes from, selected by URI scheme.
+
+A backend is one module in this package that defines `SCHEMES` and a
+`Source` subclass named `Backend`. `open()` returns one readable stream of
+the whole object; retries, resume from the last good byte and parallel
+ranged reads all live behind it, so `fetch-model` and `run` consume the same
+stream.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import BinaryIO, ClassVar
+
+from ..errors import UsageError
+from ..uri import URI, Options, discover
+
+
+class Source:
+    SCHEMES: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, uri: URI, options: Options) -> None:
+        self.uri = uri
+        self.options = options.with_query(uri.query)
+
+    @property
+    def size(self) -> int | None:
+        """The object's length when known up front (for progress and ETA)."""
+        return None
+
+    def open(self) -> BinaryIO:
+        raise NotImplementedError
+
+    def read_prefix(self, n: int) -> bytes:
+        """The first n bytes (a `.seal` header for envelope keys); backends may range-read."""
+        with self.open() as stream:
+            return stream.read(n)
+
+
+def backends() -> dict:
+    return discover(sys.modules[__name__])
+
+
+def open_source(uri: str, options: Options | None = None) -> Source:
+    parsed = URI.parse(uri)
+    module = backends().get(parsed.scheme)
+    if module is None:
+        known = ", ".join(sorted(backends()))
+        raise UsageError(f"unknown source URI scheme {parsed.scheme!r} (known: {known})")
+    return module.Backend(parsed, options or Options())

@@ -1,0 +1,294 @@
+"""Tink's AES-GCM-HKDF streaming AEAD, byte for byte.
+
+Written here rather than taken from tink-py because tink-py's streaming
+decrypt goes through Python file adapters with copies at every step and does
+not let us keep the buffers we need for constant memory; the format itself is
+small and fully specified (docs/FORMAT.md), and the tests check it against
+Tink's published vectors and against tink-py as an oracle.
+
+Ciphertext = header || segment_0 || ... || segment_n, where
+  header    = header_size (1 byte) || salt (key_size bytes) || nonce prefix (7 bytes)
+  key       = HKDF(hash, ikm, salt, info=associated data, length=key_size)
+  segment_i = AES-GCM(key, nonce_prefix || uint32_be(i) || last, plaintext_i), no AAD
+Segment 0 is shorter by the header; only the final segment has last = 1, so
+truncation, reordering and appended segments all fail authentication.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import IntegrityError, UsageError
+
+TAG_SIZE = 16
+NONCE_PREFIX_SIZE = 7
+MAX_SEGMENTS = 2**32
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "SHA1": hashes.SHA1,
+    "SHA224": hashes.SHA224,
+    "SHA256": hashes.SHA256,
+    "SHA384": hashes.SHA384,
+    "SHA512": hashes.SHA512,
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Streaming parameters; `.seal` always uses AES256_GCM_HKDF_1MB."""
+
+    key_size: int = 32  # derived AES key size, and the salt size
+    hkdf_hash: str = "SHA256"
+    segment_size: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.key_size not in (16, 32):
+            raise UsageError(f"unsupported derived key size {self.key_size}")
+        if self.hkdf_hash not in _HASHES:
+            raise UsageError(f"unsupported HKDF hash {self.hkdf_hash}")
+        if self.segment_size <= self.header_size + TAG_SIZE or self.segment_size > 1 << 30:
+            raise UsageError(f"unsupported segment size {self.segment_size}")
+
+    @property
+    def header_size(self) -> int:
+        return 1 + self.key_size + NONCE_PREFIX_SIZE
+
+    @property
+    def first_plaintext_size(self) -> int:
+        return self.segment_size - self.header_size - TAG_SIZE
+
+    @property
+    def plaintext_size(self) -> int:
+        return self.segment_size - TAG_SIZE
+
+    def ciphertext_size(self, plaintext_size: int) -> int:
+        """Exact ciphertext length for a plaintext length (as Tink writes it)."""
+        rest = max(0, plaintext_size - self.first_plaintext_size)
+        extra_segments = -(-rest // self.plaintext_size)
+        return self.header_size + plaintext_size + TAG_SIZE * (1 + extra_segments)
+
+
+AES256_GCM_HKDF_1MB = Params()
+
+
+def _segment_key(ikm: bytes, salt: bytes, aad: bytes, params: Params) -> AESGCM:
+    hkdf = HKDF(algorithm=_HASHES[params.hkdf_hash](), length=params.key_size, salt=salt, info=aad)
+    return AESGCM(hkdf.derive(ikm))
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + struct.pack(">IB", index, 1 if last else 0)
+
+
+def _read_full(src: BinaryIO, buf: memoryview) -> int:
+    """Fill buf from src, short only at EOF."""
+    got = 0
+    size = len(buf)
+    while got < size:
+        n = src.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+class EncryptingWriter(io.RawIOBase):
+    """A writable stream that encrypts into `out` segment by segment.
+
+    Holds one plaintext and one ciphertext segment, reused for every segment.
+    A full buffer is only sealed when more data arrives, so the final segment
+    may be full-size, exactly as Tink's encrypter does.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        ikm: bytes,
+        associated_data: bytes,
+        params: Params = AES256_GCM_HKDF_1MB,
+        *,
+        salt: bytes | None = None,
+        nonce_prefix: bytes | None = None,
+    ) -> None:
+        super().__init__()
+        self._out = out
+        self._params = params
+        salt = os.urandom(params.key_size) if salt is None else salt
+        self._prefix = os.urandom(NONCE_PREFIX_SIZE) if nonce_prefix is None else nonce_prefix
+        if len(salt) != params.key_size or len(self._prefix) != NONCE_PREFIX_SIZE:
+            raise UsageError("bad salt or nonce prefix size")
+        self._aead = _segment_key(ikm, salt, associated_data, params)
+        self._pt = bytearray(params.plaintext_size)
+        self._ct = bytearray(params.segment_size)
+        self._fill = 0
+        self._cap = params.first_plaintext_size
+        self._index = 0
+        self.plaintext_bytes = 0
+        self.ciphertext_bytes = 0
+        self._emit(bytes([params.header_size]) + salt + self._prefix)
+
+    def writable(self) -> bool:
+        return True
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+        self.ciphertext_bytes += len(data)
+
+    def _seal_segment(self, last: bool) -> None:
+        if self._index >= MAX_SEGMENTS:
+            raise UsageError("plaintext too large for the streaming format")
+        n = self._fill
+        ct = memoryview(self._ct)[: n + TAG_SIZE]
+        self._aead.encrypt_into(_nonce(self._prefix, self._index, last), memoryview(self._pt)[:n], None, ct)
+        self._emit(ct)
+        self._index += 1
+        self._fill = 0
+        self._cap = self._params.plaintext_size
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a closed EncryptingWriter")
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            if self._fill == self._cap:
+                self._seal_segment(last=False)
+            take = min(self._cap - self._fill, len(view))
+            self._pt[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+        self.plaintext_bytes += total
+        return total
+
+    def close(self) -> None:
+        """Seal the final segment. Does not close `out`."""
+        if not self.closed:
+            self._seal_segment(last=True)
+            self._pt[:] = bytes(len(self._pt))
+        super().close()
+
+
+class DecryptingReader(io.RawIOBase):
+    """A readable stream of verified plaintext from a Tink ciphertext stream.
+
+    Reads one segment ahead so the final segment (the one followed by EOF) can
+    be checked with its last flag; no byte of a segment is released before its
+    tag verifies. `segments()` yields the plaintext of each segment in turn
+    (a view valid until the next one) for consumers that write it straight out.
+    """
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        ikm: bytes,
+        associated_data: bytes,
+        params: Params = AES256_GCM_HKDF_1MB,
+    ) -> None:
+        super().__init__()
+        self._src = src
+        self._params = params
+        self._ikm = ikm
+        self._aad = associated_data
+        self._iter: Iterator[memoryview] | None = None
+        self._pending = memoryview(b"")
+        self.plaintext_bytes = 0
+        self.segments_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _header(self) -> tuple[AESGCM, bytes]:
+        p = self._params
+        head = bytearray(p.header_size)
+        n = _read_full(self._src, memoryview(head))
+        if n == 0:
+            raise IntegrityError("empty input: no streaming ciphertext header")
+        if head[0] != p.header_size:
+            raise IntegrityError(f"bad streaming header: header length byte {head[0]}, expected {p.header_size}")
+        if n < p.header_size:
+            raise IntegrityError("truncated: input ends inside the streaming header")
+        salt = bytes(head[1 : 1 + p.key_size])
+        prefix = bytes(head[1 + p.key_size :])
+        return _segment_key(self._ikm, salt, self._aad, p), prefix
+
+    def segments(self, ring: int = 1) -> Iterator[memoryview]:
+        """Yield each segment's verified plaintext.
+
+        A view stays valid until `ring` more segments have been yielded, so a
+        consumer may hand `ring - 1` of them to a background writer.
+        """
+        p = self._params
+        aead, prefix = self._header()
+        cur = bytearray(p.segment_size)
+        nxt = bytearray(p.segment_size)
+        outs = [bytearray(p.plaintext_size) for _ in range(max(1, ring))]
+        cap = p.segment_size - p.header_size
+        n = _read_full(self._src, memoryview(cur)[:cap])
+        index = 0
+        try:
+            while True:
+                if n < TAG_SIZE:
+                    raise IntegrityError(f"truncated: segment {index} is {n} bytes, shorter than a tag")
+                if n == cap:
+                    m = _read_full(self._src, memoryview(nxt))
+                    last = m == 0
+                else:
+                    m, last = 0, True
+                plain = memoryview(outs[index % len(outs)])[: n - TAG_SIZE]
+                ct = memoryview(cur)[:n]
+                try:
+                    aead.decrypt_into(_nonce(prefix, index, last), ct, None, plain)
+                except InvalidTag:
+                    plain[:] = bytes(len(plain))  # never keep unverified plaintext around
+                    raise IntegrityError(self._explain(aead, prefix, index, last, ct)) from None
+                self.segments_read += 1
+                self.plaintext_bytes += len(plain)
+                yield plain
+                if last:
+                    return
+                cur, nxt = nxt, cur
+                n, cap = m, p.segment_size
+                index += 1
+                if index >= MAX_SEGMENTS:
+                    raise IntegrityError("too many segments")
+        except BaseException:
+            # On failure (or an abandoned read) scrub what we hold; on success the
+            # views may still be queued for writing, so they are left alone.
+            for out in outs:
+                out[:] = bytes(len(out))
+            raise
+
+    @staticmethod
+    def _explain(aead: AESGCM, prefix: bytes, index: int, last: bool, ct: memoryview) -> str:
+        """Name the failure: only on the error path do we try the other last flag."""
+        try:
+            aead.decrypt(_nonce(prefix, index, not last), bytes(ct), None)
+        except InvalidTag:
+            if index == 0:
+                return "segment 0 failed authentication: wrong key or associated data, or the header or first segment was tampered with"
+            return f"segment {index} failed authentication: tampered, reordered or duplicated segment"
+        if last:
+            return f"truncated: the stream ends after segment {index}, which is not the final segment"
+        return f"unexpected data after the final segment {index}"
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._iter is None:
+            self._iter = self.segments()
+        while not self._pending:
+            try:
+                self._pending = next(self._iter)
+            except StopIteration:
+                return 0
+        n = min(len(buf), len(self._pending))
+        memoryview(buf).cast("B")[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n

@@ -1,0 +1,73 @@
+"""Where plaintext may go: memory-backed filesystems only.
+
+Plaintext and keys belong on tmpfs or ramfs, which inside a confidential
+guest live in encrypted RAM. `statfs(2)` tells the filesystem type;
+Python's os.statvfs does not expose f_type, hence the small ctypes call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+from .errors import UnsafeError
+
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+MEMORY_FILESYSTEMS = {TMPFS_MAGIC: "tmpfs", RAMFS_MAGIC: "ramfs"}
+_KNOWN = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x794C7630: "overlayfs", 0x6969: "nfs"}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def fs_type(path: str) -> int:
+    """f_type of the filesystem holding `path` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    buf = ctypes.create_string_buffer(256)  # larger than struct statfs on every Linux ABI
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    # f_type is the first member: a 32-bit word on s390x, a native long elsewhere.
+    size = 4 if platform.machine() == "s390x" else ctypes.sizeof(ctypes.c_long)
+    return int.from_bytes(buf.raw[:size], "big" if platform.machine() == "s390x" else "little") & 0xFFFFFFFF
+
+
+def fs_name(magic: int) -> str:
+    return MEMORY_FILESYSTEMS.get(magic) or _KNOWN.get(magic) or f"filesystem type {magic:#x}"
+
+
+def require_memory_fs(path: str, allow_disk: bool, log=None, what: str = "plaintext") -> None:
+    """Refuse (exit 7) unless `path` is on tmpfs/ramfs or the user allowed disk."""
+    magic = fs_type(path)
+    if magic in MEMORY_FILESYSTEMS:
+        return
+    if allow_disk:
+        if log is not None:
+            log.warning("allow_disk", path=path, filesystem=fs_name(magic),
+                        message=f"WRITING {what.upper()} TO A NON-MEMORY FILESYSTEM because --allow-disk was given")
+        return
+    raise UnsafeError(
+        f"refusing to write {what} to {path}: it is on {fs_name(magic)}, not tmpfs or ramfs "
+        "(use an emptyDir with medium: Memory, or pass --allow-disk)"
+    )
+
+
+def swap_enabled(proc_swaps: str = "/proc/swaps") -> bool:
+    """Swap can page tmpfs contents out to disk, so it is worth a warning."""
+    try:
+        with open(proc_swaps) as f:
+            return len(f.read().strip().splitlines()) > 1
+    except OSError:
+        return False
+
+
+def warn_if_swap(log) -> None:
+    if swap_enabled():
+        log.warning("swap_on", message="swap is enabled: tmpfs pages may be written to disk")

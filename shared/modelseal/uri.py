@@ -1,0 +1,99 @@
+"""URIs of keys and model sources, and the connection options they share.
+
+Backends are selected by scheme, the way rclone selects remotes; query
+parameters override flags so one URI can carry everything a pod spec needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field, fields, replace
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class URI:
+    raw: str
+    scheme: str
+    netloc: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str) -> "URI":
+        if raw == "-":
+            return cls(raw, "file", "", "-")
+        if "://" not in raw and ":" in raw and not raw.startswith("/"):
+            scheme, _, rest = raw.partition(":")  # opaque form, e.g. env:VAR
+            path, _, q = rest.partition("?")
+            return cls(raw, scheme.lower(), "", path, dict(parse_qsl(q)))
+        if "://" not in raw:
+            return cls(raw, "file", "", raw)  # a plain path
+        parts = urlsplit(raw)
+        return cls(raw, parts.scheme.lower(), parts.netloc, parts.path, dict(parse_qsl(parts.query)))
+
+    def redacted(self) -> str:
+        """For logs: scheme, host and path; never query values or userinfo."""
+        host = self.netloc.rsplit("@", 1)[-1]
+        if self.raw == "-":
+            return "-"
+        keys = ",".join(sorted(self.query))
+        sep = "://" if "://" in self.raw else ":"
+        return f"{self.scheme}{sep}{host}{self.path}" + (f"?[{keys}]" if keys else "")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Connection settings common to every backend; any may come from the URI query."""
+
+    timeout: float = 30.0
+    ca: str | None = None  # CA bundle for TLS
+    cert: str | None = None  # client certificate (PEM, may hold the key)
+    cert_key: str | None = None  # client key, when separate
+    token_file: str | None = None  # bearer token
+    endpoint_url: str | None = None
+    allow_http: bool = False
+    retries: int = 6
+    concurrency: int = 8
+    cdh_url: str = "http://127.0.0.1:8006"
+    role: str | None = None  # Vault Kubernetes-auth role
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def with_query(self, query: dict[str, str]) -> "Options":
+        known = {f.name for f in fields(self)} - {"extra"}
+        changes: dict[str, Any] = {}
+        extra = dict(self.extra)
+        for k, v in query.items():
+            if k not in known:
+                extra[k] = v
+                continue
+            kind = type(getattr(self, k))
+            try:
+                if kind is bool:
+                    changes[k] = v.lower() in ("1", "true", "yes")
+                elif kind in (int, float):
+                    changes[k] = kind(v)
+                else:
+                    changes[k] = v
+            except ValueError:
+                raise UsageError(f"bad value for query parameter {k}") from None
+        return replace(self, extra=extra, **changes)
+
+
+def discover(package: ModuleType) -> dict[str, ModuleType]:
+    """Map scheme -> backend module for every module of `package` with SCHEMES.
+
+    Backends import their SDKs lazily, so discovery costs little and the
+    decrypt image needs no cloud SDK installed.
+    """
+    found: dict[str, ModuleType] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for scheme in getattr(module, "SCHEMES", ()):
+            found[scheme] = module
+    return found

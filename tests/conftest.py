@@ -1,0 +1,65 @@
+"""Shared fixtures: a scratch directory on tmpfs and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SHM = Path(os.environ.get("MODELSEAL_TEST_SHM", "/dev/shm"))
+
+
+@pytest.fixture
+def shm() -> Path:
+    """A fresh directory on tmpfs: plaintext in tests goes here, never to disk."""
+    path = SHM / f"modelseal-test-{uuid.uuid4().hex[:12]}"
+    path.mkdir(mode=0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def disk_dir(tmp_path: Path) -> Path:
+    """A directory on the ordinary (non-tmpfs) filesystem, for refusal tests."""
+    base = Path(os.environ.get("MODELSEAL_TEST_DISK", "/var/tmp"))
+    path = base / f"modelseal-disk-{uuid.uuid4().hex[:12]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: bytes
+    stderr: str
+
+    def logs(self) -> list[dict]:
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def error(self) -> str:
+        errors = [r for r in self.logs() if r.get("event") == "failed"]
+        return errors[-1]["error"] if errors else ""
+
+
+def modelseal(*args: str, env: dict | None = None, stdin: bytes | None = None, timeout: float = 300) -> Result:
+    """Run the real command line in a subprocess, as an init container would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelseal", *args],
+        input=stdin, capture_output=True, env=full_env, timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
+
+
+@pytest.fixture
+def cli():
+    return modelseal
