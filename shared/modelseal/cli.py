@@ -143,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--compress", choices=("none", "gzip", "zstd"), default="none", help="compression inside the seal")
     _connection(p)
 
+    p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
+    _flag(p, "input", metavar="IN", help="model.tar.gpg, or - for stdin")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, or s3://bucket/key")
+    _flag(p, "--passphrase-file", required=True, help="the gpg passphrase (first line)")
+    _keys(p)
+    _flag(p, "--name", help="model name recorded in the header")
+    _flag(p, "--model-version", default="", help="model version recorded in the header")
+    _connection(p)
+
     p = command("inspect", _inspect, "print a .seal header as JSON (no key needed)")
     _flag(p, "file", metavar="FILE", help=".seal file, or - for stdin")
 
@@ -204,6 +213,12 @@ def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
     return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
                        version=a.model_version, compress=a.compress)
+
+
+def _convert(a: argparse.Namespace, log: Log) -> dict:
+    _require(a, "input")
+    return stages.convert(a.input, a.output, a.passphrase_file, _keyspec(a), _options(a), log,
+                          name=a.name, version=a.model_version)
 
 
 def _inspect(a: argparse.Namespace, log: Log) -> dict:

@@ -23,7 +23,7 @@ from .log import Log
 from .sources import open_source
 from .streaming import DecryptingReader
 from .uri import URI, Options
-from .writer import BackgroundWriter
+from .overlap import BackgroundWriter
 
 PREFIX_READ = 6 + 4 + sealfmt.MAX_HEADER  # enough bytes to hold any .seal prefix
 FORMATS = ("seal", "tink", "openpgp")
@@ -121,16 +121,46 @@ def keygen(out: str, log: Log) -> dict:
     return {"path": out}
 
 
+def _data_key(keys: KeySpec, options: Options) -> tuple[bytes, sealfmt.WrappedKey | None]:
+    """The data key for a new .seal; key services that wrap get a fresh key per file."""
+    key_source = keys.source(options)
+    if key_source.unwraps:  # envelope encryption
+        data_key = os.urandom(sealfmt.DATA_KEY_SIZE)
+        return data_key, key_source.wrap(data_key)
+    return key_source.data_key(), None
+
+
+def _write_sealed(out: str, header: sealfmt.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
+                  log: Log) -> dict:
+    """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
+    sink = _open_sink(out)
+    try:
+        writer = sealfmt.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
+        files = fill(writer)  # type: ignore[arg-type]
+        writer.close()
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    log.info("sealed", out=URI.parse(out).redacted(), files=files, plaintext_bytes=writer.plaintext_bytes,
+             bytes=writer.ciphertext_bytes + len(sealfmt.encode_prefix(header)), key_id=header.key_id)
+    return {"bytes": writer.plaintext_bytes, "key_id": header.key_id, "files": files}
+
+
+def _copy(src: BinaryIO) -> Callable[[BinaryIO], int]:
+    def fill(writer: BinaryIO) -> int:
+        buf = bytearray(1 << 20)
+        while n := src.readinto(buf):
+            writer.write(memoryview(buf)[:n])
+        return 0
+    return fill
+
+
 def seal(
     src: str, out: str, keys: KeySpec, options: Options, log: Log,
     name: str | None = None, version: str = "", compress: str = "none",
 ) -> dict:
-    key_source = keys.source(options)
-    if key_source.unwraps:  # envelope encryption: a fresh data key per file
-        data_key = os.urandom(sealfmt.DATA_KEY_SIZE)
-        wrapped: sealfmt.WrappedKey | None = key_source.wrap(data_key)
-    else:
-        data_key, wrapped = key_source.data_key(), None
+    data_key, wrapped = _data_key(keys, options)
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
     content_compression, wrap_in_tar = compress, True
@@ -146,27 +176,45 @@ def seal(
     header = sealfmt.Header(
         key_id="", compression=content_compression, name=name or default_name, version=version, wrapped_key=wrapped
     )
-    sink = _open_sink(out)
-    try:
-        writer = sealfmt.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
-        files = 0
-        if wrap_in_tar:
-            comp = archive.compressor(writer, compress)  # type: ignore[arg-type]
-            files = archive.write_tar(src, comp)  # type: ignore[arg-type]
-            comp.close()
-        else:
-            with (open(src, "rb", buffering=0) if src != "-" else os.fdopen(os.dup(0), "rb", buffering=0)) as f:
-                buf = bytearray(1 << 20)
-                while n := f.readinto(buf):
-                    writer.write(memoryview(buf)[:n])
-        writer.close()
-        sink.commit()
-    except BaseException:
-        sink.abort()
-        raise
-    log.info("sealed", out=URI.parse(out).redacted(), files=files, plaintext_bytes=writer.plaintext_bytes,
-             bytes=writer.ciphertext_bytes + len(sealfmt.encode_prefix(header)), key_id=header.key_id)
-    return {"bytes": writer.plaintext_bytes, "key_id": header.key_id, "files": files}
+
+    def tar(writer: BinaryIO) -> int:
+        comp = archive.compressor(writer, compress)
+        files = archive.write_tar(src, comp)
+        comp.close()
+        return files
+
+    if wrap_in_tar:
+        return _write_sealed(out, header, data_key, tar, log)
+    with (open(src, "rb", buffering=0) if src != "-" else os.fdopen(os.dup(0), "rb", buffering=0)) as f:
+        return _write_sealed(out, header, data_key, _copy(f), log)
+
+
+def convert(
+    input: str, out: str, passphrase_file: str, keys: KeySpec, options: Options, log: Log,
+    name: str | None = None, version: str = "",
+) -> dict:
+    """Re-encrypt an OpenPGP (`gpg -c`) file into a .seal in one streaming pass."""
+    from . import openpgp
+
+    data_key, wrapped = _data_key(keys, options)
+    with open(passphrase_file, "rb") as f:
+        passphrase = f.read(1 << 16)
+    stream, _ = open_ciphertext(input, options, None, log)
+    with stream:
+        reader = openpgp.DecryptingReader(stream, passphrase)
+        chunks = reader.segments()
+        first = next(chunks, memoryview(b""))
+        default_name = os.path.basename(input).removesuffix(".gpg").removesuffix(".tar") if input != "-" else ""
+        header = sealfmt.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
+                                name=name or default_name, version=version, wrapped_key=wrapped)
+
+        def fill(writer: BinaryIO) -> int:
+            writer.write(first)
+            for chunk in chunks:
+                writer.write(chunk)
+            return 0
+
+        return _write_sealed(out, header, data_key, fill, log)
 
 
 def _is_tar(path: str) -> bool:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import overlap
 from .errors import IntegrityError, UsageError
 
 TAG_SIZE = 16
@@ -220,46 +221,59 @@ class DecryptingReader(io.RawIOBase):
         prefix = bytes(head[1 + p.key_size :])
         return _segment_key(self._ikm, salt, self._aad, p), prefix
 
-    def segments(self, ring: int = 1) -> Iterator[memoryview]:
+    def _ciphertext_segments(self, ring: int) -> Iterator[memoryview]:
+        """Raw segments as read, each a view into a ring of `ring` buffers; the
+        final one is the first that comes back short (or the last before EOF)."""
+        p = self._params
+        bufs = [bytearray(p.segment_size) for _ in range(ring)]
+        cap = p.segment_size - p.header_size
+        index = 0
+        while True:
+            view = memoryview(bufs[index % ring])[:cap]
+            n = _read_full(self._src, view)
+            if n == 0 and index > 0:
+                return
+            if n < TAG_SIZE:
+                raise IntegrityError(f"truncated: segment {index} is {n} bytes, shorter than a tag")
+            yield view[:n]
+            if n < cap:
+                return
+            cap = p.segment_size
+            index += 1
+            if index >= MAX_SEGMENTS:
+                raise IntegrityError("too many segments")
+
+    def segments(self, ring: int = 1, read_ahead: int = 2) -> Iterator[memoryview]:
         """Yield each segment's verified plaintext.
 
         A view stays valid until `ring` more segments have been yielded, so a
-        consumer may hand `ring - 1` of them to a background writer.
+        consumer may hand `ring - 1` of them to a background writer. With
+        `read_ahead` > 0 the ciphertext is read that many segments ahead in a
+        thread (reads release the GIL; AES-GCM does not).
         """
         p = self._params
         aead, prefix = self._header()
-        cur = bytearray(p.segment_size)
-        nxt = bytearray(p.segment_size)
         outs = [bytearray(p.plaintext_size) for _ in range(max(1, ring))]
-        cap = p.segment_size - p.header_size
-        n = _read_full(self._src, memoryview(cur)[:cap])
+        raw: Iterator[memoryview] = self._ciphertext_segments(read_ahead + 3)
+        if read_ahead > 0:
+            raw = overlap.read_ahead(raw, read_ahead)
         index = 0
         try:
-            while True:
-                if n < TAG_SIZE:
-                    raise IntegrityError(f"truncated: segment {index} is {n} bytes, shorter than a tag")
-                if n == cap:
-                    m = _read_full(self._src, memoryview(nxt))
-                    last = m == 0
-                else:
-                    m, last = 0, True
-                plain = memoryview(outs[index % len(outs)])[: n - TAG_SIZE]
-                ct = memoryview(cur)[:n]
+            held = next(raw, None)  # one segment of look-ahead decides the last flag
+            while held is not None:
+                following = next(raw, None)
+                last = following is None
+                plain = memoryview(outs[index % len(outs)])[: len(held) - TAG_SIZE]
                 try:
-                    aead.decrypt_into(_nonce(prefix, index, last), ct, None, plain)
+                    aead.decrypt_into(_nonce(prefix, index, last), held, None, plain)
                 except InvalidTag:
                     plain[:] = bytes(len(plain))  # never keep unverified plaintext around
-                    raise IntegrityError(self._explain(aead, prefix, index, last, ct)) from None
+                    raise IntegrityError(self._explain(aead, prefix, index, last, held)) from None
                 self.segments_read += 1
                 self.plaintext_bytes += len(plain)
                 yield plain
-                if last:
-                    return
-                cur, nxt = nxt, cur
-                n, cap = m, p.segment_size
+                held = following
                 index += 1
-                if index >= MAX_SEGMENTS:
-                    raise IntegrityError("too many segments")
         except BaseException:
             # On failure (or an abandoned read) scrub what we hold; on success the
             # views may still be queued for writing, so they are left alone.

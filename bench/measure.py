@@ -1,0 +1,77 @@
+"""Running contenders side by side: wall time and peak RSS of child processes, tables."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Sample:
+    seconds: float
+    rss_kib: int
+
+
+@dataclass
+class Contender:
+    name: str
+    argv: list[str] | None = None
+    shell: str | None = None
+    setup: callable = None  # run before each repetition (e.g. remove outputs), untimed
+    samples: list[Sample] = field(default_factory=list)
+
+    def once(self, env: dict | None = None) -> Sample:
+        if self.setup:
+            self.setup()
+        cmd = self.argv if self.argv is not None else ["bash", "-c", self.shell]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+        if proc.returncode != 0:
+            raise SystemExit(f"{self.name} failed ({proc.returncode}): {err}")
+        return Sample(seconds, usage.ru_maxrss)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def best(self) -> float:
+        return min(s.seconds for s in self.samples)
+
+    @property
+    def rss_mib(self) -> float:
+        return max(s.rss_kib for s in self.samples) / 1024
+
+
+def interleave(contenders: list[Contender], rounds: int, warmup: int = 1, env: dict | None = None) -> None:
+    """Alternate contenders round by round so drift in the machine hits all alike."""
+    for r in range(warmup + rounds):
+        for c in contenders:
+            s = c.once(env)
+            if r >= warmup:
+                c.samples.append(s)
+
+
+def table(title: str, rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    lines = [title, fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(lines)
+
+
+def fill(path: str, size: int, chunk: int = 1 << 24) -> None:
+    """Random bytes (model weights are high-entropy): no compressor gets a free ride."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
