@@ -22,6 +22,7 @@ test: setup  ## the test suite (pytest exit 5, "no tests", counts as a failure t
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 bench: setup  ## benchmarks: printed tables of ratios measured side by side
+	command -v /usr/bin/time >/dev/null || (apt-get update -qq && apt-get install -y -qq time gnupg >/dev/null)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/decrypt.py
 
 lint: setup

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import statistics
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
+
+
+GNU_TIME = shutil.which("time", path="/usr/bin:/bin") or "/usr/bin/time"
 
 
 @dataclass
@@ -27,15 +32,16 @@ class Contender:
         if self.setup:
             self.setup()
         cmd = self.argv if self.argv is not None else ["bash", "-c", self.shell]
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-        if proc.returncode != 0:
-            raise SystemExit(f"{self.name} failed ({proc.returncode}): {err}")
-        return Sample(seconds, usage.ru_maxrss)
+        # GNU time reports the command's own peak RSS; wait4 on a child spawned
+        # from this process would count our memory too (vfork shares it).
+        with tempfile.NamedTemporaryFile("r") as rss:
+            start = time.perf_counter()
+            proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss.name, *cmd], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=env)
+            seconds = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"{self.name} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+            return Sample(seconds, int(rss.read().split()[-1]))
 
     @property
     def median(self) -> float:
