@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole job on one machine, no containers: make a demo model, keygen,
-# seal, then decrypt on tmpfs (/dev/shm), and check the bytes.
+# seal, then decrypt + unpack (and the single-pass run) on tmpfs, and check the bytes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /var/tmp/modelseal-demo.XXXXXX)   # the owner's side: disk is fine
@@ -12,9 +12,14 @@ modelseal keygen -o "$work/model.key" 2>/dev/null
 modelseal seal "$work/model" -o "$work/model.seal" --key "$work/model.key" --compress zstd --name demo 2>/dev/null
 modelseal inspect "$work/model.seal" 2>/dev/null | head -20
 
-# The pod's init containers, in order: the key on tmpfs, then decrypt.
+# The pod's init containers, in order: the key on tmpfs, decrypt, unpack.
 cp "$work/model.key" "$shm/key"
 modelseal decrypt --in "$work/model.seal" --key "$shm/key" -o "$shm/model.tar" --delete-key
-mkdir "$shm/model" && tar --zstd -xf "$shm/model.tar" -C "$shm/model" && rm "$shm/model.tar"
+modelseal unpack --in "$shm/model.tar" -o "$shm/model" --delete-input
 diff -r "$work/model" "$shm/model"
-echo "demo: OK: the model decrypted on tmpfs matches the original byte for byte"
+
+# The same in one streaming pass: no ciphertext or tar file, only the tree.
+cp "$work/model.key" "$shm/key"
+modelseal run --source "file://$work/model.seal" --key "$shm/key" -o "$shm/model-run" --delete-key
+diff -r "$work/model" "$shm/model-run"
+echo "demo: OK: both unpacked models on tmpfs match the original byte for byte"
