@@ -38,6 +38,14 @@ class KeySource:
         raise UsageError(f"{self.uri.scheme}: keys cannot be wrapped by this key source")
 
     def data_key(self, wrapped: WrappedKey | None = None) -> bytes:
+        raw = self.secret(wrapped)
+        if len(raw) != DATA_KEY_SIZE:
+            raise IntegrityError(f"key from {self.uri.redacted()} is {len(raw)} bytes, expected {DATA_KEY_SIZE}")
+        return raw
+
+    def secret(self, wrapped: WrappedKey | None = None, encoding: str = "auto") -> bytes:
+        """The secret after `field=` and `encoding=`, of any length (e.g. an OpenPGP passphrase,
+        for which the default encoding is raw: "auto" guesses by a data key's length)."""
         if self.unwraps and wrapped is None:
             raise UsageError(
                 f"{self.uri.scheme}: this key source unwraps the wrapped_key of a .seal header, "
@@ -45,9 +53,7 @@ class KeySource:
             )
         raw = self.material(wrapped)
         if not self.unwraps:
-            raw = decode(raw, self.options.extra.get("field"), self.options.extra.get("encoding", "auto"))
-        if len(raw) != DATA_KEY_SIZE:
-            raise IntegrityError(f"key from {self.uri.redacted()} is {len(raw)} bytes, expected {DATA_KEY_SIZE}")
+            raw = decode(raw, self.options.extra.get("field"), self.options.extra.get("encoding", encoding))
         return raw
 
 

@@ -1,0 +1,75 @@
+"""`aws-kms://<key-id | alias/name | key or alias ARN>`: envelope encryption with AWS KMS.
+
+The data key of a `.seal` file is random and per file; KMS only ever sees
+those 32 bytes, never the model. `seal` asks KMS to Encrypt the fresh data
+key and stores the result in the header's `wrapped_key`; `fetch-key` asks
+KMS to Decrypt it. The KMS key never leaves KMS, access is an IAM decision
+(IRSA / Pod Identity role of the pod), and every unwrap is in CloudTrail.
+
+The encryption context is `{"modelseal": "v1"}` plus any `context.NAME=VALUE`
+query parameters given to `seal`. It is stored in the header and passed back
+to Decrypt, which fails unless it matches exactly (KMS authenticates it).
+`context.NAME=VALUE` given to `fetch-key` must also appear in the header, so
+a pod can insist on, say, `context.model=llama` and refuse other files.
+
+Decrypt is called with `KeyId` set to the URI's key, so a file wrapped by
+another key is refused rather than unwrapped by whatever key made it.
+InvalidCiphertextException / IncorrectKeyException (wrong context, wrong key,
+tampered blob) exit 4; AccessDenied / NotFound / disabled exit 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import aws, retry
+from ..errors import IntegrityError, UsageError
+from ..format import DATA_KEY_SIZE, WrappedKey
+from . import KeySource
+
+SCHEMES = ("aws-kms",)
+PROVIDER = "aws-kms"
+BASE_CONTEXT = {"modelseal": "v1"}
+
+
+class Backend(KeySource):
+    unwraps = True
+
+    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, options)
+        self.key_id = (uri.netloc + uri.path).strip("/")
+        if not self.key_id:
+            raise UsageError("aws-kms: the URI needs a key: aws-kms://<key-id|alias/name|arn>")
+        self.what = f"aws-kms://{self.key_id}"
+        self.user_context = {k[len("context."):]: v for k, v in self.options.extra.items()
+                             if k.startswith("context.") and len(k) > len("context.")}
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("kms", self.options, region=aws.region_of_arn(self.key_id),
+                                      require_region=True)
+        return self._client
+
+    def material(self, wrapped: WrappedKey | None) -> bytes:
+        assert wrapped is not None  # KeySource.data_key checks
+        if wrapped.provider != PROVIDER:
+            raise UsageError(f"the file's data key is wrapped by {wrapped.provider!r}, not by aws-kms")
+        for k, v in self.user_context.items():
+            if wrapped.context.get(k) != v:
+                raise IntegrityError(f"{self.what}: the file's encryption context does not have {k}={v}")
+        resp = retry.call(self.what, self.options, self.client.decrypt,
+                          CiphertextBlob=wrapped.ciphertext, KeyId=self.key_id,
+                          EncryptionContext=dict(wrapped.context))
+        return bytes(resp["Plaintext"])
+
+    def wrap(self, data_key: bytes) -> WrappedKey:
+        if len(data_key) != DATA_KEY_SIZE:
+            raise UsageError(f"data key must be {DATA_KEY_SIZE} bytes")
+        context = dict(BASE_CONTEXT)
+        context.update(self.user_context)
+        resp = retry.call(self.what, self.options, self.client.encrypt,
+                          KeyId=self.key_id, Plaintext=data_key, EncryptionContext=context)
+        return WrappedKey(provider=PROVIDER, key_id=str(resp.get("KeyId") or self.key_id),
+                          ciphertext=bytes(resp["CiphertextBlob"]), context=context)

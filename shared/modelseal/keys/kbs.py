@@ -1,0 +1,50 @@
+"""`kbs:///<repository>/<type>/<tag>`: a key from a Confidential Containers Key Broker Service.
+
+Inside a Confidential Containers (Kata/CoCo) pod the Confidential Data Hub
+(CDH) listens on the pod's loopback and does the remote attestation with the
+KBS for us; we only ask it over its REST API:
+`GET {cdh_url}/cdh/resource/<repository>/<type>/<tag>`, default
+`cdh_url` http://127.0.0.1:8006. The resource is released only to a guest
+whose attestation the KBS accepts, so the key never exists outside the TEE.
+
+Plain http is right here because the CDH is reached on loopback inside the
+guest; a non-loopback http `cdh_url` needs allow_http like any other. A host
+in the URI (`kbs://host/...`, CoCo's sealed-secret form) is ignored: the CDH
+talks to the KBS it was configured with. The CDH answers 500 while it cannot
+reach or attest to the KBS, which is retried with the usual policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .. import web
+from ..errors import UsageError
+from ..format import WrappedKey
+from . import KeySource
+
+SCHEMES = ("kbs",)
+
+
+class Backend(KeySource):
+    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, options)
+        parts = [p for p in uri.path.split("/") if p]
+        if len(parts) != 3 or any(p in (".", "..") for p in parts):
+            raise UsageError("a KBS key URI is kbs:///<repository>/<type>/<tag>")
+        base = urlsplit(self.options.cdh_url)
+        if not base.hostname:
+            raise UsageError("cdh_url must be a URL such as http://127.0.0.1:8006")
+        self.what = f"kbs:///{'/'.join(parts)}"
+        self.host = base.hostname
+        web.check_scheme(base.scheme, base.hostname, self.options, "cdh_url", loopback_ok=True)
+        self.url = self.options.cdh_url.rstrip("/") + "/cdh/resource/" + "/".join(quote(p, safe="") for p in parts)
+        self._client: Any = None
+
+    def material(self, wrapped: WrappedKey | None) -> bytes:
+        if self._client is None:
+            # No proxies from the environment when the CDH is on loopback.
+            self._client = web.Client(self.options, use_env=not web.is_loopback(self.host))
+        _, body = web.request_small(self._client, "GET", self.url, self.what)
+        return body

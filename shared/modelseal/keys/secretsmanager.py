@@ -1,0 +1,43 @@
+"""`secretsmanager://<secret name or ARN>`: a key stored in AWS Secrets Manager.
+
+GetSecretValue with the pod's AWS identity (IRSA / Pod Identity), under the
+retry policy. A SecretString is taken as text (base64 or hex by default,
+`field=` picks a member of a JSON secret); a SecretBinary is taken as bytes
+(raw 32 bytes by default). `version_id=` or `version_stage=` pin a version
+(the default is AWSCURRENT). A missing secret or a denied read exits 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import aws, retry
+from ..errors import IntegrityError, UsageError
+from ..format import WrappedKey
+from . import KeySource
+
+SCHEMES = ("secretsmanager",)
+
+
+class Backend(KeySource):
+    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, options)
+        self.secret_id = (uri.netloc + uri.path).strip("/")
+        if not self.secret_id:
+            raise UsageError("secretsmanager: the URI needs a secret: secretsmanager://<name-or-arn>")
+        self.what = f"secretsmanager://{self.secret_id}"
+
+    def material(self, wrapped: WrappedKey | None) -> bytes:
+        client: Any = aws.client("secretsmanager", self.options, region=aws.region_of_arn(self.secret_id),
+                                 require_region=True)
+        kwargs = {"SecretId": self.secret_id}
+        if self.options.extra.get("version_id"):
+            kwargs["VersionId"] = self.options.extra["version_id"]
+        if self.options.extra.get("version_stage"):
+            kwargs["VersionStage"] = self.options.extra["version_stage"]
+        resp = retry.call(self.what, self.options, client.get_secret_value, **kwargs)
+        if resp.get("SecretBinary") is not None:
+            return bytes(resp["SecretBinary"])
+        if resp.get("SecretString") is not None:
+            return str(resp["SecretString"]).encode()
+        raise IntegrityError(f"{self.what}: the secret has no value")

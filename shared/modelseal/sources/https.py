@@ -1,0 +1,252 @@
+"""`https://host/path` (and `http://` only with allow_http, logged): a ciphertext on a web server.
+
+A streaming GET whose stream resumes where it broke: when the connection drops
+or stalls mid-body, the next read reconnects with `Range: bytes=N-` (N = the
+first byte not yet delivered) and `If-Range` (the ETag or Last-Modified of
+the first answer), and checks that the answer is 206 with a Content-Range
+starting at N and the same total length. Nothing already delivered is fetched
+again, so a multi-GiB download over a flaky link costs what it weighs.
+
+Servers that ignore Range answer 200 with the whole object. If the validator
+and length are unchanged we read past the N bytes already delivered and carry
+on (logged: those bytes are re-sent); if the object changed, or a 206 starts
+at the wrong byte, the download fails with an integrity error (exit 4) rather
+than splice two versions together. The ciphertext is authenticated anyway, so
+a mix could never decrypt; failing early just names the cause.
+
+Authentication: a bearer token read from `token_file` at each connection
+(projected service-account tokens rotate), a client certificate, and a CA
+bundle. `Accept-Encoding: identity` keeps the bytes exactly as stored.
+Connection and read timeouts are `timeout` seconds; retries and backoff come
+from modelseal.retry. Progress is reported by the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, BinaryIO
+
+from .. import retry, web
+from ..errors import IntegrityError, UsageError
+from . import Source
+
+SCHEMES = ("https", "http")
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_SKIP_CHUNK = 1 << 20
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    m = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not m:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), total
+
+
+def _validator(headers: Any) -> str | None:
+    """A strong validator for If-Range: a strong ETag, else Last-Modified."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _check_encoding(resp: Any, what: str) -> None:
+    encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", ""):
+        raise IntegrityError(f"{what}: the server sent Content-Encoding {encoding} although identity was asked for")
+
+
+class Backend(Source):
+    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, options)
+        self.what = uri.redacted()
+        host = uri.netloc.rsplit("@", 1)[-1].rsplit(":", 1)[0]
+        if "@" in uri.netloc:
+            raise UsageError(f"{self.what}: credentials in the URL are refused; use token_file")
+        web.check_scheme(uri.scheme, host, self.options, self.what)
+        self.url = web.server_url(uri)
+        self._client: Any = None
+        self._size: int | None = None
+        self._size_known = False
+
+    def get(self, headers: dict[str, str]) -> Any:
+        """One streaming GET (not retried here); redirects to plain http are refused."""
+        if self._client is None:
+            self._client = web.Client(self.options, bearer=True)
+        return self._client.request("GET", self.url, self.what, headers=headers)
+
+    @property
+    def size(self) -> int | None:
+        if not self._size_known:
+            self._size = retry.call(self.what, self.options, self._probe)
+            self._size_known = True
+        return self._size
+
+    def _probe(self) -> int | None:
+        resp = self.get({"Range": "bytes=0-0"})
+        try:
+            if resp.status_code == 206:
+                cr = _content_range(resp.headers.get("Content-Range"))
+                return cr[2] if cr else None
+            if resp.status_code == 416:
+                return 0
+            retry.check_status(resp.status_code, self.what, resp.headers)
+            length = resp.headers.get("Content-Length")
+            return int(length) if length and length.isdigit() else None
+        finally:
+            resp.close()
+
+    def read_prefix(self, n: int) -> bytes:
+        if n <= 0:
+            return b""
+
+        def once() -> bytes:
+            resp = self.get({"Range": f"bytes=0-{n - 1}"})
+            try:
+                if resp.status_code == 416:
+                    return b""
+                retry.check_status(resp.status_code, self.what, resp.headers, ok=(200, 206))
+                _check_encoding(resp, self.what)
+                data = resp.raw.read(n, decode_content=False)
+                return data[:n]
+            finally:
+                resp.close()
+
+        return retry.call(self.what, self.options, once)
+
+    def open(self) -> BinaryIO:
+        """Connect at once (so 401/403/404 surface here, as for S3); the length comes with the answer."""
+        stream = HttpStream(self)
+        retry.call(self.what, self.options, stream._connect)
+        if stream.total is not None and not self._size_known:
+            self._size, self._size_known = stream.total, True
+        return stream  # type: ignore[return-value]
+
+
+class HttpStream(io.RawIOBase):
+    """The whole object as one raw stream; reconnects with Range from the last good byte."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self.b = backend
+        self.what = backend.what
+        self.pos = 0  # bytes delivered to the caller
+        self.total: int | None = None
+        self.validator: str | None = None
+        self.resent = 0  # bytes the server sent again because it ignored Range
+        self.reconnects = 0
+        self._resp: Any = None
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            try:
+                self._resp.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close
+                pass
+            self._resp = None
+
+    def _connect(self) -> None:
+        headers: dict[str, str] = {}
+        if self.pos:
+            headers["Range"] = f"bytes={self.pos}-"
+            if self.validator:
+                headers["If-Range"] = self.validator
+            self.reconnects += 1
+        resp = self.b.get(headers)
+        try:
+            status = resp.status_code
+            if self.pos and status == 206:
+                cr = _content_range(resp.headers.get("Content-Range"))
+                if cr is None or cr[0] != self.pos:
+                    raise IntegrityError(
+                        f"{self.what}: asked to resume at byte {self.pos}, the server answered another range")
+                if self.total is not None and cr[2] is not None and cr[2] != self.total:
+                    raise IntegrityError(f"{self.what}: the object changed size during the download")
+                if cr[2] is not None:
+                    self.total = cr[2]
+            elif status == 200:
+                length = resp.headers.get("Content-Length")
+                length_n = int(length) if length and length.isdigit() else None
+                if not self.pos:
+                    self.total = length_n
+                    self.validator = _validator(resp.headers)
+                else:
+                    # The server ignored Range, or If-Range found a different object.
+                    now = _validator(resp.headers)
+                    if (self.validator and now != self.validator) or (
+                            self.total is not None and length_n is not None and length_n != self.total):
+                        raise IntegrityError(f"{self.what}: the object changed during the download")
+                    retry.log().warning("range_ignored", what=self.what, skip_bytes=self.pos,
+                                        note="the server ignores Range; reading past the bytes already delivered")
+                    self._skip(resp, self.pos)
+            elif status == 416 and self.pos:
+                raise IntegrityError(f"{self.what}: the object shrank during the download")
+            else:
+                retry.check_status(status, self.what, resp.headers)
+            _check_encoding(resp, self.what)
+        except BaseException:
+            resp.close()
+            raise
+        self._resp = resp
+
+    def _skip(self, resp: Any, n: int) -> None:
+        left = n
+        while left:
+            chunk = resp.raw.read(min(left, _SKIP_CHUNK), decode_content=False)
+            if not chunk:
+                raise retry.TransientError("body ended while skipping already delivered bytes")
+            left -= len(chunk)
+            self.resent += len(chunk)
+
+    def _read_once(self, buf: memoryview) -> int:
+        if self._resp is None:
+            if self.total is not None and self.pos >= self.total:
+                self._eof = True  # dropped right after the last byte
+                return 0
+            self._connect()
+        try:
+            data = self._resp.raw.read1(len(buf), decode_content=False)
+        except BaseException:
+            self._drop()
+            raise
+        n = len(data)
+        if n == 0:
+            self._drop()
+            if self.total is not None and self.pos < self.total:
+                raise retry.TransientError(f"body ended early at byte {self.pos} of {self.total}")
+            self._eof = True
+            return 0
+        buf[:n] = data
+        self.pos += n
+        return n
+
+    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("read from a closed stream")
+        view = memoryview(buf).cast("B")
+        if self._eof or not len(view):
+            return 0
+        if self._resp is not None:
+            # Fast path on an open connection; a drop here reconnects at once,
+            # and that reconnection runs under the full retry policy.
+            try:
+                return self._read_once(view)
+            except Exception as exc:  # noqa: BLE001
+                if not retry.is_transient(exc):
+                    err = retry.mapped(exc, self.what)
+                    if err is exc:
+                        raise
+                    raise err from None
+                retry.log().warning("resume", what=self.what, at_byte=self.pos, reason=retry.reason(exc))
+        return retry.call(self.what, self.b.options, self._read_once, view)
+
+    def close(self) -> None:
+        self._drop()
+        super().close()

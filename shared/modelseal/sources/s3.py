@@ -1,0 +1,376 @@
+"""`s3://bucket/key`: a ciphertext in S3 or an S3-compatible store, read with parallel ranged GETs.
+
+Why not boto3's download_fileobj: it needs a seekable file to write parts out
+of order, and `run` consumes a stream that goes straight into decryption.
+Here `open()` returns one raw stream of the whole object, fetched as parts of
+`part_size` bytes (default 8 MiB) by `concurrency` workers, handed out in
+order. Memory stays bounded: at most `concurrency` parts in flight or waiting,
+plus the one being read.
+
+Each part is its own ranged GET under the retry policy, and a part whose
+connection drops resumes from its last good byte (a new Range for the rest
+of the part), so a cut costs at most one read chunk (256 KiB) again. Every GET
+carries `If-Match` with the ETag from HeadObject (and the VersionId, when
+the bucket is versioned or `version_id=` is given), and the Content-Range is
+checked, so an object replaced mid-download fails with exit 4 instead of
+splicing two versions.
+
+Credentials, endpoint, CA bundle and timeouts: see modelseal.aws.
+
+`open_write()` is the other direction, for `seal -o s3://...`: a writable
+stream that uploads with multipart upload while the caller is still writing
+(parts in flight bounded by `concurrency`), completes on `close()`, and aborts
+on `abort()`, on an exception inside a `with` block, or when the stream is
+garbage-collected without being closed, so a failed seal never leaves a
+truncated object behind. Objects smaller than one part go up in one PutObject.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from .. import aws, retry
+from ..errors import IntegrityError, UsageError
+from . import Source
+
+SCHEMES = ("s3",)
+
+DEFAULT_PART_SIZE = 8 << 20
+MIN_PART_SIZE = 64 << 10  # for reads; S3 itself sets no minimum on ranges
+MIN_UPLOAD_PART = 5 << 20  # S3's minimum for every multipart part but the last
+MAX_UPLOAD_PART = 512 << 20  # our memory cap (S3 allows 5 GiB)
+MAX_PARTS = 10000
+READ_CHUNK = 256 << 10
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def parse_size(text: str | int) -> int:
+    """"8388608", "8MiB", "16M", "512k" -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"bad size {text!r}")
+    unit = (m.group(2) or "b")[0].lower()
+    return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+class Backend(Source):
+    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, options)
+        self.bucket = uri.netloc
+        self.key = uri.path[1:] if uri.path.startswith("/") else uri.path
+        if not self.bucket or not self.key:
+            raise UsageError("an S3 source needs a bucket and a key: s3://bucket/key")
+        self.what = f"s3://{self.bucket}/{self.key}"
+        self.part_size = parse_size(self.options.extra.get("part_size", DEFAULT_PART_SIZE))
+        if self.part_size < MIN_PART_SIZE:
+            raise UsageError(f"part_size must be at least {MIN_PART_SIZE} bytes")
+        if self.options.concurrency < 1:
+            raise UsageError("concurrency must be at least 1")
+        self.version_id = self.options.extra.get("version_id")
+        self._client: Any = None
+        self._head: tuple[int, str | None, str | None] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = aws.client("s3", self.options)
+            return self._client
+
+    def _version(self, version_id: str | None = None) -> dict[str, str]:
+        v = version_id or self.version_id
+        return {"VersionId": v} if v else {}
+
+    def head(self) -> tuple[int, str | None, str | None]:
+        """(size, ETag, VersionId) from HeadObject, under the retry policy."""
+        if self._head is None:
+            resp = retry.call(self.what, self.options, self.client.head_object,
+                              Bucket=self.bucket, Key=self.key, **self._version())
+            self._head = (int(resp["ContentLength"]), resp.get("ETag"), resp.get("VersionId"))
+        return self._head
+
+    @property
+    def size(self) -> int | None:
+        return self.head()[0]
+
+    def read_prefix(self, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        size, etag, version = self.head()
+        n = min(n, size)
+        if n == 0:
+            return b""
+        return fetch_range(self, 0, n - 1, size, etag, version, threading.Event())
+
+    def open(self) -> BinaryIO:
+        return S3Stream(self)  # type: ignore[return-value]
+
+    def open_write(self) -> "S3Writer":
+        """A writable stream uploading to this URI (multipart); close() completes, abort() aborts."""
+        return S3Writer(self)
+
+
+def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, version: str | None,
+                cancel: threading.Event) -> bytearray:
+    """Bytes start..end (inclusive) of the object; retried, resuming from the last good byte."""
+    buf = bytearray(end - start + 1)
+    view = memoryview(buf)
+    filled = 0
+    extra: dict[str, str] = dict(b._version(version))
+    if etag:
+        extra["IfMatch"] = etag
+
+    def once() -> None:
+        nonlocal filled
+        if cancel.is_set():
+            raise retry.Cancelled()
+        first = start + filled
+        resp = b.client.get_object(Bucket=b.bucket, Key=b.key, Range=f"bytes={first}-{end}", **extra)
+        body = resp["Body"]
+        try:
+            m = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange") or "").strip())
+            if m is None or int(m.group(1)) != first or int(m.group(2)) != end or (
+                    m.group(3) != "*" and int(m.group(3)) != size):
+                raise IntegrityError(f"{b.what}: asked for bytes {first}-{end}, the store answered another range")
+            while filled < len(buf):
+                if cancel.is_set():
+                    raise retry.Cancelled()
+                chunk = body.read(min(READ_CHUNK, len(buf) - filled))
+                if not chunk:
+                    raise retry.TransientError(f"part body ended early at byte {start + filled}")
+                view[filled:filled + len(chunk)] = chunk
+                filled += len(chunk)
+        finally:
+            body.close()
+
+    retry.call(b.what, b.options, once, sleep=retry.interruptible_sleep(cancel))
+    return buf
+
+
+class S3Stream(io.RawIOBase):
+    """The whole object, in order, from parallel ranged GETs; bounded memory."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self.b = backend
+        self.size, self._etag, self._version = backend.head()
+        ps = backend.part_size
+        self._ranges = [(s, min(s + ps, self.size) - 1) for s in range(0, self.size, ps)]
+        self._window = max(1, min(backend.options.concurrency, len(self._ranges)))
+        self._cancel = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=self._window, thread_name_prefix="modelseal-s3")
+        self._pending: deque[Future] = deque()
+        self._next = 0
+        self._cur = memoryview(b"")
+        self._off = 0
+        self.pos = 0
+        self._fill_window()
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill_window(self) -> None:
+        while len(self._pending) < self._window and self._next < len(self._ranges):
+            start, end = self._ranges[self._next]
+            self._next += 1
+            self._pending.append(self._pool.submit(
+                fetch_range, self.b, start, end, self.size, self._etag, self._version, self._cancel))
+
+    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("read from a closed stream")
+        out = memoryview(buf).cast("B")
+        if not len(out):
+            return 0
+        while self._off >= len(self._cur):
+            if not self._pending:
+                return 0
+            fut = self._pending.popleft()
+            self._cur = memoryview(b"")  # let the consumed part go before waiting
+            try:
+                part = fut.result()
+            except BaseException:
+                self.close()
+                raise
+            self._cur, self._off = memoryview(part), 0
+            self._fill_window()
+        n = min(len(out), len(self._cur) - self._off)
+        out[:n] = self._cur[self._off:self._off + n]
+        self._off += n
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cancel.set()
+            for fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._cur = memoryview(b"")
+        super().close()
+
+
+def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum: dict[str, str],
+                 cancel: threading.Event) -> dict[str, Any]:
+    resp = retry.call(b.what, b.options, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
+                      PartNumber=number, Body=data, sleep=retry.interruptible_sleep(cancel), **checksum)
+    part = {"PartNumber": number, "ETag": resp["ETag"]}
+    if checksum:
+        member = "Checksum" + checksum["ChecksumAlgorithm"].upper()
+        if member in resp:
+            part[member] = resp[member]
+    return part
+
+
+class S3Writer(io.RawIOBase):
+    """Multipart upload in the same streaming pass as the writer producing the bytes.
+
+    Part size starts at `part_size` (at least 5 MiB) and doubles every 1000
+    parts (up to 512 MiB), so an object of any size fits in S3's 10,000 parts
+    without knowing its length up front.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self.b = backend
+        self.what = backend.what
+        self.base_part = max(MIN_UPLOAD_PART, backend.part_size)
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._checksum: dict[str, str] = {}
+        self._number = 0
+        self._inflight: deque[Future] = deque()
+        self._done: list[dict[str, Any]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._cancel = threading.Event()
+        self._state = "open"
+        self.bytes_written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def parts(self) -> int:
+        """Parts uploaded so far (0 for an object sent with one PutObject)."""
+        return len(self._done)
+
+    def _part_size(self) -> int:
+        return min(MAX_UPLOAD_PART, self.base_part << (self._number // 1000))
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        if self._state != "open":
+            raise ValueError("write to a closed or aborted S3 upload")
+        view = memoryview(data).cast("B")
+        self._buf += view
+        self.bytes_written += len(view)
+        while len(self._buf) >= self._part_size():
+            size = self._part_size()
+            part = bytes(self._buf[:size])
+            del self._buf[:size]
+            self._start_part(part)
+        return len(view)
+
+    def _start_part(self, data: bytes) -> None:
+        if self._number >= MAX_PARTS:
+            raise UsageError(f"{self.what}: object too large for a multipart upload")
+        if self._upload_id is None:
+            # Like boto3's transfer manager: with botocore's default checksum
+            # setting, every part carries a CRC32 that S3 checks and the
+            # completion lists (AWS_REQUEST_CHECKSUM_CALCULATION=when_required
+            # turns it off for stores that do not support it).
+            if getattr(self.b.client.meta.config, "request_checksum_calculation", None) == "when_supported":
+                self._checksum = {"ChecksumAlgorithm": "CRC32"}
+            resp = retry.call(self.what, self.b.options, self.b.client.create_multipart_upload,
+                              Bucket=self.b.bucket, Key=self.b.key, **self._checksum)
+            self._upload_id = resp["UploadId"]
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.options.concurrency),
+                                            thread_name_prefix="modelseal-s3-up")
+        while len(self._inflight) >= max(1, self.b.options.concurrency):
+            self._done.append(self._inflight.popleft().result())  # bounded memory; raises a failed part
+        self._number += 1
+        assert self._pool is not None
+        # A plain function, not a bound method: a worker must not keep the
+        # writer alive, or dropping an unclosed writer could not abort it.
+        self._inflight.append(self._pool.submit(_upload_part, self.b, self._upload_id, self._number, data,
+                                                self._checksum, self._cancel))
+
+    def close(self) -> None:
+        """Upload what is left and complete the object; on any failure, abort and raise."""
+        if self._state != "open":
+            super().close()
+            return
+        try:
+            if self._upload_id is None:
+                data = bytes(self._buf)
+                retry.call(self.what, self.b.options, self.b.client.put_object,
+                           Bucket=self.b.bucket, Key=self.b.key, Body=data)
+            else:
+                if self._buf or self._number == 0:
+                    self._start_part(bytes(self._buf))
+                while self._inflight:
+                    self._done.append(self._inflight.popleft().result())
+                parts = sorted(self._done, key=lambda p: p["PartNumber"])
+                retry.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
+                           Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
+                           MultipartUpload={"Parts": parts})
+            self._buf = bytearray()
+            self._state = "done"
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            super().close()
+
+    def abort(self) -> None:
+        """Drop the upload: no object is created, uploaded parts are deleted."""
+        if self._state in ("done", "aborted"):
+            return
+        self._state = "aborted"
+        self._cancel.set()
+        for fut in self._inflight:
+            fut.cancel()
+        for fut in self._inflight:
+            try:
+                fut.exception()  # wait for running parts, so abort sees them all
+            except BaseException:  # noqa: BLE001 - cancelled
+                pass
+        self._inflight.clear()
+        self._buf = bytearray()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._upload_id is not None:
+            try:
+                retry.call(self.what, self.b.options, self.b.client.abort_multipart_upload,
+                           Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id)
+            except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
+                retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+        return False
+
+    def __del__(self) -> None:
+        # Never complete an upload nobody closed: IOBase.__del__ would call close().
+        try:
+            if getattr(self, "_state", None) == "open":
+                self.abort()
+        except Exception:  # noqa: BLE001
+            pass
+        super().__del__()

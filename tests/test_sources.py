@@ -1,0 +1,465 @@
+"""Model sources (s3://, https://) against real servers on 127.0.0.1: moto, a TLS object server, a fault proxy."""
+# The fixtures come from servers.py (tests/conftest.py is the lead's): test arguments shadow the imports.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import array
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # servers.py, whatever the import mode
+
+from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
+from modelseal.sources import open_source
+from servers import (  # noqa: F401 - fixtures
+    Fault, FaultProxy, ObjectServer, aws_env, fast, moto, no_proxy_env, pki, s3_error, shm_dir, write_file)
+
+MiB = 1 << 20
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_all(stream, chunk: int = 1 << 20) -> bytes:
+    out = bytearray()
+    buf = bytearray(chunk)
+    while True:
+        n = stream.readinto(buf)
+        if not n:
+            return bytes(out)
+        out += buf[:n]
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """Deterministic bytes where every 4-byte word differs (so a misplaced range shows)."""
+    words = array.array("I", range(seed, seed + (n + 3) // 4))
+    return words.tobytes()[:n]
+
+
+# --------------------------------------------------------------------------- S3
+
+@pytest.fixture
+def s3(moto, aws_env):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
+    bucket = "b-" + uuid.uuid4().hex[:12]
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+@pytest.fixture
+def proxy(moto):
+    p = FaultProxy(moto.port)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000, 1 * MiB, 1 * MiB + 1, 40 * MiB + 12345])
+def test_s3_get_byte_exact(s3, proxy, size):
+    client, bucket = s3
+    data = pattern(size, seed=size)
+    client.put_object(Bucket=bucket, Key="m.seal", Body=data)
+    src = open_source(f"s3://{bucket}/m.seal?part_size=1MiB" if size <= 2 * MiB
+                      else f"s3://{bucket}/m.seal", fast(endpoint_url=proxy.url, concurrency=4))
+    assert src.size == size
+    with src.open() as stream:
+        got = read_all(stream, chunk=300_001)
+    assert digest(got) == digest(data)
+    parts = max(0, -(-size // (1 * MiB if size <= 2 * MiB else 8 * MiB)))
+    assert proxy.count("GET") == parts  # one ranged GET per part, nothing more
+    assert proxy.count("HEAD") == 1
+
+
+def test_s3_parallel_parts_in_flight_are_bounded(s3, proxy):
+    client, bucket = s3
+    data = pattern(12 * MiB, seed=7)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    src = open_source(f"s3://{bucket}/m?part_size=1MiB", fast(endpoint_url=proxy.url, concurrency=3))
+    stream = src.open()
+    time.sleep(0.5)  # workers fill the window, then must wait for the reader
+    assert proxy.count("GET") == 3
+    assert stream.read(10) == data[:10]
+    got = data[:10] + read_all(stream)
+    stream.close()
+    assert got == data
+    assert proxy.count("GET") == 12
+
+
+def test_s3_read_prefix_is_one_ranged_get(s3, proxy):
+    client, bucket = s3
+    data = pattern(3 * MiB)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url))
+    assert src.read_prefix(1000) == data[:1000]
+    assert [r for r in proxy.requests if r[0] == "GET"] == [("GET", f"/{bucket}/m", "bytes=0-999")]
+    client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert open_source(f"s3://{bucket}/empty", fast(endpoint_url=proxy.url)).read_prefix(10) == b""
+
+
+def test_s3_no_such_key_is_denied_without_retry(s3, proxy):
+    _, bucket = s3
+    src = open_source(f"s3://{bucket}/missing", fast(endpoint_url=proxy.url))
+    with pytest.raises(DeniedError) as e:
+        src.open()
+    assert e.value.exit_code == 3
+    assert len(proxy.requests) == 1
+    with pytest.raises(DeniedError):
+        open_source("s3://no-such-bucket-x1/k", fast(endpoint_url=proxy.url)).open()
+
+
+def test_s3_403_is_denied_at_once(s3, proxy):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=b"x" * 1000)
+    denied = s3_error("AccessDenied", 403)
+    denied.method, denied.times = "GET", 5
+    proxy.add_fault(denied)
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, retries=5))
+    with pytest.raises(DeniedError) as e:
+        read_all(src.open())
+    assert "AccessDenied" in str(e.value)
+    assert proxy.count("GET") == 1  # not retried
+
+
+def test_s3_500_503_then_success(s3, proxy):
+    client, bucket = s3
+    data = pattern(2 * MiB + 5, seed=3)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    for code, status in (("InternalError", 500), ("SlowDown", 503)):
+        f = s3_error(code, status)
+        f.method = "GET"
+        proxy.add_fault(f)
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, retries=4))
+    assert read_all(src.open()) == data
+    assert proxy.count("GET") == 3
+
+
+def test_s3_unavailable_after_n_attempts(s3, proxy):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=b"y" * 100)
+    f = s3_error("ServiceUnavailable", 503)
+    f.method, f.times = "GET", 100
+    proxy.add_fault(f)
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, retries=3))
+    with pytest.raises(UnavailableError) as e:
+        read_all(src.open())
+    assert e.value.exit_code == 5
+    assert "after 3 attempts" in str(e.value)
+    assert proxy.count("GET") == 3
+
+
+def test_s3_cut_connections_resume_within_the_part(s3, proxy):
+    client, bucket = s3
+    size = 40 * MiB + 777
+    data = pattern(size, seed=11)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    cut_at = 3 * MiB + 12345
+    proxy.add_fault(Fault("cut", after=cut_at, method="GET", times=4))
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, concurrency=4))
+    got = read_all(src.open())
+    assert digest(got) == digest(data)
+    gets = [r for r in proxy.requests if r[0] == "GET"]
+    assert len(gets) == 6 + 4  # 6 parts of 8 MiB, 4 of them resumed once
+    resumed = [r for r in gets if r[2] and int(r[2][6:].split("-")[0]) % (8 * MiB) == cut_at]
+    assert len(resumed) == 4  # each resumed exactly where its cut happened
+    # Restarting a part would re-send >= 3 MiB per cut; resuming re-sends at most a read chunk.
+    assert proxy.bytes_sent - size <= 4 * 256 * 1024
+
+
+def test_s3_stalled_server_times_out_then_retries(s3, proxy):
+    client, bucket = s3
+    data = pattern(300_000, seed=5)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    proxy.add_fault(Fault("stall", after=1000, seconds=4, method="GET"))
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, timeout=1))
+    start = time.monotonic()
+    assert read_all(src.open()) == data
+    assert 1 <= time.monotonic() - start < 4
+    assert proxy.count("GET") == 2
+
+
+def test_s3_object_replaced_mid_download_is_integrity_error(s3, proxy):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=pattern(3 * MiB))
+    src = open_source(f"s3://{bucket}/m?part_size=1MiB", fast(endpoint_url=proxy.url, concurrency=1))
+    stream = src.open()
+    assert stream.read(100) == pattern(3 * MiB)[:100]
+    client.put_object(Bucket=bucket, Key="m", Body=pattern(3 * MiB, seed=99))
+    with pytest.raises(IntegrityError):
+        read_all(stream)
+
+
+def test_s3_usage_errors(aws_env):
+    with pytest.raises(UsageError):
+        open_source("s3://bucket-only", fast())
+    with pytest.raises(UsageError):
+        open_source("s3://bkt/k?part_size=10", fast())
+    with pytest.raises(UsageError):  # plain http to a non-loopback endpoint needs allow_http
+        _ = open_source("s3://bkt/k", fast(endpoint_url="http://s3.example.invalid")).size
+
+
+# --------------------------------------------------------------------------- S3 upload
+
+def test_s3_open_write_multipart_byte_exact(s3, moto):
+    client, bucket = s3
+    data = pattern(17 * MiB + 3, seed=21)
+    w = open_source(f"s3://{bucket}/out.seal?part_size=5MiB", fast(endpoint_url=moto.url, concurrency=2)).open_write()
+    for i in range(0, len(data), 1_048_536):  # the writer's segment-sized writes
+        w.write(memoryview(data)[i:i + 1_048_536])
+    w.close()
+    assert w.parts == 4
+    assert client.get_object(Bucket=bucket, Key="out.seal")["Body"].read() == data
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("size", [0, 1000])
+def test_s3_open_write_small_objects(s3, moto, size):
+    client, bucket = s3
+    data = os.urandom(size)
+    with open_source(f"s3://{bucket}/small", fast(endpoint_url=moto.url)).open_write() as w:
+        w.write(data)
+    assert client.get_object(Bucket=bucket, Key="small")["Body"].read() == data
+
+
+def test_s3_open_write_abort_leaves_nothing(s3, moto):
+    client, bucket = s3
+    src = open_source(f"s3://{bucket}/gone?part_size=5MiB", fast(endpoint_url=moto.url))
+    w = src.open_write()
+    w.write(os.urandom(11 * MiB))  # two parts uploaded
+    w.abort()
+    with pytest.raises(ValueError):
+        w.write(b"x")
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket)
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    # An exception inside `with`, and a writer dropped without close, abort too.
+    with pytest.raises(RuntimeError):
+        with src.open_write() as w2:
+            w2.write(os.urandom(6 * MiB))
+            raise RuntimeError("seal failed")
+    w3 = src.open_write()
+    w3.write(os.urandom(6 * MiB))
+    del w3
+    import gc
+
+    gc.collect()
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket)
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_s3_open_write_retries_a_failed_part(s3, moto, proxy):
+    client, bucket = s3
+    data = pattern(11 * MiB, seed=4)
+    f = s3_error("InternalError", 500)
+    f.method, f.path = "PUT", "partNumber=2"
+    proxy.add_fault(f)
+    w = open_source(f"s3://{bucket}/r?part_size=5MiB", fast(endpoint_url=proxy.url)).open_write()
+    w.write(data)
+    w.close()
+    assert client.get_object(Bucket=bucket, Key="r")["Body"].read() == data
+    assert proxy.count("PUT", "partNumber=2") == 2
+
+
+# --------------------------------------------------------------------------- https
+
+@pytest.fixture
+def blob():
+    return pattern(3 * MiB + 17, seed=42)
+
+
+@pytest.fixture
+def web(pki, blob):
+    srv = ObjectServer({"/m.seal": blob, "/empty": b""}, tls=pki.server_context())
+    yield srv
+    srv.close()
+
+
+def test_https_get_byte_exact(web, pki, blob):
+    src = open_source(web.url + "/m.seal", fast(ca=pki.ca))
+    assert src.size == len(blob)
+    assert src.read_prefix(50) == blob[:50]
+    web.reset_counters()
+    with src.open() as s:
+        assert read_all(s, chunk=65536) == blob
+    assert web.requests == [("GET", "/m.seal", None)]
+    with open_source(web.url + "/empty", fast(ca=pki.ca)).open() as s:
+        assert s.read() == b""
+
+
+def test_https_cut_mid_body_resumes_from_last_byte(web, pki, blob):
+    web.add_fault(Fault("cut", after=1_000_003, method="GET"), Fault("cut", after=500_000, method="GET"))
+    with open_source(web.url + "/m.seal", fast(ca=pki.ca)).open() as s:
+        got = read_all(s)
+    assert got == blob
+    assert [r[2] for r in web.requests] == [None, "bytes=1000003-", "bytes=1500003-"]
+    assert web.bytes_sent == len(blob)  # nothing sent twice
+
+
+def test_https_server_ignoring_range_skips_delivered_bytes(pki, blob, capsys):
+    srv = ObjectServer({"/m": blob}, tls=pki.server_context(), ignore_range=True)
+    try:
+        srv.add_fault(Fault("cut", after=700_000, method="GET"))
+        with open_source(srv.url + "/m", fast(ca=pki.ca)).open() as s:
+            assert read_all(s) == blob
+        assert srv.bytes_sent == len(blob) + 700_000
+        assert "range_ignored" in capsys.readouterr().err
+    finally:
+        srv.close()
+
+
+def test_https_object_changed_during_download_is_integrity_error(web, pki, blob):
+    web.add_fault(Fault("cut", after=100_000, method="GET"))
+    with open_source(web.url + "/m.seal", fast(ca=pki.ca)).open() as s:
+        first = b""
+        while len(first) < 100_000:
+            first += s.read(100_000 - len(first))
+        assert first == blob[:100_000]
+        web.objects["/m.seal"] = pattern(len(blob), seed=1)
+        with pytest.raises(IntegrityError) as e:
+            read_all(s)
+    assert e.value.exit_code == 4
+
+
+def test_https_bearer_token(pki, blob, shm_dir):
+    token = "s3cr3t-" + uuid.uuid4().hex
+    srv = ObjectServer({"/m": blob}, tls=pki.server_context(), token=token)
+    try:
+        good = write_file(os.path.join(shm_dir, "token"), token + "\n")
+        with open_source(srv.url + "/m", fast(ca=pki.ca, token_file=good)).open() as s:
+            assert read_all(s) == blob
+        srv.reset_counters()
+        bad = write_file(os.path.join(shm_dir, "bad"), "wrong-" + token)
+        with pytest.raises(DeniedError) as e:
+            open_source(srv.url + "/m", fast(ca=pki.ca, token_file=bad, retries=5)).open().read()
+        assert srv.count() == 1  # 401: no retry
+        assert token not in str(e.value)
+    finally:
+        srv.close()
+
+
+def test_https_404_denied_and_5xx_retried(web, pki, blob):
+    with pytest.raises(DeniedError):
+        open_source(web.url + "/nope", fast(ca=pki.ca, retries=5)).open().read()
+    assert web.count() == 1
+    web.reset_counters()
+    web.add_fault(Fault("status", status=500), Fault("status", status=503))
+    with open_source(web.url + "/m.seal", fast(ca=pki.ca)).open() as s:
+        assert read_all(s) == blob
+    assert web.count() == 3
+
+
+def test_https_stall_times_out_then_resumes(web, pki, blob):
+    web.add_fault(Fault("stall", after=200_000, seconds=4, method="GET"))
+    start = time.monotonic()
+    with open_source(web.url + "/m.seal", fast(ca=pki.ca, timeout=1)).open() as s:
+        assert read_all(s) == blob
+    assert 1 <= time.monotonic() - start < 4
+    assert [r[2] for r in web.requests] == [None, "bytes=200000-"]
+
+
+def test_https_unavailable_after_retries(pki):
+    srv = ObjectServer({"/m": b"z"}, tls=pki.server_context())
+    srv.add_fault(Fault("status", status=502, times=50))
+    try:
+        with pytest.raises(UnavailableError) as e:
+            open_source(srv.url + "/m", fast(ca=pki.ca, retries=3)).open().read()
+        assert "after 3 attempts" in str(e.value) and "HTTP 502" in str(e.value)
+        assert srv.count() == 3
+    finally:
+        srv.close()
+
+
+def test_https_connection_refused_is_unavailable(pki):
+    from servers import free_port
+
+    with pytest.raises(UnavailableError):
+        open_source(f"https://127.0.0.1:{free_port()}/m", fast(ca=pki.ca, retries=2)).open().read()
+
+
+def test_https_wrong_ca_fails_without_retry(web, pki):
+    with pytest.raises(DeniedError) as e:
+        open_source(web.url + "/m.seal", fast(ca=pki.other_ca, retries=5)).open().read()
+    assert "TLS" in str(e.value)
+    assert web.count() == 0
+    with pytest.raises(DeniedError):  # the system CAs do not know our test CA either
+        open_source(web.url + "/m.seal", fast(retries=5)).open().read()
+
+
+def test_https_client_certificate(pki, blob):
+    srv = ObjectServer({"/m": blob}, tls=pki.server_context(require_client_cert=True))
+    try:
+        with pytest.raises(DeniedError):
+            open_source(srv.url + "/m", fast(ca=pki.ca, retries=5)).open().read()
+        assert srv.settled_tls_failures() == 1  # refused once, not retried
+        opts = fast(ca=pki.ca, cert=pki.client_cert, cert_key=pki.client_key)
+        with open_source(srv.url + "/m", opts).open() as s:
+            assert read_all(s) == blob
+    finally:
+        srv.close()
+
+
+def test_http_needs_allow_http_and_is_logged(blob, capsys):
+    srv = ObjectServer({"/m": blob})
+    try:
+        with pytest.raises(UsageError):
+            open_source(srv.url + "/m", fast())
+        assert srv.count() == 0
+        with open_source(srv.url + "/m", fast(allow_http=True)).open() as s:
+            assert read_all(s) == blob
+        line = json.loads([ln for ln in capsys.readouterr().err.splitlines() if "plain_http" in ln][0])
+        assert line["level"] == "warning"
+    finally:
+        srv.close()
+
+
+def test_https_our_query_parameters_are_not_sent(web, pki, blob):
+    url = f"{web.url}/m.seal?X-Amz-Signature=abc%2Fdef&timeout=3&ca={pki.ca}"
+    with open_source(url, fast()).open() as s:
+        assert read_all(s) == blob
+    assert web.requests[-1][1] == "/m.seal?X-Amz-Signature=abc%2Fdef"
+
+
+def test_s3_endpoint_from_aws_endpoint_url(s3, proxy, monkeypatch):
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=b"via env")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # boto3 reads it natively
+    with open_source(f"s3://{bucket}/m", fast()).open() as s:
+        assert read_all(s) == b"via env"
+    assert proxy.count("GET") == 1
+
+
+def test_https_redirect_to_plain_http_is_refused_before_it_is_sent(pki, blob, shm_dir):
+    plain = ObjectServer({"/m": blob})
+    srv = ObjectServer({"/m": blob}, tls=pki.server_context(), token="t0ken",
+                       redirects={"/r": plain.url + "/m", "/s": "/m"})
+    try:
+        token = write_file(os.path.join(shm_dir, "t"), "t0ken")
+        with pytest.raises(UsageError):
+            open_source(srv.url + "/r", fast(ca=pki.ca, token_file=token)).open().read()
+        assert plain.count() == 0
+        with open_source(srv.url + "/s", fast(ca=pki.ca, token_file=token)).open() as s:  # same host: fine
+            assert read_all(s) == blob
+        with open_source(srv.url + "/r", fast(ca=pki.ca, token_file=token, allow_http=True)).open() as s:
+            assert read_all(s) == blob
+        assert plain.count() == 1
+    finally:
+        plain.close()
+        srv.close()
+
+
+def test_https_open_connects_and_knows_the_size(web, pki, blob):
+    src = open_source(web.url + "/m.seal", fast(ca=pki.ca))
+    stream = src.open()
+    assert src.size == len(blob)
+    assert web.count() == 1  # the size came with the answer
+    assert read_all(stream) == blob
+    stream.close()
+    with pytest.raises(DeniedError):  # a missing object fails at open(), before any read
+        open_source(web.url + "/missing", fast(ca=pki.ca)).open()
