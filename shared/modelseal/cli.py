@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "-o", "--output", required=True, help="key file to write")
     _flag(p, "--wrapped-from", help="local .seal whose header carries the wrapped key")
     _flag(p, "--source", help="model source whose header carries the wrapped key (a ranged read)")
+    _flag(p, "--passphrase", action="store_true", help="a secret of any length (an OpenPGP passphrase), "
+                                                        "not a 32-byte data key")
     _allow_disk(p)
     _connection(p)
 
@@ -230,7 +232,7 @@ def _inspect(a: argparse.Namespace, log: Log) -> dict:
 
 def _fetch_key(a: argparse.Namespace, log: Log) -> dict:
     return stages.fetch_key(a.key_uri, a.output, _options(a), log, allow_disk=a.allow_disk,
-                            wrapped_from=a.wrapped_from, source=a.source)
+                            wrapped_from=a.wrapped_from, source=a.source, passphrase=a.passphrase)
 
 
 def _fetch_model(a: argparse.Namespace, log: Log) -> dict:
@@ -257,6 +259,7 @@ def _run(a: argparse.Namespace, log: Log) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2 here
     log = Log(args.command)
+    os.environ.setdefault("MODELSEAL_STAGE", args.command)  # backends log under the stage's name
     try:
         summary = args.func(args, log) or {}
     except (Exception, KeyboardInterrupt) as exc:

@@ -131,9 +131,9 @@ def _data_key(keys: KeySpec, options: Options) -> tuple[bytes, sealfmt.WrappedKe
 
 
 def _write_sealed(out: str, header: sealfmt.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
-                  log: Log) -> dict:
+                  options: Options, log: Log) -> dict:
     """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
-    sink = _open_sink(out)
+    sink = _open_sink(out, options)
     try:
         writer = sealfmt.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
         files = fill(writer)  # type: ignore[arg-type]
@@ -184,9 +184,9 @@ def seal(
         return files
 
     if wrap_in_tar:
-        return _write_sealed(out, header, data_key, tar, log)
+        return _write_sealed(out, header, data_key, tar, options, log)
     with (open(src, "rb", buffering=0) if src != "-" else os.fdopen(os.dup(0), "rb", buffering=0)) as f:
-        return _write_sealed(out, header, data_key, _copy(f), log)
+        return _write_sealed(out, header, data_key, _copy(f), options, log)
 
 
 def convert(
@@ -214,7 +214,7 @@ def convert(
                 writer.write(chunk)
             return 0
 
-        return _write_sealed(out, header, data_key, fill, log)
+        return _write_sealed(out, header, data_key, fill, options, log)
 
 
 def _is_tar(path: str) -> bool:
@@ -233,12 +233,12 @@ class _Sink:
         self.write, self.commit, self.abort = write, commit, abort
 
 
-def _open_sink(out: str) -> _Sink:
+def _open_sink(out: str, options: Options) -> _Sink:
     parsed = URI.parse(out)
     if parsed.scheme == "file":
         f = PartialFile(parsed.path, 0o644)
         return _Sink(f.write, f.commit, f.abort)
-    source = open_source(out)
+    source = open_source(out, options)
     opener = getattr(source, "open_write", None)
     if opener is None:
         raise UsageError(f"{parsed.scheme}: cannot write sealed output there")
@@ -259,7 +259,7 @@ def inspect(path: str) -> dict:
 
 def fetch_key(
     key_uri: str, out: str, options: Options, log: Log, allow_disk: bool = False,
-    wrapped_from: str | None = None, source: str | None = None,
+    wrapped_from: str | None = None, source: str | None = None, passphrase: bool = False,
 ) -> dict:
     _memory_target(out, allow_disk, log, "the key")
     key_source = open_key(key_uri, options)
@@ -270,10 +270,13 @@ def fetch_key(
         if header is not None and wrapped is None:
             raise UsageError(f"{key_uri.split('?')[0]}: the .seal header carries no wrapped key")
     log.info("key_source", uri=key_source.uri.redacted())
-    key = key_source.data_key(wrapped)
+    key = key_source.secret(wrapped, encoding="raw") if passphrase else key_source.data_key(wrapped)
     with PartialFile(out, 0o400) as f:
         f.write(key)
         f.commit()
+    if passphrase:  # a passphrase may be guessable: no fingerprint of it in logs
+        log.info("key_written", path=out)
+        return {"path": out}
     log.info("key_written", path=out, key_id=sealfmt.key_id(key))
     return {"path": out, "key_id": sealfmt.key_id(key)}
 
