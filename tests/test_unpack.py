@@ -236,9 +236,17 @@ def test_dest_that_is_a_symlink_or_file_is_refused(box: Box, kind: str) -> None:
     assert os.listdir(box.outside) == ["victim"]
 
 
-def test_dest_parent_missing_is_a_usage_error(box: Box) -> None:
-    with pytest.raises(UsageError, match="parent"):
-        extract(Chunked(tar_bytes([f("a")])), str(box.parent / "nope" / "dest"))
+def test_missing_parents_of_dest_are_created(box: Box) -> None:
+    """TF Serving wants /models/NAME/1: the stage makes /models/NAME itself."""
+    dest = box.parent / "resnet" / "1" / "dest"
+    extract(Chunked(tar_bytes([f("a", b"x")])), str(dest))
+    assert (dest / "a").read_bytes() == b"x"
+
+
+def test_parents_made_for_dest_are_removed_on_failure(box: Box) -> None:
+    with pytest.raises(UnsafeError):
+        extract(Chunked(tar_bytes([f("../evil")])), str(box.parent / "resnet" / "1"))
+    assert not (box.parent / "resnet").exists()
 
 
 def test_stale_staging_from_a_killed_attempt_is_removed(box: Box) -> None:
