@@ -3,27 +3,40 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-local test bench images sizes lint clean
+.PHONY: setup demo demo-local images sizes test test-fast bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY)  ## install the library (with the cloud extras) and the test tools into .venv
-	$(PY) -m pip install -q --upgrade pip
+setup: $(PY)  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+	@tools/host-packages.sh
 	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
 
-demo: demo-local  ## the main job end to end on a built-in demo model
+demo:  ## the main job end to end: containers over tmpfs, S3 + KMS, a model server answering
+	demo/compose.sh all
 
-demo-local: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" demo/local.sh
+demo-local: setup  ## the same job without containers, on /dev/shm
+	demo/local.sh
 
-test: setup  ## the test suite (pytest exit 5, "no tests", counts as a failure to find tests)
+images:  ## build every image (starts the Docker engine when none runs)
+	images/build.sh
+
+sizes: images
+	images/sizes.sh
+
+test: setup images  ## the whole suite, container tests included
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+test-fast: setup  ## everything but the container tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) --ignore=tests/containers tests
+
 bench: setup  ## benchmarks: printed tables of ratios measured side by side
-	command -v /usr/bin/time >/dev/null || (apt-get update -qq && apt-get install -y -qq time gnupg >/dev/null)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) bench/decrypt.py
+	$(PY) bench/decrypt.py
+	$(PY) bench/run.py
+	$(PY) bench/openpgp.py
+	$(PY) bench/fetch.py
 
 lint: setup
 	$(PY) -m compileall -q shared/modelseal tests bench

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Host tools the tests and benchmarks drive: gpg (the old recipe), tar with
+# every compressor, GNU time (peak RSS in bench/). Installed from Debian when missing.
+set -euo pipefail
+need=()
+command -v gpg >/dev/null || need+=(gnupg)
+command -v zstd >/dev/null || need+=(zstd)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v bzip2 >/dev/null || need+=(bzip2)
+[ -x /usr/bin/time ] || need+=(time)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
