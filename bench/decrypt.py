@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from measure import Contender, fill, interleave, table
+from measure import Contender, fill, interleave, rm, table
 
 SHM = os.environ.get("BENCH_DIR", "/dev/shm")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -33,15 +33,6 @@ with prim.new_decrypting_stream(src, prefix) as r, open(sys.argv[3], "wb") as ou
     while chunk := r.read(1 << 20):
         out.write(chunk)
 """
-
-
-def rm(*paths: str):
-    def clean() -> None:
-        for p in paths:
-            for q in (p, p + ".partial"):
-                if os.path.exists(q):
-                    os.unlink(q)
-    return clean
 
 
 def run(size_gib: int, with_others: bool) -> list[list[str]]:

@@ -81,3 +81,13 @@ def fill(path: str, size: int, chunk: int = 1 << 24) -> None:
             n = min(chunk, left)
             f.write(os.urandom(n))
             left -= n
+
+
+def rm(*paths: str):
+    """A setup step that removes outputs (and their .partial) before a repetition."""
+    def clean() -> None:
+        for p in paths:
+            for q in (p, p + ".partial"):
+                if os.path.exists(q):
+                    os.unlink(q)
+    return clean

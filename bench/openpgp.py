@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 import time
 
-from measure import GNU_TIME, Contender, Sample, fill, interleave, table
+from measure import GNU_TIME, Contender, Sample, fill, interleave, rm, table
 
 SHM = os.environ.get("BENCH_DIR", "/dev/shm")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -69,17 +69,8 @@ class CpuContender(Contender):
         return Sample(seconds, int(rss))
 
 
-def rm(*paths: str):
-    def clean() -> None:
-        for p in paths:
-            for q in (p, p + ".partial"):
-                if os.path.exists(q):
-                    os.unlink(q)
-    return clean
-
-
 def cli_has_openpgp() -> bool:
-    proc = subprocess.run(["modelseal", "decrypt", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([PY, "-m", "modelseal", "decrypt", "--help"], capture_output=True, text=True)
     return proc.returncode == 0 and "openpgp" in proc.stdout
 
 
@@ -117,7 +108,7 @@ def run(variant: str, d: str, gpg: list[str], phrase: str, use_cli: bool) -> lis
     subprocess.run(gpg + opts + ["-c", "-o", enc, plain], check=True, stderr=subprocess.DEVNULL)
     print(f"# {variant}: gpg -c took {time.perf_counter() - started:.1f} s for {size / 2**30:.2f} GiB", flush=True)
     os.unlink(plain)
-    ours = (["modelseal", "decrypt", "--format", "openpgp", "--in", enc, "--key", phrase, "-o", out] if use_cli
+    ours = ([PY, "-m", "modelseal", "decrypt", "--format", "openpgp", "--in", enc, "--key", phrase, "-o", out] if use_cli
             else [PY, "-c", DRIVER, enc, phrase, out])
     contenders = [
         CpuContender("dd bs=1M (copy ceiling)", ["dd", f"if={enc}", f"of={out}", "bs=1M"], setup=rm(out)),

@@ -85,6 +85,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import overlap
 from .errors import IntegrityError, UsageError
+from .streaming import ChunkReader
 
 try:  # the 64-bit ciphers (and, in newer releases, Camellia) live in "decrepit"
     from cryptography.hazmat.decrepit.ciphers import algorithms as _old
@@ -95,6 +96,7 @@ CHUNK = 1 << 20  # plaintext/ciphertext chunk size
 DIRECT = 1 << 16  # pieces at least this big are passed on without copying
 INFLATE_FEED = 1 << 18  # compressed input per decompress call
 MAX_ESK_PACKET = 1 << 12
+MAX_SKESKS = 16  # each costs a passphrase hash of up to 65 MB: bound the work a hostile file can ask for
 MAX_POOL = 64  # buffers per pool before falling back to plain allocation
 MAX_NESTING = 8  # compressed packets inside compressed packets
 MDC_LEN = 22  # 0xD3 0x14 + SHA-1
@@ -608,7 +610,7 @@ def _decompress(algo: int, pieces: Iterator[memoryview]) -> Iterator[bytes | mem
         raise truncated
 
 
-class DecryptingReader(io.RawIOBase):
+class DecryptingReader(ChunkReader):
     """Plaintext of a symmetric OpenPGP message (`gpg -c` output), as a stream.
 
     Same interface as `modelseal.streaming.DecryptingReader`. `segments()`
@@ -623,8 +625,6 @@ class DecryptingReader(io.RawIOBase):
         super().__init__()
         self._src = src
         self._passphrases = _passphrases(passphrase)
-        self._iter: Iterator[memoryview] | None = None
-        self._pending = _EMPTY
         self.plaintext_bytes = 0
         # What the message turned out to be (for logs; never the passphrase or data).
         self.cipher: str | None = None
@@ -637,9 +637,6 @@ class DecryptingReader(io.RawIOBase):
         self._mdc_ok = False
         self._literals = 0
         self._started = False
-
-    def readable(self) -> bool:
-        return True
 
     # -- outer layer: session key packets, then the encrypted packet ----------------
 
@@ -665,6 +662,8 @@ class DecryptingReader(io.RawIOBase):
                 if partial or indeterminate or n > MAX_ESK_PACKET:
                     raise IntegrityError("malformed symmetric-key encrypted session key packet length")
                 skesks.append(_parse_skesk(cur.take(n, "a session key packet")))
+                if len(skesks) > MAX_SKESKS:
+                    raise IntegrityError(f"more than {MAX_SKESKS} symmetric-key encrypted session key packets")
             elif tag in (1, 10, 21):  # a key for someone else, a marker, padding
                 public_key |= tag == 1
                 for _ in cur.body(n, partial, indeterminate, f"a {_tag_name(tag)}"):
@@ -849,20 +848,3 @@ class DecryptingReader(io.RawIOBase):
             # consumer gives up early; a no-op after a complete read.
             plain.close()  # type: ignore[attr-defined]
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._iter is None:
-            self._iter = self.segments()
-        while not self._pending:
-            try:
-                self._pending = next(self._iter)
-            except StopIteration:
-                return 0
-        n = min(len(buf), len(self._pending))
-        memoryview(buf).cast("B")[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        if self._iter is not None:
-            self._iter.close()  # type: ignore[attr-defined]
-        super().close()

@@ -178,7 +178,45 @@ class EncryptingWriter(io.RawIOBase):
         super().close()
 
 
-class DecryptingReader(io.RawIOBase):
+class ChunkReader(io.RawIOBase):
+    """A raw stream over `segments()`, a generator of plaintext views.
+
+    Decryptors implement `segments()` (the fast path: views written straight
+    out); `readinto` serves everything else (tarfile, zipfile, copies).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._iter: Iterator[memoryview] | None = None
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def segments(self, ring: int = 1, read_ahead: int = 2) -> Iterator[memoryview]:
+        raise NotImplementedError
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._iter is None:
+            self._iter = self.segments()
+        while not self._pending:
+            try:
+                self._pending = next(self._iter)
+            except StopIteration:
+                return 0
+        n = min(len(buf), len(self._pending))
+        memoryview(buf).cast("B")[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        """Stop a generator (and its threads) that the consumer gave up on."""
+        if self._iter is not None:
+            self._iter.close()  # type: ignore[attr-defined]
+        super().close()
+
+
+class DecryptingReader(ChunkReader):
     """A readable stream of verified plaintext from a Tink ciphertext stream.
 
     Reads one segment ahead so the final segment (the one followed by EOF) can
@@ -199,13 +237,8 @@ class DecryptingReader(io.RawIOBase):
         self._params = params
         self._ikm = ikm
         self._aad = associated_data
-        self._iter: Iterator[memoryview] | None = None
-        self._pending = memoryview(b"")
         self.plaintext_bytes = 0
         self.segments_read = 0
-
-    def readable(self) -> bool:
-        return True
 
     def _header(self) -> tuple[AESGCM, bytes]:
         p = self._params
@@ -293,16 +326,3 @@ class DecryptingReader(io.RawIOBase):
         if last:
             return f"truncated: the stream ends after segment {index}, which is not the final segment"
         return f"unexpected data after the final segment {index}"
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._iter is None:
-            self._iter = self.segments()
-        while not self._pending:
-            try:
-                self._pending = next(self._iter)
-            except StopIteration:
-                return 0
-        n = min(len(buf), len(self._pending))
-        memoryview(buf).cast("B")[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
