@@ -582,6 +582,7 @@ def test_crafted_refusals() -> None:
         (packet(1, bytes(60)) + seipd(s2k_key(PASSPHRASE), inner), "public-key"),
         (skesk_salted() + packet(6, bytes(10)), "unexpected public key"),
         (bytes([0xC0 | 3, 255]) + struct.pack(">I", 1 << 20) + bytes(100), "malformed symmetric-key"),
+        (skesk_salted() * 17 + seipd(s2k_key(PASSPHRASE), inner), "more than 16"),
     ]
     for data, pattern in cases:
         with pytest.raises(IntegrityError, match=pattern):
