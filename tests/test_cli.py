@@ -252,3 +252,20 @@ def test_seal_payload_decrypts_with_tink(shm, key):
     primitive = tink_primitive(keyset_json(key.read_bytes()))
     with primitive.new_decrypting_stream(io.BytesIO(sealed[prefix_len:]), sealed[:prefix_len]) as rd:
         assert rd.read() == data
+
+
+def test_bad_sha256_pin_is_a_usage_error_before_any_io(shm):
+    r = modelseal("fetch-model", "--source", str(shm / "absent.seal"), "--sha256", "not-hex", "-o", str(shm / "o"))
+    assert r.code == 2 and "--sha256" in r.error()
+
+
+def test_unpack_limits_from_environment(shm, key):
+    data = os.urandom(300_000)
+    (shm / "in.bin").write_bytes(data)
+    assert modelseal("seal", str(shm / "in.bin"), "-o", str(shm / "m.seal"), "--key", str(key)).code == 0
+    r = modelseal("run", "--source", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "out"),
+                  env={"MODELSEAL_MAX_FILE_SIZE": "100K"})
+    assert r.code == 6 and not (shm / "out").exists()
+    r = modelseal("run", "--source", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "out"),
+                  env={"MODELSEAL_MAX_FILE_SIZE": "1M"})
+    assert r.code == 0 and (shm / "out" / "in.bin").read_bytes() == data

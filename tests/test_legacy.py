@@ -105,3 +105,12 @@ def test_convert_to_seal(legacy):
     r = modelseal("convert", str(legacy / "model.tar.gpg"), "--passphrase-file", str(legacy / "bad"),
                   "--key", str(legacy / "key"), "-o", str(legacy / "x.seal"))
     assert r.code == 4 and not (legacy / "x.seal").exists() and not (legacy / "x.seal.partial").exists()
+
+
+def test_passphrase_from_a_key_uri(legacy):
+    """--format openpgp takes the passphrase from any key URI, raw, not only from a file."""
+    r = modelseal("decrypt", "--format", "openpgp", "--in", str(legacy / "model.tar.gpg"),
+                  "--key-uri", "env:OLD_PASSPHRASE", "-o", str(legacy / "out.tar"),
+                  env={"OLD_PASSPHRASE": PASSPHRASE.decode()})
+    assert r.code == 0, r.stderr
+    assert (legacy / "out.tar").read_bytes() == (legacy / "model.tar").read_bytes()

@@ -111,9 +111,9 @@ def _limits(p: argparse.ArgumentParser) -> None:
 def _limits_of(a: argparse.Namespace):
     from .unpack import Limits
 
+    # argparse applies each flag's type to $MODELSEAL_* defaults too, so these are parsed.
     given = {k: getattr(a, k) for k in ("max_bytes", "max_files", "max_file_size", "max_ratio")}
-    return Limits(**{k: (size(v) if k in ("max_bytes", "max_file_size") and isinstance(v, str)
-                         else type(getattr(Limits(), k))(v)) for k, v in given.items() if v is not None})
+    return Limits(**{k: v for k, v in given.items() if v is not None})
 
 
 def _allow_disk(p: argparse.ArgumentParser) -> None:

@@ -21,9 +21,9 @@ from .errors import DeniedError, UsageError
 from .keys import KeySource, open_key
 from .log import Log
 from .sources import open_source
-from .streaming import DecryptingReader
-from .uri import URI, Options
+from .streaming import ChunkReader, DecryptingReader
 from .overlap import BackgroundWriter
+from .uri import URI, Options
 
 PREFIX_READ = 6 + 4 + sealfmt.MAX_HEADER  # enough bytes to hold any .seal prefix
 FORMATS = ("seal", "tink", "openpgp")
@@ -41,22 +41,23 @@ class KeySpec:
             raise UsageError("give exactly one of --key FILE or --key-uri URI")
         return open_key(self.key_uri or f"file://{os.path.abspath(self.key_file or '')}", options)
 
-    def raw(self) -> bytes:
-        """Raw key file bytes, for formats whose key is not a 32-byte data key."""
+    def secret(self, source: KeySource, fmt: str) -> bytes:
+        """The key material a format needs: a key file's bytes as they are (a Tink
+        keyset, a raw key, a passphrase), or what the key URI yields."""
         if self.key_file:
             with open(self.key_file, "rb") as f:
                 return f.read(1 << 20)
-        raise UsageError("this format needs --key FILE")
+        return source.secret(encoding="raw") if fmt == "openpgp" else source.data_key()
 
 
 # ---- building blocks -------------------------------------------------------
 
 def open_ciphertext(source_uri: str, options: Options, sha256: str | None, log: Log) -> tuple[BinaryIO, int | None]:
     """The ciphertext stream of a source, checked against a --sha256 pin at EOF."""
+    pin = parse_pin(sha256)  # a bad pin is a usage error, found before any I/O
     source = open_source(source_uri, options)
     log.info("source", uri=source.uri.redacted())
     stream = source.open()
-    pin = parse_pin(sha256)
     return (DigestReader(stream, pin) if pin else stream), source.size  # type: ignore[return-value]
 
 
@@ -72,12 +73,11 @@ def header_from(wrapped_from: str | None, source_uri: str | None, options: Optio
 
 
 def plaintext(
-    stream: BinaryIO, fmt: str, keys: KeySpec, options: Options, log: Log,
+    stream: BinaryIO, fmt: str, keys: KeySpec, key_source: KeySource, log: Log,
     associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
-) -> DecryptingReader:
+) -> ChunkReader:
     """Verified plaintext of a ciphertext stream in any supported format."""
     if fmt == "seal":
-        key_source = keys.source(options)
 
         def key_for(header: sealfmt.Header) -> bytes:
             log.info("header", name=header.name, version=header.version, key_id=header.key_id,
@@ -86,12 +86,12 @@ def plaintext(
 
         return sealfmt.open_sealed(stream, key_for)[1]
     if fmt == "tink":
-        ikm, params = tinkkeyset.load(keys.raw() if keys.key_file else keys.source(options).data_key(), tink_template)
+        ikm, params = tinkkeyset.load(keys.secret(key_source, fmt), tink_template)
         return DecryptingReader(stream, ikm, associated_data, params)
     if fmt == "openpgp":
         from . import openpgp
 
-        return openpgp.DecryptingReader(stream, keys.raw())
+        return openpgp.DecryptingReader(stream, keys.secret(key_source, fmt))
     raise UsageError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
 
 
@@ -160,9 +160,9 @@ def seal(
     src: str, out: str, keys: KeySpec, options: Options, log: Log,
     name: str | None = None, version: str = "", compress: str = "none",
 ) -> dict:
-    data_key, wrapped = _data_key(keys, options)
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
+    data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     content_compression, wrap_in_tar = compress, True
     if src != "-" and os.path.isfile(src):
         with open(src, "rb") as f:
@@ -196,9 +196,9 @@ def convert(
     """Re-encrypt an OpenPGP (`gpg -c`) file into a .seal in one streaming pass."""
     from . import openpgp
 
-    data_key, wrapped = _data_key(keys, options)
     with open(passphrase_file, "rb") as f:
         passphrase = f.read(1 << 16)
+    data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     stream, _ = open_ciphertext(input, options, None, log)
     with stream:
         reader = openpgp.DecryptingReader(stream, passphrase)
@@ -300,12 +300,12 @@ def decrypt(
     allow_disk: bool = False, delete_key: bool = False, delete_input: bool = False,
     associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
 ) -> dict:
-    keys.source(options)  # configuration errors first, before touching any input
+    key_source = keys.source(options)  # configuration errors first, before touching any input
     _memory_target(out, allow_disk, log)
     stream, size = open_ciphertext(input, options, None, log)
     progress = log.progress("decrypt", size)
     with stream, PartialFile(out, 0o600) as f:
-        reader = plaintext(stream, fmt, keys, options, log, associated_data, tink_template)
+        reader = plaintext(stream, fmt, keys, key_source, log, associated_data, tink_template)
         with BackgroundWriter(f.write) as background:
             for segment in reader.segments(ring=background.depth + 2):
                 background.write(segment)
@@ -338,11 +338,11 @@ def run(
     """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored."""
     from . import unpack as unpacker
 
-    keys.source(options)  # configuration errors first, before touching any input
+    key_source = keys.source(options)  # configuration errors first, before touching any input
     _memory_target(out, allow_disk, log)
     stream, _ = open_ciphertext(source, options, sha256, log)
     with stream:
-        reader = plaintext(stream, fmt, keys, options, log, associated_data, tink_template)
+        reader = plaintext(stream, fmt, keys, key_source, log, associated_data, tink_template)
         stats = unpacker.extract(reader, out, limits=limits or unpacker.Limits(),
                                  allow_symlinks=allow_symlinks, log=log)
     _consume([(delete_key, keys.key_file)], log)
