@@ -21,6 +21,7 @@ from archives import (COMPRESSIONS, Chunked, compress, d, end, f, gnu_tar, hard,
 from modelseal import unpack
 from modelseal.archive import compressor, write_tar
 from modelseal.errors import CapacityError, IntegrityError, UnsafeError, UsageError
+from modelseal.log import Log
 from modelseal.unpack import Limits, extract
 
 
@@ -353,9 +354,9 @@ def test_symlink_escaping_refused(box: Box, target: str) -> None:
 def test_each_symlink_check_alone_refuses_escapes(box: Box, monkeypatch, layer: str) -> None:
     """The lexical check at creation and the final resolution against the tree each stop escapes."""
     if layer == "at creation":
-        monkeypatch.setattr(unpack._Tree, "finish", lambda self: None)
+        monkeypatch.setattr(unpack.tree.Tree, "finish", lambda self: None)
     else:
-        monkeypatch.setattr(unpack, "_climbs_out", lambda depth, comps: False)
+        monkeypatch.setattr(unpack.tree, "climbs_out", lambda depth, comps: False)
     for target in ["..", "../outside/victim", "a/../../x", "a/b/../../../outside"]:
         box.refused(tar_bytes([d("a"), d("a/b"), sym("l", target)]), UnsafeError, "outside", allow_symlinks=True)
         box.refused(tar_bytes([d("a"), d("a/b"), sym("a/b/l", "../../" + target)]), UnsafeError, "outside",
@@ -574,12 +575,12 @@ def test_sizes_counted_on_the_stream_not_the_zip_header(box: Box) -> None:
 def test_sizes_counted_on_the_bytes_written(shm: Path) -> None:
     """Below the parsers: a data stream longer than its declared size still meets the limits."""
     root = os.open(shm, os.O_RDONLY | os.O_DIRECTORY)
-    log = unpack.Log("t", io.StringIO())
+    log = Log("t", io.StringIO())
     try:
-        tree_ = unpack._Tree(root, Limits(max_bytes=1000, max_file_size=700), False, log)
+        tree_ = unpack.tree.Tree(root, Limits(max_bytes=1000, max_file_size=700), False, log)
         with pytest.raises(CapacityError, match="per-file"):
             tree_.add_file((b"a",), b"a", 0o644, None, 0, iter([b"x" * 600, b"y" * 600]))
-        tree_ = unpack._Tree(root, Limits(max_bytes=1000, max_file_size=700), False, log)
+        tree_ = unpack.tree.Tree(root, Limits(max_bytes=1000, max_file_size=700), False, log)
         tree_.add_file((b"b",), b"b", 0o644, None, 0, iter([b"x" * 600]))
         with pytest.raises(CapacityError, match="more than 1000 bytes"):
             tree_.add_file((b"c",), b"c", 0o644, None, 0, iter([b"x" * 300, b"y" * 300]))
@@ -589,7 +590,7 @@ def test_sizes_counted_on_the_bytes_written(shm: Path) -> None:
 
 
 def test_zip_central_directory_cap(box: Box, monkeypatch) -> None:
-    monkeypatch.setattr(unpack, "ZIP_CD_MAX", 4096)
+    monkeypatch.setattr(unpack.zip, "ZIP_CD_MAX", 4096)
     box.refused(zip_bytes([(f"file{i:04d}", b"", None) for i in range(100)]), CapacityError, "central directory")
 
 

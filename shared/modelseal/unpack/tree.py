@@ -1,0 +1,275 @@
+"""The output side: archive names checked and the staging tree built only through directory file descriptors.
+
+Everything is created through directory file descriptors, one component at a
+time, with O_NOFOLLOW (directories opened O_DIRECTORY|O_NOFOLLOW, files
+created O_CREAT|O_EXCL|O_NOFOLLOW, mkdir/symlink relative to a dir fd). A
+symlink, wherever it came from, can never be walked through or written
+through: an entry whose path crosses a symlink is refused (exit 7).
+
+Names: absolute names, `..` components, NUL bytes and backslashes are
+refused (exit 7). A backslash is an ordinary byte on Linux, but archives
+carrying one are almost always Windows-made traversal attempts
+(`..\\..\\x`), and refusing is clearer than creating `..\\..\\x` files.
+`.` components and repeated slashes are dropped (`./a//b` is `a/b`); a name
+longer than max_name bytes, a component longer than 255 bytes or a path
+deeper than max_depth components is refused (exit 7).
+
+Symlinks only with allow_symlinks=True, only with a relative target that,
+resolved lexically from the link's directory, never climbs above the
+destination; once the whole tree exists, every link target is resolved again
+against it and refused if it passes through another symlink (the kernel would
+follow it and its "..", so lexical resolution alone is not enough: `s -> .`
+plus `l -> s/..` escapes).
+
+Duplicates: a second entry for an existing file, symlink or directory name is
+refused (O_EXCL), except a directory entry for an existing directory
+(merged). A directory entry over a file or symlink is refused. Modes are
+fixed, not copied: files 0644, or 0755 when the archive gives any execute
+bit; directories 0755; never setuid/setgid/sticky; no chown. Regular files
+keep the archive's modification time; directories and symlinks get the
+extraction time. Over a limit, or ENOSPC: CapacityError (exit 6).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Iterable
+
+from ..errors import CapacityError, ModelsealError, UnsafeError, from_os_error
+from ..log import Log
+from .limits import Limits
+
+NAME_MAX = 255
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def show(name: bytes | str, limit: int = 120) -> str:
+    """An entry name fit for a one-line message: escaped and shortened."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 5] + "...'"
+
+
+def parts_of(raw: bytes, limits: Limits, what: str = "entry") -> tuple[bytes, ...]:
+    """Validate an archive name and split it into path components."""
+    if not raw:
+        raise UnsafeError(f"refusing {what} with an empty name")
+    if b"\0" in raw:
+        raise UnsafeError(f"refusing {what} {show(raw)}: NUL byte in its name")
+    if b"\\" in raw:
+        raise UnsafeError(f"refusing {what} {show(raw)}: backslash in its name (a Windows path?)")
+    if raw.startswith(b"/"):
+        raise UnsafeError(f"refusing {what} {show(raw)}: absolute name")
+    if len(raw) > limits.max_name:
+        raise UnsafeError(f"refusing {what} {show(raw)}: name of {len(raw)} bytes, over {limits.max_name}")
+    parts = tuple(p for p in raw.split(b"/") if p not in (b"", b"."))
+    for p in parts:
+        if p == b"..":
+            raise UnsafeError(f"refusing {what} {show(raw)}: '..' in its name")
+        if len(p) > NAME_MAX:
+            raise UnsafeError(f"refusing {what} {show(raw)}: a name component over {NAME_MAX} bytes")
+    if len(parts) > limits.max_depth:
+        raise UnsafeError(f"refusing {what} {show(raw)}: {len(parts)} levels deep, over {limits.max_depth}")
+    return parts
+
+
+def link_parts(target: bytes, limits: Limits, name: bytes) -> list[bytes]:
+    if not target:
+        raise UnsafeError(f"refusing symlink {show(name)}: empty target")
+    if b"\0" in target or b"\\" in target:
+        raise UnsafeError(f"refusing symlink {show(name)}: NUL or backslash in its target")
+    if target.startswith(b"/"):
+        raise UnsafeError(f"refusing symlink {show(name)} -> {show(target)}: absolute target")
+    if len(target) > limits.max_name:
+        raise UnsafeError(f"refusing symlink {show(name)}: target of {len(target)} bytes, over {limits.max_name}")
+    return [p for p in target.split(b"/") if p not in (b"", b".")]
+
+
+def climbs_out(depth: int, comps: list[bytes]) -> bool:
+    """Lexically, from a directory `depth` levels below dest, does the path ever go above dest?"""
+    for c in comps:
+        depth += -1 if c == b".." else 1
+        if depth < 0:
+            return True
+    return False
+
+
+
+def fs_error(exc: OSError, what: str) -> ModelsealError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return CapacityError(f"{what}: {exc.strerror or 'no space left'}")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMLINK):
+        return UnsafeError(f"{what}: {exc.strerror}")
+    return from_os_error(exc, what)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class Tree:
+    """The staging tree, built only through directory file descriptors."""
+
+    def __init__(self, root: int, limits: Limits, allow_symlinks: bool, log: Log) -> None:
+        self.root = root
+        self.limits = limits
+        self.allow_symlinks = allow_symlinks
+        self.progress = log.progress("unpack")
+        self._stack: list[tuple[bytes, int]] = []  # the open directory chain of the last parent
+        self._links: list[tuple[tuple[bytes, ...], list[bytes], bytes]] = []
+        self.entries = self.files = self.dirs = self.symlinks = self.bytes = 0
+
+    def close(self) -> None:
+        while self._stack:
+            os.close(self._stack.pop()[1])
+
+    def _count(self, name: bytes) -> None:
+        self.entries += 1
+        if self.entries > self.limits.max_files:
+            raise CapacityError(f"more than {self.limits.max_files} entries (at {show(name)})")
+
+    def _open_dir(self, parent: int, comp: bytes, name: bytes) -> int:
+        try:
+            return os.open(comp, DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeError(f"refusing entry {show(name)}: its path goes through a symlink or a file") from None
+            raise fs_error(e, f"opening the directory of {show(name)}") from None
+        self._count(name)  # an implied parent directory
+        return self._mkdir(parent, comp, name)
+
+    def _mkdir(self, parent: int, comp: bytes, name: bytes) -> int:
+        try:
+            os.mkdir(comp, 0o700, dir_fd=parent)
+            fd = os.open(comp, DIR_FLAGS, dir_fd=parent)
+            os.fchmod(fd, 0o755)
+        except OSError as e:
+            raise fs_error(e, f"creating directory {show(name)}") from None
+        self.dirs += 1
+        return fd
+
+    def _parent(self, parts: tuple[bytes, ...], name: bytes) -> int:
+        """An fd of the directory holding the entry, creating missing parents (0755)."""
+        dirs = parts[:-1]
+        i = 0
+        while i < len(self._stack) and i < len(dirs) and self._stack[i][0] == dirs[i]:
+            i += 1
+        while len(self._stack) > i:
+            os.close(self._stack.pop()[1])
+        fd = self._stack[-1][1] if self._stack else self.root
+        for comp in dirs[i:]:
+            fd = self._open_dir(fd, comp, name)
+            self._stack.append((comp, fd))
+        return fd
+
+    def add_dir(self, parts: tuple[bytes, ...], name: bytes) -> None:
+        self._count(name)
+        if not parts:
+            return  # "./": the destination itself
+        parent = self._parent(parts, name)
+        try:
+            os.close(self._mkdir(parent, parts[-1], name))
+        except UnsafeError:
+            try:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            except OSError as e:
+                raise fs_error(e, f"directory {show(name)}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeError(f"refusing directory {show(name)}: a file or symlink of that name exists") from None
+
+    def add_file(self, parts: tuple[bytes, ...], name: bytes, mode: int, mtime: float | None,
+                 declared: int, data: Iterable[bytes | memoryview]) -> None:
+        lim = self.limits
+        self._count(name)
+        if not parts:
+            raise UnsafeError(f"refusing file {show(name)}: it names the destination itself")
+        if declared > lim.max_file_size:
+            raise CapacityError(f"file {show(name)} declares {declared} bytes, over the {lim.max_file_size} per-file limit")
+        if self.bytes + declared > lim.max_bytes:
+            raise CapacityError(f"file {show(name)} would take the total over {lim.max_bytes} bytes")
+        parent = self._parent(parts, name)
+        try:
+            fd = os.open(parts[-1], FILE_FLAGS, 0o600, dir_fd=parent)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                raise UnsafeError(f"refusing file {show(name)}: duplicate entry, or over an existing name") from None
+            raise fs_error(e, f"creating {show(name)}") from None
+        try:
+            size = 0
+            for piece in data:
+                n = len(piece)
+                size += n
+                self.bytes += n
+                if size > lim.max_file_size:
+                    raise CapacityError(f"file {show(name)} is over the {lim.max_file_size}-byte per-file limit")
+                if self.bytes > lim.max_bytes:
+                    raise CapacityError(f"more than {lim.max_bytes} bytes extracted (at {show(name)})")
+                try:
+                    write_all(fd, piece)
+                except OSError as e:
+                    raise fs_error(e, f"writing {show(name)}") from None
+                self.progress.add(n)
+            try:
+                os.fchmod(fd, 0o755 if mode & 0o111 else 0o644)
+                if mtime is not None and 0 <= mtime < 2**40:
+                    os.utime(fd, (mtime, mtime))
+            except OSError as e:
+                raise fs_error(e, f"finishing {show(name)}") from None
+        finally:
+            os.close(fd)
+        self.files += 1
+
+    def add_symlink(self, parts: tuple[bytes, ...], name: bytes, target: bytes) -> None:
+        if not self.allow_symlinks:
+            raise UnsafeError(f"refusing symlink {show(name)}: symlinks are not allowed (see --allow-symlinks)")
+        self._count(name)
+        if not parts:
+            raise UnsafeError(f"refusing symlink {show(name)}: it names the destination itself")
+        comps = link_parts(target, self.limits, name)
+        if climbs_out(len(parts) - 1, comps):
+            raise UnsafeError(f"refusing symlink {show(name)} -> {show(target)}: it points outside the destination")
+        parent = self._parent(parts, name)
+        try:
+            os.symlink(target, parts[-1], dir_fd=parent)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                raise UnsafeError(f"refusing symlink {show(name)}: duplicate entry, or over an existing name") from None
+            raise fs_error(e, f"creating symlink {show(name)}") from None
+        self._links.append((parts[:-1], comps, name))
+        self.symlinks += 1
+
+    def finish(self) -> None:
+        """Resolve every symlink against the finished tree: no path through another symlink."""
+        for dirs, comps, name in self._links:
+            stack = list(dirs)
+            exists = True
+            for i, c in enumerate(comps):
+                if c == b"..":
+                    if not stack:
+                        raise UnsafeError(f"refusing symlink {show(name)}: it points outside the destination")
+                    stack.pop()
+                    continue
+                stack.append(c)
+                if not exists or i == len(comps) - 1:
+                    continue
+                # The prefix walked so far is made of real directories (checked in
+                # order), so this lstat follows no symlink.
+                try:
+                    st = os.stat(b"/".join(stack), dir_fd=self.root, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    exists = False  # the link dangles: the kernel stops here
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    raise UnsafeError(f"refusing symlink {show(name)}: its target passes through another symlink")
+                if not stat.S_ISDIR(st.st_mode):
+                    exists = False
+
