@@ -41,15 +41,19 @@ if [ "$(cat "$out/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 cp "$here/moto/requirements.txt" "$out/requirements.txt"
 
+# MODELSEAL_IMAGE_TAG set: only that tag (as images/build.sh does).
+if [ -n "${MODELSEAL_IMAGE_TAG:-}" ]; then tags=("$MODELSEAL_IMAGE_TAG"); else tags=("$VERSION" latest); fi
+
 build() {  # name, context, then extra docker build args
-    local name=$1 context=$2; shift 2
-    log "modelseal/$name:$VERSION"
+    local name=$1 context=$2 t targs=(); shift 2
+    for t in "${tags[@]}"; do targs+=(-t "modelseal/$name:$t"); done
+    log "modelseal/$name:${tags[0]}"
     # shellcheck disable=SC2086  # DOCKER_BUILD_FLAGS is a word list on purpose
     docker build ${DOCKER_BUILD_FLAGS:-} -f "$here/$name/Dockerfile" \
         --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VERSION="$VERSION" \
-        -t "modelseal/$name:$VERSION" -t "modelseal/$name:latest" "$@" "$context" >&2
+        "${targs[@]}" "$@" "$context" >&2
 }
 
 build moto "$out"
 build model-server "$here/model-server"
-echo "modelseal/{moto,model-server}:$VERSION"
+echo "modelseal/{moto,model-server}:${tags[0]}"

@@ -6,6 +6,7 @@
 #   images/build.sh                       # everything
 #   BASE_IMAGE=my/python:3.11 images/build.sh
 #   DOCKER_BUILD_FLAGS=--no-cache images/build.sh
+#   MODELSEAL_IMAGE_TAG=dev images/build.sh   # only :dev (side by side with another checkout's images)
 #
 # Order matters: base <- cloud-base <- stages. Progress on stderr; the last
 # stdout line lists the images built.
@@ -21,18 +22,22 @@ BASE_IMAGE=$("$here/base.sh" | tail -n1)
 VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$repo/shared/pyproject.toml" | head -n1)
 [ -n "$VERSION" ] || { echo "build: no version in shared/pyproject.toml" >&2; exit 1; }
 SOURCE_URL=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
+# The tags every image gets; the first one chains the layers (base <- stages).
+if [ -n "${MODELSEAL_IMAGE_TAG:-}" ]; then tags=("$MODELSEAL_IMAGE_TAG"); else tags=("$VERSION" latest); fi
+CHAIN=${tags[0]}
 
 build() {  # name, then extra docker build args
     local name=$1; shift
-    echo "build: modelseal/$name:$VERSION" >&2
+    local t targs=()
+    for t in "${tags[@]}"; do targs+=(-t "modelseal/$name:$t"); done
+    echo "build: modelseal/$name:$CHAIN" >&2
     # shellcheck disable=SC2086  # DOCKER_BUILD_FLAGS is a word list on purpose
     docker build ${DOCKER_BUILD_FLAGS:-} -f "$here/$name/Dockerfile" \
-        --build-arg VERSION="$VERSION" \
-        -t "modelseal/$name:$VERSION" -t "modelseal/$name:latest" "$@" "$repo" >&2
+        --build-arg VERSION="$VERSION" "${targs[@]}" "$@" "$repo" >&2
 }
 
 build base --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg SOURCE_URL="$SOURCE_URL"
-build cloud-base --build-arg BASE="modelseal/base:$VERSION"
-for s in decrypt unpack; do build "$s" --build-arg BASE="modelseal/base:$VERSION"; done
-for s in fetch-key fetch-model run; do build "$s" --build-arg BASE="modelseal/cloud-base:$VERSION"; done
-echo "modelseal/{base,cloud-base,fetch-key,fetch-model,decrypt,unpack,run}:$VERSION"
+build cloud-base --build-arg BASE="modelseal/base:$CHAIN"
+for s in decrypt unpack; do build "$s" --build-arg BASE="modelseal/base:$CHAIN"; done
+for s in fetch-key fetch-model run; do build "$s" --build-arg BASE="modelseal/cloud-base:$CHAIN"; done
+echo "modelseal/{base,cloud-base,fetch-key,fetch-model,decrypt,unpack,run}:$CHAIN"
