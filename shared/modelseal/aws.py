@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from . import web
+from . import extras, web
 from .errors import UsageError
 from .uri import Options
 
@@ -31,11 +31,9 @@ def region_of_arn(text: str) -> str | None:
 
 
 def client(service: str, options: Options, *, region: str | None = None, require_region: bool = False) -> Any:
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:  # pragma: no cover - the decrypt image
-        raise UsageError(f"this image has no AWS SDK; {service} needs the fetch-key/fetch-model image") from None
+    boto3 = extras.require("boto3", service)
+    Config = extras.require("botocore.config", service).Config
+    extras.require("tenacity", service)  # the retry policy every call runs under
     what = f"{service} endpoint"
     endpoint = (options.endpoint_url or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")
                 or os.environ.get("AWS_ENDPOINT_URL"))

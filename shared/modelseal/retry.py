@@ -30,6 +30,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
+from . import extras
 from .errors import DeniedError, IntegrityError, ModelsealError, UnavailableError, UsageError, from_os_error
 from .log import Log
 from .uri import Options
@@ -262,7 +263,7 @@ def log() -> Log:
 
 def retrying(what: str, options: Options, *, sleep: Callable[[float], Any] | None = None) -> Any:
     """The tenacity Retrying object of the policy (for `call`, or to iterate)."""
-    import tenacity
+    tenacity = extras.require("tenacity", "retrying network calls")
 
     attempts = max(1, int(options.retries))
     base = _float(options, "backoff", BACKOFF_BASE)
@@ -295,7 +296,7 @@ def retrying(what: str, options: Options, *, sleep: Callable[[float], Any] | Non
 def call(what: str, options: Options, fn: Callable[..., T], *args: Any,
          sleep: Callable[[float], Any] | None = None, **kwargs: Any) -> T:
     """Run fn under the policy; raise DeniedError/IntegrityError/UsageError/UnavailableError."""
-    import tenacity
+    tenacity = extras.require("tenacity", "retrying network calls")
 
     try:
         return retrying(what, options, sleep=sleep)(fn, *args, **kwargs)

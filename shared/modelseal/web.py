@@ -20,7 +20,7 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from . import retry
+from . import extras, retry
 from .errors import IntegrityError, UsageError, from_os_error
 from .uri import URI, Options
 
@@ -111,10 +111,7 @@ class Client:
     """
 
     def __init__(self, options: Options, *, bearer: bool = False, use_env: bool = True) -> None:
-        try:
-            import requests
-        except ImportError:  # pragma: no cover - the decrypt image
-            raise UsageError("this image has no HTTP client (requests); use the fetch-key/fetch-model image") from None
+        requests = extras.require("requests", "HTTP(S)")
         _check_file(options.ca, "CA bundle")
         _check_file(options.cert, "client certificate")
         _check_file(options.cert_key, "client key")
