@@ -80,16 +80,26 @@ def test_seal_directory_round_trip(shm, key, compress):
                   "--name", "demo", "--model-version", "7")
     assert r.code == 0, r.stderr
     info = json.loads(modelseal("inspect", str(shm / "m.seal")).stdout)
-    assert info["content"] == {"type": "tar", "compression": compress}
+    files = [p for p in src.rglob("*") if p.is_file()]
+    sizes = {"file_bytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    assert {k: v for k, v in info["content"].items() if k != "tar_bytes"} == {
+        "type": "tar", "compression": compress, **sizes}
     assert info["name"] == "demo" and info["version"] == "7" and info["wrapped_key"] is None
     r = modelseal("decrypt", "--in", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "m.tar"))
     assert r.code == 0, r.stderr
     out = shm / "out"
     raw = (shm / "m.tar").read_bytes()
+    if compress == "none":
+        assert info["plaintext_bytes"] == len(raw)
     if compress == "zstd":
         import zstandard
 
         raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()
+    elif compress == "gzip":
+        import gzip
+
+        raw = gzip.decompress(raw)
+    assert info["content"]["tar_bytes"] == len(raw)  # planned before a byte was written, exact
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as t:
         t.extractall(out, filter="data")  # test oracle only; the product never extracts this way
     assert tree(out) == tree(src)

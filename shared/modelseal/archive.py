@@ -13,9 +13,11 @@ import io
 import os
 import stat
 import tarfile
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import UsageError
+from .format import Sizes
 
 COPY_BUFSIZE = 1 << 20
 
@@ -48,8 +50,8 @@ def compressor(out: BinaryIO, kind: str) -> BinaryIO:
     raise UsageError(f"unknown compression {kind!r} (none, gzip, zstd)")
 
 
-def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
-    info = tar.tarinfo(arcname)
+def _tarinfo(path: str, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(arcname)
     info.mode = stat.S_IMODE(st.st_mode) & 0o777
     info.mtime = int(st.st_mtime)
     info.uid = info.gid = 0
@@ -64,29 +66,48 @@ def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, st: os.stat_result) 
     return info
 
 
-def write_tar(src: str, out: BinaryIO) -> int:
-    """Write `src` (a directory's contents, or one file) as a PAX tar; return the file count."""
-    count = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        tar.copybufsize = COPY_BUFSIZE
+@dataclass(frozen=True)
+class Plan:
+    """The members of the tar `seal` will write, and its exact size, known before a byte is written.
 
-        def add(path: str, arcname: str) -> None:
-            nonlocal count
-            try:
-                st = os.stat(path)  # follows symlinks on purpose, see module docstring
-            except FileNotFoundError:
-                raise UsageError(f"cannot seal {path}: dangling symlink or vanished file") from None
-            info = _tarinfo(tar, path, arcname, st)
-            if info.isreg():
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-                count += 1
-            else:
-                tar.addfile(info)
+    Planned first so the .seal header (written before the payload) can record
+    what the archive unpacks to (format.Sizes).
+    """
 
-        if not os.path.isdir(src):
-            add(src, os.path.basename(src.rstrip("/")) or "file")
-            return count
+    members: list[tuple[str, tarfile.TarInfo]]  # (path on disk, member), in archive order
+    tar_bytes: int
+    file_bytes: int
+    files: int
+
+    def sizes(self) -> Sizes:
+        return Sizes(tar_bytes=self.tar_bytes, file_bytes=self.file_bytes, files=self.files)
+
+
+def _tar_size(infos: list[tarfile.TarInfo]) -> int:
+    """What tarfile writes for these members: each header (pax records included) and padded data,
+    two zero blocks, then zeros up to a whole record (TarFile.close)."""
+    total = 0
+    for info in infos:
+        total += len(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        total += -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    total += 2 * tarfile.BLOCKSIZE
+    return -(-total // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def plan_tar(src: str) -> Plan:
+    """Walk `src` (a directory's contents, or one file): members in sorted order, symlinks followed."""
+    members: list[tuple[str, tarfile.TarInfo]] = []
+
+    def add(path: str, arcname: str) -> None:
+        try:
+            st = os.stat(path)  # follows symlinks on purpose, see module docstring
+        except FileNotFoundError:
+            raise UsageError(f"cannot seal {path}: dangling symlink or vanished file") from None
+        members.append((path, _tarinfo(path, arcname, st)))
+
+    if not os.path.isdir(src):
+        add(src, os.path.basename(src.rstrip("/")) or "file")
+    else:
         seen = {os.path.realpath(src)}
         for root, dirs, files in os.walk(src, followlinks=True):
             dirs.sort()
@@ -96,11 +117,38 @@ def write_tar(src: str, out: BinaryIO) -> int:
                     raise UsageError(f"cannot seal {os.path.join(root, d)}: a directory reached twice through symlinks")
                 seen.add(real)
             rel = os.path.relpath(root, src)
-            entries = sorted(dirs + files)
-            for name in entries:
-                path = os.path.join(root, name)
-                add(path, name if rel == "." else f"{rel}/{name}")
-    return count
+            for name in sorted(dirs + files):
+                add(os.path.join(root, name), name if rel == "." else f"{rel}/{name}")
+    infos = [info for _, info in members]
+    regular = [info for info in infos if info.isreg()]
+    return Plan(members, _tar_size(infos), sum(i.size for i in regular), len(regular))
+
+
+def write_tar(plan: Plan | str, out: BinaryIO) -> int:
+    """Write the planned members (or those of a path) as a PAX tar; return the file count."""
+    if isinstance(plan, str):
+        plan = plan_tar(plan)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        tar.copybufsize = COPY_BUFSIZE
+        for path, info in plan.members:
+            if not info.isreg():
+                tar.addfile(info)
+                continue
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != info.size:
+                    raise UsageError(f"cannot seal {path}: it changed size while being sealed")
+                tar.addfile(info, f)
+    return plan.files
+
+
+def scan_tar(path: str) -> Sizes:
+    """Sizes of an uncompressed tar that `seal` takes as it is (the owner's own file; headers only)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            regular = [m for m in tar if m.isreg()]
+    except (tarfile.TarError, OSError, ValueError):
+        return Sizes(tar_bytes=os.path.getsize(path))
+    return Sizes(tar_bytes=os.path.getsize(path), file_bytes=sum(m.size for m in regular), files=len(regular))
 
 
 def detect_compression(head: bytes) -> str:

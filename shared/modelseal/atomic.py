@@ -3,42 +3,83 @@
 A stage writes `NAME.partial` and renames it to NAME only once every byte is
 verified; any failure removes the partial file, so a consumer never sees a
 half-written key, ciphertext or plaintext.
+
+The output's directory is opened once, and everything after that (the check
+of where the bytes will land, creating the partial file, the rename) goes
+through that directory's descriptor: swapping the directory for a symlink,
+or a `..` through a symlink in the path, cannot redirect the bytes after the
+check.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from types import TracebackType
+from typing import Callable
+
+from .errors import UsageError
 
 PARTIAL_SUFFIX = ".partial"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: Called as check(fd, where) on the output's directory, then on the open
+#: partial file (or stdout), before any byte is written; raises to refuse.
+Check = Callable[[int, str], None]
 
 
 class PartialFile:
     """A file written under NAME.partial, renamed to NAME by commit().
 
     `path == "-"` writes to stdout instead (no rename: the consumer must
-    rely on our exit code).
+    rely on our exit code); `check` sees stdout's descriptor too.
     """
 
-    def __init__(self, path: str, mode: int = 0o600) -> None:
+    def __init__(self, path: str, mode: int = 0o600, *, check: Check | None = None) -> None:
         self.path = path
         self.stdout = path == "-"
         self.bytes_written = 0
         self._committed = False
+        self.dir_fd = -1
+        self.fd = -1
         if self.stdout:
-            self.partial = "-"
+            self.where = "standard output"
             self.fd = sys.stdout.fileno()
+            if check is not None:
+                check(self.fd, self.where)
             return
-        self.partial = path + PARTIAL_SUFFIX
-        # A partial file left by a killed earlier attempt (a restarted init
-        # container on the same emptyDir) is ours to replace.
+        parent, self.name = os.path.split(path)
+        if self.name in ("", ".", ".."):
+            raise UsageError(f"{path!r} names a directory: give the file to write")
+        self.partial = self.name + PARTIAL_SUFFIX
+        self.where = path
+        # The operator's path, followed as the kernel follows it; what it
+        # resolves to is what `check` sees.
+        self.dir_fd = os.open(parent or ".", _DIR_FLAGS)
         try:
-            os.unlink(self.partial)
-        except FileNotFoundError:
-            pass
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.fd = os.open(self.partial, flags, mode)
+            if check is not None:
+                check(self.dir_fd, parent or ".")
+            try:
+                st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISDIR(st.st_mode):
+                    raise UsageError(f"{path} is a directory: give the file to write")
+            # A partial file left by a killed earlier attempt (a restarted init
+            # container on the same emptyDir) is ours to replace.
+            try:
+                os.unlink(self.partial, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+            self.fd = os.open(self.partial, _NEW_FILE, mode, dir_fd=self.dir_fd)
+            if check is not None:
+                check(self.fd, path + PARTIAL_SUFFIX)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
@@ -56,8 +97,9 @@ class PartialFile:
             return
         os.close(self.fd)
         self.fd = -1
-        os.replace(self.partial, self.path)
+        os.replace(self.partial, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self._committed = True
+        self._close_dir()
 
     def abort(self) -> None:
         if self._committed or self.stdout:
@@ -65,10 +107,16 @@ class PartialFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
-            os.unlink(self.partial)
-        except FileNotFoundError:
-            pass
+            try:
+                os.unlink(self.partial, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
     def __enter__(self) -> "PartialFile":
         return self

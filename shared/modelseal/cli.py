@@ -120,6 +120,11 @@ def _allow_disk(p: argparse.ArgumentParser) -> None:
     _flag(p, "--allow-disk", action="store_true", help="allow plaintext on a non-memory filesystem (logged)")
 
 
+def _preflight(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--no-preflight", action="store_true", help="do not check room on the target and under the memory "
+                                                         "limit before writing (logged)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelseal", description="Deliver encrypted models into pods; "
                                      "plaintext only ever on tmpfs.")
@@ -154,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("inspect", _inspect, "print a .seal header as JSON (no key needed)")
     _flag(p, "file", metavar="FILE", help=".seal file, or - for stdin")
+    _flag(p, "--resources", action="store_true", help="print the pod resources and emptyDir sizeLimits this "
+                                                      "model needs, four-stage and single-stage")
 
     p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
     _flag(p, "--key-uri", required=True, help="key URI")
@@ -177,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _keys(p)
     _format(p)
     _allow_disk(p)
+    _preflight(p)
     _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
     _flag(p, "--delete-input", action="store_true", help="delete the ciphertext after success")
     _connection(p)
@@ -186,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "-o", "--output", required=True, help="directory to create")
     _limits(p)
     _allow_disk(p)
+    _preflight(p)
     _flag(p, "--delete-input", action="store_true", help="delete the archive after success")
 
     p = command("run", _run, "fetch, decrypt and unpack in one streaming pass")
@@ -196,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _format(p)
     _limits(p)
     _allow_disk(p)
+    _preflight(p)
     _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
     _connection(p)
     return parser
@@ -226,7 +236,12 @@ def _convert(a: argparse.Namespace, log: Log) -> dict:
 def _inspect(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "file")
     info = stages.inspect(a.file)
-    print(json.dumps(info, indent=2, sort_keys=True))
+    if a.resources:
+        from . import sizing
+
+        print(sizing.advice(info), end="")
+    else:
+        print(json.dumps(info, indent=2, sort_keys=True))
     return {"name": info.get("name")}
 
 
@@ -242,18 +257,19 @@ def _fetch_model(a: argparse.Namespace, log: Log) -> dict:
 def _decrypt(a: argparse.Namespace, log: Log) -> dict:
     return stages.decrypt(a.input, a.output, _keyspec(a), _options(a), log, fmt=a.format,
                           allow_disk=a.allow_disk, delete_key=a.delete_key, delete_input=a.delete_input,
-                          associated_data=_aad(a), tink_template=a.tink_template)
+                          associated_data=_aad(a), tink_template=a.tink_template, preflight=not a.no_preflight)
 
 
 def _unpack(a: argparse.Namespace, log: Log) -> dict:
     return stages.unpack(a.input, a.output, log, allow_disk=a.allow_disk, delete_input=a.delete_input,
-                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a))
+                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a), preflight=not a.no_preflight)
 
 
 def _run(a: argparse.Namespace, log: Log) -> dict:
     return stages.run(a.source, a.output, _keyspec(a), _options(a), log, fmt=a.format, sha256=a.sha256,
                       allow_disk=a.allow_disk, allow_symlinks=a.allow_symlinks, limits=_limits_of(a),
-                      delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template)
+                      delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template,
+                      preflight=not a.no_preflight)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,10 +285,30 @@ def main(argv: list[str] | None = None) -> int:
                            "category": err.category, "error": str(err)})
         return err.exit_code
     seconds = round(log.elapsed(), 3)
-    log.info("done", seconds=seconds)
-    write_termination({"stage": args.command, "status": "ok", "seconds": seconds,
+    memory = _peak_memory()
+    log.info("done", seconds=seconds, **memory)
+    write_termination({"stage": args.command, "status": "ok", "seconds": seconds, **memory,
                        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
     return 0
+
+
+def _peak_memory() -> dict[str, float]:
+    """This process's peak RSS, and its memory cgroup's peak (tmpfs pages written included) when
+    a limit applies: what the example specs' limits are measured by."""
+    from . import cgroup
+
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        out["peak_rss_mib"] = round(hwm / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    if cgroup.memory() is not None:
+        peak = cgroup.peak()
+        if peak is not None:
+            out["cgroup_peak_mib"] = round(peak / 2**20, 1)
+    return out
 
 
 if __name__ == "__main__":

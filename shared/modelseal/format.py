@@ -65,6 +65,37 @@ class WrappedKey:
             raise IntegrityError(f"bad header: malformed wrapped_key ({type(exc).__name__})") from None
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """What the payload unpacks to, recorded by `seal` (authenticated with the header).
+
+    Stages check before their first write that the target filesystem and
+    their memory limit hold this much; unpack holds the archive to it.
+    None: not known when the file was sealed (stdin, an archive sealed as is).
+    """
+
+    tar_bytes: int | None = None  # the tar archive, before any compression
+    file_bytes: int | None = None  # the regular files in it
+    files: int | None = None  # how many regular files
+
+    FIELDS = ("tar_bytes", "file_bytes", "files")
+
+    def to_json(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.FIELDS if getattr(self, k) is not None}
+
+    @classmethod
+    def from_json(cls, content: dict[str, Any]) -> "Sizes":
+        values: dict[str, int] = {}
+        for k in cls.FIELDS:
+            v = content.get(k)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 63:
+                raise IntegrityError(f"bad header: content.{k} is not a byte or file count")
+            values[k] = v
+        return cls(**values)
+
+
 @dataclass
 class Header:
     key_id: str
@@ -74,6 +105,7 @@ class Header:
     version: str = ""
     created: str = ""
     wrapped_key: WrappedKey | None = None
+    sizes: Sizes = field(default_factory=Sizes)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, kept as read
 
     def __post_init__(self) -> None:
@@ -89,7 +121,7 @@ class Header:
                 "segment_size": AES256_GCM_HKDF_1MB.segment_size,
                 "key_id": self.key_id,
                 "wrapped_key": self.wrapped_key.to_json() if self.wrapped_key else None,
-                "content": {"type": self.content_type, "compression": self.compression},
+                "content": {"type": self.content_type, "compression": self.compression, **self.sizes.to_json()},
                 "name": self.name,
                 "version": self.version,
                 "created": self.created,
@@ -118,6 +150,7 @@ class Header:
             version=str(obj.get("version", "")),
             created=str(obj.get("created", "")),
             wrapped_key=WrappedKey.from_json(wrapped) if wrapped is not None else None,
+            sizes=Sizes.from_json(content),
             extra={k: v for k, v in obj.items() if k not in known},
         )
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import archive, format as sealfmt, tinkkeyset, tmpfs
-from .atomic import PartialFile, remove_quietly
+from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
+from .atomic import Check, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, UsageError
 from .keys import KeySource, open_key
@@ -39,7 +40,26 @@ class KeySpec:
     def source(self, options: Options) -> KeySource:
         if bool(self.key_file) == bool(self.key_uri):
             raise UsageError("give exactly one of --key FILE or --key-uri URI")
-        return open_key(self.key_uri or f"file://{os.path.abspath(self.key_file or '')}", options)
+        if self.key_file:  # a path is a path: `#` and `?` in it are not URI syntax
+            return open_key(URI.for_path(os.path.abspath(self.key_file)), options)
+        return open_key(self.key_uri or "", options)
+
+    def file(self) -> str | None:
+        """The key file on disk, if the key comes from one (--key, or a file:// key URI)."""
+        if self.key_file:
+            return self.key_file
+        uri = URI.parse(self.key_uri or "")
+        return uri.path if uri.scheme == "file" and uri.path != "-" else None
+
+    def deletable(self, delete_key: bool) -> str | None:
+        """The key file --delete-key removes after success; refused when there is none."""
+        if not delete_key:
+            return None
+        path = self.file()
+        if path is None:
+            raise UsageError(f"--delete-key: the key comes from {URI.parse(self.key_uri or '').scheme}:, "
+                             "not from a key file; there is nothing to delete")
+        return path
 
     def secret(self, source: KeySource, fmt: str) -> bytes:
         """The key material a format needs: a key file's bytes as they are (a Tink
@@ -52,13 +72,34 @@ class KeySpec:
 
 # ---- building blocks -------------------------------------------------------
 
-def open_ciphertext(source_uri: str, options: Options, sha256: str | None, log: Log) -> tuple[BinaryIO, int | None]:
-    """The ciphertext stream of a source, checked against a --sha256 pin at EOF."""
+@dataclass(frozen=True)
+class Input:
+    """An opened input stream, its length when known, and what its source buffers ahead."""
+
+    stream: BinaryIO
+    size: int | None
+    buffers: int = 0
+
+
+def open_ciphertext(source_uri: str, options: Options, sha256: str | None, log: Log) -> Input:
+    """The ciphertext stream of a source URI, checked against a --sha256 pin at EOF."""
     pin = parse_pin(sha256)  # a bad pin is a usage error, found before any I/O
     source = open_source(source_uri, options)
     log.info("source", uri=source.uri.redacted())
     stream = source.open()
-    return (DigestReader(stream, pin) if pin else stream), source.size  # type: ignore[return-value]
+    return Input(DigestReader(stream, pin) if pin else stream, source.size,  # type: ignore[arg-type]
+                 source.buffer_bytes)
+
+
+def open_input(path: str, log: Log) -> Input:
+    """A local input file (`--in`), or stdin for `-`: a path, never parsed as a URI."""
+    if path == "-":
+        stream = os.fdopen(os.dup(0), "rb", buffering=0)
+    else:
+        stream = open(path, "rb", buffering=0)
+    log.info("input", path=path)
+    st = os.fstat(stream.fileno())
+    return Input(stream, st.st_size if stat.S_ISREG(st.st_mode) else None)
 
 
 def header_from(wrapped_from: str | None, source_uri: str | None, options: Options) -> sealfmt.Header | None:
@@ -72,26 +113,64 @@ def header_from(wrapped_from: str | None, source_uri: str | None, options: Optio
     return None
 
 
+@dataclass(frozen=True)
+class Plaintext:
+    """Verified plaintext of a ciphertext, and what is known up front about its size."""
+
+    reader: ChunkReader
+    header: sealfmt.Header | None = None  # .seal only
+    size: int | None = None  # exact length, when the ciphertext's length is known
+
+    def file_need(self, buffers: int = 0) -> capacity.Need:
+        """What decrypt writes: the plaintext itself."""
+        if self.size is not None:
+            return capacity.Need.file(self.size, "from the ciphertext's length", buffers)
+        h = self.header
+        if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
+            return capacity.Need.file(h.sizes.tar_bytes, "from the .seal header", buffers)
+        return capacity.Need.unknown("input of unknown length")
+
+    def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
+        """What unpacking it leaves."""
+        return tree_need(self.header.sizes if self.header is not None else None, self.size, compression, buffers)
+
+
+def tree_need(sizes: sealfmt.Sizes | None, archive_size: int | None, compression: str,
+              buffers: int = 0) -> capacity.Need:
+    """What an extraction leaves: the header's file bytes and count, else the archive's own length."""
+    if sizes is not None and sizes.file_bytes is not None and sizes.files is not None:
+        return capacity.Need.tree(sizes.file_bytes, sizes.files, "from the .seal header", buffers)
+    if compression == "none" and archive_size is not None:
+        return capacity.Need.file(archive_size, "estimated from the archive's length", buffers)
+    if compression != "none":
+        return capacity.Need.unknown(f"{compression}-compressed content with no sizes in a .seal header")
+    return capacity.Need.unknown("input of unknown length")
+
+
 def plaintext(
-    stream: BinaryIO, fmt: str, keys: KeySpec, key_source: KeySource, log: Log,
+    input: Input, fmt: str, keys: KeySpec, key_source: KeySource, log: Log,
     associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
-) -> ChunkReader:
+) -> Plaintext:
     """Verified plaintext of a ciphertext stream in any supported format."""
     if fmt == "seal":
 
         def key_for(header: sealfmt.Header) -> bytes:
             log.info("header", name=header.name, version=header.version, key_id=header.key_id,
-                     wrapped=header.wrapped_key.provider if header.wrapped_key else None)
+                     wrapped=header.wrapped_key.provider if header.wrapped_key else None, **header.sizes.to_json())
             return key_source.data_key(header.wrapped_key)
 
-        return sealfmt.open_sealed(stream, key_for)[1]
+        header, reader = sealfmt.open_sealed(input.stream, key_for)
+        payload = None if input.size is None else input.size - reader.associated_data_size
+        size = None if payload is None else sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
+        return Plaintext(reader, header, size)
     if fmt == "tink":
         ikm, params = tinkkeyset.load(keys.secret(key_source, fmt), tink_template)
-        return DecryptingReader(stream, ikm, associated_data, params)
+        size = None if input.size is None else params.plaintext_size_of(input.size)
+        return Plaintext(DecryptingReader(input.stream, ikm, associated_data, params), None, size)
     if fmt == "openpgp":
         from . import openpgp
 
-        return openpgp.DecryptingReader(stream, keys.secret(key_source, fmt))
+        return Plaintext(openpgp.DecryptingReader(input.stream, keys.secret(key_source, fmt)))
     raise UsageError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
 
 
@@ -102,16 +181,47 @@ def _consume(paths: list[tuple[bool, str | None]], log: Log) -> None:
             log.info("deleted", path=path)
 
 
-def _memory_target(path: str, allow_disk: bool, log: Log, what: str = "plaintext") -> None:
-    if path == "-":
-        return
-    tmpfs.require_memory_fs(os.path.dirname(os.path.abspath(path)), allow_disk, log, what)
+def memory_only(allow_disk: bool, log: Log, what: str = "plaintext") -> Check:
+    """The memory-only rule, applied to each descriptor an output is written through.
+
+    --allow-disk is warned about once per stage, not once per descriptor.
+    """
     tmpfs.warn_if_swap(log)
+    warned = False
+
+    def check(fd: int, where: str) -> None:
+        nonlocal warned
+        if not tmpfs.require_memory_fd(fd, where, allow_disk, None if warned else log, what):
+            warned = True
+
+    return check
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The capacity check before the first write (capacity.py); `--no-preflight` turns it off, logged."""
+
+    enabled: bool
+    log: Log
+
+    def announce(self) -> "Preflight":
+        if not self.enabled:
+            self.log.warning("preflight_off", message="--no-preflight: room on the target and under the "
+                             "memory limit is not checked before writing")
+        return self
+
+    def __call__(self, fd: int, where: str, need: capacity.Need) -> None:
+        if self.enabled:
+            measured = capacity.check(fd, where, need, self.log)
+            if measured:
+                self.log.info("preflight", path=where, **measured)
 
 
 # ---- the stages -----------------------------------------------------------
 
 def keygen(out: str, log: Log) -> dict:
+    if out == "-" and os.isatty(1):
+        raise UsageError("refusing to print a key on a terminal: give -o FILE, or pipe it")
     if out != "-" and os.path.lexists(out):
         raise UsageError(f"{out} exists: refusing to overwrite a key")
     with PartialFile(out, 0o400) as f:
@@ -162,24 +272,29 @@ def seal(
 ) -> dict:
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
-    data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
-    content_compression, wrap_in_tar = compress, True
+    content_compression, wrap_in_tar, sizes = compress, True, sealfmt.Sizes()
     if src != "-" and os.path.isfile(src):
         with open(src, "rb") as f:
             head = f.read(512)
         detected = archive.detect_compression(head)
         if detected != "none" or _is_tar(src):
             content_compression, wrap_in_tar = detected, False  # already an archive: seal as is
+            if detected == "none":
+                sizes = archive.scan_tar(src)
     elif src == "-":
         wrap_in_tar = False
+    plan = archive.plan_tar(src) if wrap_in_tar else None
+    data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     default_name = os.path.basename(os.path.abspath(src)) if src != "-" else ""
     header = sealfmt.Header(
-        key_id="", compression=content_compression, name=name or default_name, version=version, wrapped_key=wrapped
+        key_id="", compression=content_compression, name=name or default_name, version=version, wrapped_key=wrapped,
+        sizes=plan.sizes() if plan is not None else sizes,
     )
 
     def tar(writer: BinaryIO) -> int:
+        assert plan is not None
         comp = archive.compressor(writer, compress)
-        files = archive.write_tar(src, comp)
+        files = archive.write_tar(plan, comp)
         comp.close()
         return files
 
@@ -199,9 +314,9 @@ def convert(
     with open(passphrase_file, "rb") as f:
         passphrase = f.read(1 << 16)
     data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
-    stream, _ = open_ciphertext(input, options, None, log)
-    with stream:
-        reader = openpgp.DecryptingReader(stream, passphrase)
+    source = open_input(input, log)
+    with source.stream:
+        reader = openpgp.DecryptingReader(source.stream, passphrase)
         chunks = reader.segments()
         first = next(chunks, memoryview(b""))
         default_name = os.path.basename(input).removesuffix(".gpg").removesuffix(".tar") if input != "-" else ""
@@ -254,6 +369,7 @@ def inspect(path: str) -> dict:
     info["prefix_bytes"] = len(prefix)
     if size is not None:
         info["payload_bytes"] = size - len(prefix)
+        info["plaintext_bytes"] = sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(size - len(prefix))
     return info
 
 
@@ -261,17 +377,19 @@ def fetch_key(
     key_uri: str, out: str, options: Options, log: Log, allow_disk: bool = False,
     wrapped_from: str | None = None, source: str | None = None, passphrase: bool = False,
 ) -> dict:
-    _memory_target(out, allow_disk, log, "the key")
+    if out == "-":
+        raise UsageError("refusing to write a key to standard output (in a pod, that is the container's log): "
+                         "give -o FILE on a memory-backed volume")
     key_source = open_key(key_uri, options)
-    wrapped = None
-    if key_source.unwraps:
-        header = header_from(wrapped_from, source, options)
-        wrapped = header.wrapped_key if header else None
-        if header is not None and wrapped is None:
-            raise UsageError(f"{key_uri.split('?')[0]}: the .seal header carries no wrapped key")
-    log.info("key_source", uri=key_source.uri.redacted())
-    key = key_source.secret(wrapped, encoding="raw") if passphrase else key_source.data_key(wrapped)
-    with PartialFile(out, 0o400) as f:
+    with PartialFile(out, 0o400, check=memory_only(allow_disk, log, "the key")) as f:
+        wrapped = None
+        if key_source.unwraps:
+            header = header_from(wrapped_from, source, options)
+            wrapped = header.wrapped_key if header else None
+            if header is not None and wrapped is None:
+                raise UsageError(f"{key_uri.split('?')[0]}: the .seal header carries no wrapped key")
+        log.info("key_source", uri=key_source.uri.redacted())
+        key = key_source.secret(wrapped, encoding="raw") if passphrase else key_source.data_key(wrapped)
         f.write(key)
         f.commit()
     if passphrase:  # a passphrase may be guessable: no fingerprint of it in logs
@@ -283,11 +401,11 @@ def fetch_key(
 
 def fetch_model(source: str, out: str, options: Options, log: Log, sha256: str | None = None) -> dict:
     """Ciphertext may live on disk; only plaintext and keys are tmpfs-only."""
-    stream, size = open_ciphertext(source, options, sha256, log)
-    progress = log.progress("fetch", size)
-    with stream, PartialFile(out, 0o644) as f:
+    input = open_ciphertext(source, options, sha256, log)
+    progress = log.progress("fetch", input.size)
+    with input.stream, PartialFile(out, 0o644) as f:
         buf = bytearray(1 << 20)
-        while n := stream.readinto(buf):
+        while n := input.stream.readinto(buf):
             f.write(memoryview(buf)[:n])
             progress.add(n)
         f.commit()
@@ -298,33 +416,38 @@ def fetch_model(source: str, out: str, options: Options, log: Log, sha256: str |
 def decrypt(
     input: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
     allow_disk: bool = False, delete_key: bool = False, delete_input: bool = False,
-    associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
+    associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB", preflight: bool = True,
 ) -> dict:
     key_source = keys.source(options)  # configuration errors first, before touching any input
-    _memory_target(out, allow_disk, log)
-    stream, size = open_ciphertext(input, options, None, log)
-    progress = log.progress("decrypt", size)
-    with stream, PartialFile(out, 0o600) as f:
-        reader = plaintext(stream, fmt, keys, key_source, log, associated_data, tink_template)
-        with BackgroundWriter(f.write) as background:
-            for segment in reader.segments(ring=background.depth + 2):
-                background.write(segment)
-                progress.add(len(segment))
+    key_file = keys.deletable(delete_key)
+    check = Preflight(preflight, log).announce()
+    with PartialFile(out, 0o600, check=memory_only(allow_disk, log)) as f:
+        source = open_input(input, log)
+        progress = log.progress("decrypt", source.size)
+        with source.stream:
+            plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template)
+            check(f.fd, f.where, plain.file_need())
+            with BackgroundWriter(f.write) as background:
+                for segment in plain.reader.segments(ring=background.depth + 2):
+                    background.write(segment)
+                    progress.add(len(segment))
         f.commit()
-    _consume([(delete_key, keys.key_file), (delete_input, input)], log)
+    _consume([(delete_key, key_file), (delete_input, input)], log)
     log.info("decrypted", path=out, **progress.summary())
     return progress.summary()
 
 
 def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_input: bool = False,
-           allow_symlinks: bool = False, limits=None) -> dict:
+           allow_symlinks: bool = False, limits=None, preflight: bool = True) -> dict:
     from . import unpack as unpacker
 
-    _memory_target(out, allow_disk, log)
-    stream, _ = open_ciphertext(input, Options(), None, log)
-    with stream:
-        stats = unpacker.extract(stream, out, limits=limits or unpacker.Limits(),
-                                 allow_symlinks=allow_symlinks, log=log)
+    check = Preflight(preflight, log).announce()
+    with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
+        source = open_input(input, log)
+        with source.stream:
+            stats = dest.extract(source.stream, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
+                                 preflight=lambda fd, compression: check(fd, out, tree_need(None, source.size,
+                                                                                            compression)))
     _consume([(delete_input, input)], log)
     log.info("unpacked", path=out, **stats)
     return stats
@@ -334,18 +457,22 @@ def run(
     source: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
     sha256: str | None = None, allow_disk: bool = False, allow_symlinks: bool = False, limits=None,
     delete_key: bool = False, associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
+    preflight: bool = True,
 ) -> dict:
     """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored."""
     from . import unpack as unpacker
 
     key_source = keys.source(options)  # configuration errors first, before touching any input
-    _memory_target(out, allow_disk, log)
-    stream, _ = open_ciphertext(source, options, sha256, log)
-    with stream:
-        reader = plaintext(stream, fmt, keys, key_source, log, associated_data, tink_template)
-        stats = unpacker.extract(reader, out, limits=limits or unpacker.Limits(),
-                                 allow_symlinks=allow_symlinks, log=log)
-    _consume([(delete_key, keys.key_file)], log)
+    key_file = keys.deletable(delete_key)
+    check = Preflight(preflight, log).announce()
+    with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
+        input = open_ciphertext(source, options, sha256, log)
+        with input.stream:
+            plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template)
+            stats = dest.extract(
+                plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
+                preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, input.buffers)),
+                declared=plain.header.sizes if plain.header is not None else None)
+    _consume([(delete_key, key_file)], log)
     log.info("unpacked", path=out, **stats)
     return stats
-

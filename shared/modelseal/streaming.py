@@ -77,6 +77,19 @@ class Params:
         extra_segments = -(-rest // self.plaintext_size)
         return self.header_size + plaintext_size + TAG_SIZE * (1 + extra_segments)
 
+    def plaintext_size_of(self, ciphertext_size: int) -> int | None:
+        """The plaintext length a well-formed stream of this length decrypts to (None: malformed)."""
+        rest = ciphertext_size - self.header_size
+        if rest < TAG_SIZE:
+            return None
+        first = self.segment_size - self.header_size
+        segments = 1 + -(-max(0, rest - first) // self.segment_size)
+        plain = rest - TAG_SIZE * segments
+        last = rest - first - (segments - 2) * self.segment_size if segments > 1 else rest
+        if plain < 0 or last < TAG_SIZE:
+            return None
+        return plain
+
 
 AES256_GCM_HKDF_1MB = Params()
 
@@ -237,6 +250,7 @@ class DecryptingReader(ChunkReader):
         self._params = params
         self._ikm = ikm
         self._aad = associated_data
+        self.associated_data_size = len(associated_data)
         self.plaintext_bytes = 0
         self.segments_read = 0
 

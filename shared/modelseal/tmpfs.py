@@ -1,8 +1,9 @@
 """Where plaintext may go: memory-backed filesystems only.
 
 Plaintext and keys belong on tmpfs or ramfs, which inside a confidential
-guest live in encrypted RAM. `statfs(2)` tells the filesystem type;
-Python's os.statvfs does not expose f_type, hence the small ctypes call.
+guest live in encrypted RAM. `fstatfs(2)` on the descriptor being written
+tells the filesystem type; Python's os.fstatvfs does not expose f_type,
+hence the small ctypes call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import stat
 
 from .errors import UnsafeError
 
@@ -22,39 +24,70 @@ _KNOWN = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x794C7630: "o
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+def _f_type(buf: ctypes.Array) -> int:
+    # f_type is the first member of struct statfs: a 32-bit word on s390x, a native long elsewhere.
+    size = 4 if platform.machine() == "s390x" else ctypes.sizeof(ctypes.c_long)
+    return int.from_bytes(buf.raw[:size], "big" if platform.machine() == "s390x" else "little") & 0xFFFFFFFF
+
+
+def fs_type_fd(fd: int) -> int:
+    """f_type of the filesystem of an open file descriptor (fstatfs(2))."""
+    buf = ctypes.create_string_buffer(256)  # larger than struct statfs on every Linux ABI
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return _f_type(buf)
+
+
 def fs_type(path: str) -> int:
-    """f_type of the filesystem holding `path` (or its nearest existing parent)."""
+    """f_type of the filesystem holding `path` (or its nearest existing parent).
+
+    For tests and tools that look at a place; decisions about where bytes go
+    are taken on the opened descriptor (require_memory_fd), never on a path.
+    """
     path = os.path.abspath(path)
     while not os.path.exists(path):
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
-    buf = ctypes.create_string_buffer(256)  # larger than struct statfs on every Linux ABI
+    buf = ctypes.create_string_buffer(256)
     if _libc.statfs(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
-    # f_type is the first member: a 32-bit word on s390x, a native long elsewhere.
-    size = 4 if platform.machine() == "s390x" else ctypes.sizeof(ctypes.c_long)
-    return int.from_bytes(buf.raw[:size], "big" if platform.machine() == "s390x" else "little") & 0xFFFFFFFF
+    return _f_type(buf)
 
 
 def fs_name(magic: int) -> str:
     return MEMORY_FILESYSTEMS.get(magic) or _KNOWN.get(magic) or f"filesystem type {magic:#x}"
 
 
-def require_memory_fs(path: str, allow_disk: bool, log=None, what: str = "plaintext") -> None:
-    """Refuse (exit 7) unless `path` is on tmpfs/ramfs or the user allowed disk."""
-    magic = fs_type(path)
-    if magic in MEMORY_FILESYSTEMS:
-        return
+def require_memory_fd(fd: int, where: str, allow_disk: bool, log=None, what: str = "plaintext") -> bool:
+    """Refuse (exit 7) unless the open file or directory `fd` is on tmpfs/ramfs, or disk is allowed.
+
+    Returns False when the target is not memory but `allow_disk` let it pass (warned on `log`).
+
+    Decided on the descriptor that will be written through, so no symlink,
+    `..`, bind mount or swap of a directory between check and use can send
+    the bytes elsewhere. Pipes and sockets live in kernel memory and pass; a
+    block device is a disk, whatever filesystem its device node sits on.
+    """
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
+        return True
+    place = "a block device" if stat.S_ISBLK(mode) else None
+    if place is None:
+        magic = fs_type_fd(fd)
+        if magic in MEMORY_FILESYSTEMS:
+            return True
+        place = fs_name(magic)
     if allow_disk:
         if log is not None:
-            log.warning("allow_disk", path=path, filesystem=fs_name(magic),
+            log.warning("allow_disk", path=where, filesystem=place,
                         message=f"WRITING {what.upper()} TO A NON-MEMORY FILESYSTEM because --allow-disk was given")
-        return
+        return False
     raise UnsafeError(
-        f"refusing to write {what} to {path}: it is on {fs_name(magic)}, not tmpfs or ramfs "
+        f"refusing to write {what} to {where}: it is on {place}, not tmpfs or ramfs "
         "(use an emptyDir with medium: Memory, or pass --allow-disk)"
     )
 

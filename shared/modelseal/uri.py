@@ -37,6 +37,11 @@ class URI:
         parts = urlsplit(raw)
         return cls(raw, parts.scheme.lower(), parts.netloc, parts.path, dict(parse_qsl(parts.query)))
 
+    @classmethod
+    def for_path(cls, path: str) -> "URI":
+        """A local path taken as it is: `#`, `?` and `:` are file-name characters, not URI syntax."""
+        return cls(path, "file", "", path)
+
     def redacted(self) -> str:
         """For logs: scheme, host and path; never query values or userinfo."""
         host = self.netloc.rsplit("@", 1)[-1]

@@ -90,8 +90,8 @@ def backends() -> dict:
     return discover(sys.modules[__name__])
 
 
-def open_key(uri: str, options: Options | None = None) -> KeySource:
-    parsed = URI.parse(uri)
+def open_key(uri: str | URI, options: Options | None = None) -> KeySource:
+    parsed = uri if isinstance(uri, URI) else URI.parse(uri)
     module = backends().get(parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))

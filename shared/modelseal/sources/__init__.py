@@ -28,6 +28,11 @@ class Source:
         """The object's length when known up front (for progress and ETA)."""
         return None
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Memory an open stream holds ahead of its reader (parallel parts in flight), for sizing."""
+        return 1 << 20
+
     def open(self) -> BinaryIO:
         raise NotImplementedError
 
@@ -41,8 +46,8 @@ def backends() -> dict:
     return discover(sys.modules[__name__])
 
 
-def open_source(uri: str, options: Options | None = None) -> Source:
-    parsed = URI.parse(uri)
+def open_source(uri: str | URI, options: Options | None = None) -> Source:
+    parsed = uri if isinstance(uri, URI) else URI.parse(uri)
     module = backends().get(parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))

@@ -103,6 +103,11 @@ class Backend(Source):
     def size(self) -> int | None:
         return self.head()[0]
 
+    @property
+    def buffer_bytes(self) -> int:
+        # S3Stream: `concurrency` parts in flight plus the one being read.
+        return (self.options.concurrency + 1) * self.part_size
+
     def read_prefix(self, n: int) -> bytes:
         if n <= 0:
             return b""

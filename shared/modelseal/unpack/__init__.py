@@ -41,10 +41,11 @@ import secrets
 import shutil
 import stat
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ..archive import detect_compression
 from ..errors import IntegrityError, UsageError
+from ..format import Sizes
 from ..log import Log
 from .decompress import Plain, Raw, producer
 from .limits import Limits
@@ -52,7 +53,7 @@ from .tar import extract_tar
 from .tree import DIR_FLAGS, Tree, fs_error
 from .zip import ZIP_MAGICS, extract_zip
 
-__all__ = ["Limits", "extract"]
+__all__ = ["Destination", "Limits", "extract"]
 
 
 class _NullStream:
@@ -98,96 +99,150 @@ def _remove(parent_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=parent_fd)
 
 
-def _make_parents(parent: str, dest: str) -> list[str]:
-    """Create dest's missing parents (0755), e.g. /models/resnet for /models/resnet/1.
+#: check(fd, where): the caller's rule for where the tree may go (atomic.Check), on each opened directory.
+Check = Callable[[int, str], None]
+#: preflight(staging fd, detected compression): the capacity check, once the format is known and
+#: before the first byte is written.
+Preflight = Callable[[int, str], None]
 
-    The path is the operator's configuration, not archive input, so plain
-    mkdir is fine here; returns what was created, shallowest first.
+
+class Destination:
+    """The directory an extraction creates, opened and checked before a byte of input is read.
+
+    dest's nearest existing ancestor is opened and shown to `check`, then each
+    missing parent (e.g. /models/resnet for /models/resnet/1) is created
+    through the descriptor of the one above it, never by joined path
+    strings; stale staging directories go; a private staging directory is made
+    beside dest and shown to `check` too. extract() fills it and renames it to
+    dest; a failure, or close() without a successful extract(), removes the
+    staging directory and every parent made here. The path is the operator's
+    configuration: it is followed as the kernel follows it, and what it
+    resolves to is what `check` sees.
     """
-    missing = []
-    path = parent
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    created = []
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise UsageError(f"cannot extract into {dest}: creating {path}: {e.strerror}") from None
-        created.append(path)
-    return created
 
+    def __init__(self, dest: str, *, check: Check | None = None, log: Log | None = None) -> None:
+        self.dest = dest
+        self.log = log if log is not None else Log("unpack", stream=_NullStream())  # type: ignore[arg-type]
+        parent, self.name = os.path.split(os.path.abspath(dest))
+        if self.name in ("", ".", ".."):
+            raise UsageError(f"cannot extract into {dest!r}: give a new directory's path")
+        self._fds: list[int] = []  # every directory opened here, the parent of dest last
+        self._created: list[tuple[int, str]] = []  # (descriptor of its parent, name) of each directory made
+        self.staging: str | None = None
+        self.root = -1
+        self._done = False
+        try:
+            self.parent_fd = self._open_parent(parent, check)
+            _check_dest(self.parent_fd, self.name, dest)
+            prefix = _staging_prefix(self.name)
+            for stale in os.listdir(self.parent_fd):
+                if stale.startswith(prefix):
+                    self.log.warning("stale_staging_removed", name=stale)
+                    _remove(self.parent_fd, stale)
+            staging = prefix + secrets.token_hex(8)
+            try:
+                os.mkdir(staging, 0o700, dir_fd=self.parent_fd)
+            except OSError as e:
+                raise fs_error(e, f"creating a staging directory beside {dest}") from None
+            self.staging = staging
+            self.root = os.open(staging, DIR_FLAGS, dir_fd=self.parent_fd)
+            if check is not None:
+                check(self.root, dest)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_parent(self, parent: str, check: Check | None) -> int:
+        existing, missing = parent, []
+        while not os.path.lexists(existing):
+            existing, component = os.path.split(existing)
+            missing.append(component)
+        try:
+            fd = os.open(existing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise UsageError(f"cannot extract into {self.dest}: {existing}: {e.strerror}") from None
+        self._fds.append(fd)
+        if check is not None:
+            check(fd, existing)  # before anything is created under it
+        for component in reversed(missing):
+            try:
+                os.mkdir(component, 0o755, dir_fd=fd)
+                self._created.append((fd, component))
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise UsageError(f"cannot extract into {self.dest}: creating {component!r}: {e.strerror}") from None
+            try:
+                fd = os.open(component, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                raise UsageError(f"cannot extract into {self.dest}: opening {component!r}: {e.strerror}") from None
+            self._fds.append(fd)
+        return fd
+
+    def extract(self, src: BinaryIO, *, limits: Limits = Limits(), allow_symlinks: bool = False,
+                preflight: Preflight | None = None, declared: Sizes | None = None) -> dict:
+        """Fill the staging directory from `src`, then rename it to dest; see the module docstring."""
+        started = time.monotonic()
+        try:
+            stats = _extract_into(src, self.root, limits, allow_symlinks, self.log, preflight, declared)
+            os.fchmod(self.root, 0o755)
+            try:
+                os.rename(self.staging, self.name, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EBUSY):
+                    raise UsageError(f"{self.dest} appeared or changed during the extraction: {e.strerror}") from None
+                raise fs_error(e, f"renaming the staging directory to {self.dest}") from None
+            self._done = True
+        finally:
+            self.close()
+        stats["seconds"] = round(time.monotonic() - started, 3)
+        return stats
+
+    def close(self) -> None:
+        """Remove what was made here unless the extraction finished; release the descriptors."""
+        if self.root >= 0:
+            os.close(self.root)
+            self.root = -1
+        if not self._done:
+            if self.staging is not None:
+                try:
+                    _remove(self.parent_fd, self.staging)
+                except OSError as e:
+                    self.log.error("staging_cleanup_failed", name=self.staging, error=e.strerror)
+            for parent_fd, name in reversed(self._created):  # parents made for dest go too
+                try:
+                    os.rmdir(name, dir_fd=parent_fd)
+                except OSError:
+                    break
+        self.staging = None
+        self._created = []
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def __enter__(self) -> "Destination":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
-            log: Log | None = None) -> dict:
+            log: Log | None = None, check: Check | None = None, preflight: Preflight | None = None,
+            declared: Sizes | None = None) -> dict:
     """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `src` into a new directory `dest`.
 
     Returns stats {"files", "dirs", "symlinks", "bytes", "format", "compression", "seconds"}.
-    Raises UsageError (bad dest), UnsafeError (hostile entry), CapacityError
-    (limit, no space), IntegrityError (corrupt or truncated archive), or
-    whatever `src` raises; on any failure nothing is left beside dest.
+    Raises UsageError (bad dest), UnsafeError (hostile entry, or `check` refused the target),
+    CapacityError (limit, no space, `preflight`), IntegrityError (corrupt or truncated archive, or more
+    than `declared`), or whatever `src` raises; on any failure nothing is left beside dest.
     """
-    if log is None:
-        log = Log("unpack", stream=_NullStream())  # type: ignore[arg-type]
-    started = time.monotonic()
-    dest_abs = os.path.abspath(dest)
-    parent, name = os.path.split(dest_abs)
-    if name in ("", ".", ".."):
-        raise UsageError(f"cannot extract into {dest!r}: give a new directory's path")
-    created = _make_parents(parent, dest)
-    try:
-        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise UsageError(f"cannot extract into {dest}: its parent directory {parent}: {e.strerror}") from None
-    try:
-        _check_dest(parent_fd, name, dest)
-        prefix = _staging_prefix(name)
-        for stale in os.listdir(parent_fd):
-            if stale.startswith(prefix):
-                log.warning("stale_staging_removed", name=stale)
-                _remove(parent_fd, stale)
-        staging = prefix + secrets.token_hex(8)
-        try:
-            os.mkdir(staging, 0o700, dir_fd=parent_fd)
-        except OSError as e:
-            raise fs_error(e, f"creating a staging directory beside {dest}") from None
-        try:
-            root = os.open(staging, DIR_FLAGS, dir_fd=parent_fd)
-            try:
-                stats = _extract_into(src, root, limits, allow_symlinks, log)
-                os.fchmod(root, 0o755)
-            finally:
-                os.close(root)
-            try:
-                os.rename(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except OSError as e:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EBUSY):
-                    raise UsageError(f"{dest} appeared or changed during the extraction: {e.strerror}") from None
-                raise fs_error(e, f"renaming the staging directory to {dest}") from None
-        except BaseException:
-            try:
-                _remove(parent_fd, staging)
-            except OSError as e:
-                log.error("staging_cleanup_failed", name=staging, error=e.strerror)
-            raise
-    except BaseException:
-        for path in reversed(created):  # parents we made for dest go too
-            try:
-                os.rmdir(path)
-            except OSError:
-                break
-        raise
-    finally:
-        os.close(parent_fd)
-    stats["seconds"] = round(time.monotonic() - started, 3)
-    return stats
+    with Destination(dest, check=check, log=log) as destination:
+        return destination.extract(src, limits=limits, allow_symlinks=allow_symlinks, preflight=preflight,
+                                   declared=declared)
 
 
-def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log) -> dict:
+def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log,
+                  preflight: Preflight | None, declared: Sizes | None) -> dict:
     raw = Raw(src)
     head = raw.peek(8)
     if not head:
@@ -197,7 +252,9 @@ def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool
     else:
         fmt, compression = "tar", detect_compression(head)
     log.info("unpack_start", format=fmt, compression=compression)
-    tree = Tree(root, limits, allow_symlinks, log)
+    if preflight is not None:
+        preflight(root, compression)
+    tree = Tree(root, limits, allow_symlinks, log, declared)
     try:
         if fmt == "zip":
             extract_zip(raw, tree)

@@ -37,7 +37,8 @@ import os
 import stat
 from typing import Iterable
 
-from ..errors import CapacityError, ModelsealError, UnsafeError, from_os_error
+from ..errors import CapacityError, IntegrityError, ModelsealError, UnsafeError, from_os_error
+from ..format import Sizes
 from ..log import Log
 from .limits import Limits
 
@@ -117,9 +118,13 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 class Tree:
     """The staging tree, built only through directory file descriptors."""
 
-    def __init__(self, root: int, limits: Limits, allow_symlinks: bool, log: Log) -> None:
+    def __init__(self, root: int, limits: Limits, allow_symlinks: bool, log: Log,
+                 declared: Sizes | None = None) -> None:
         self.root = root
         self.limits = limits
+        # What the authenticated .seal header says the archive holds: the
+        # preflight sized the target by it, so holding more is an integrity error.
+        self.declared = declared if declared is not None else Sizes()
         self.allow_symlinks = allow_symlinks
         self.progress = log.progress("unpack")
         self._stack: list[tuple[bytes, int]] = []  # the open directory chain of the last parent
@@ -196,6 +201,9 @@ class Tree:
             raise CapacityError(f"file {show(name)} declares {declared} bytes, over the {lim.max_file_size} per-file limit")
         if self.bytes + declared > lim.max_bytes:
             raise CapacityError(f"file {show(name)} would take the total over {lim.max_bytes} bytes")
+        if self.declared.files is not None and self.files >= self.declared.files:
+            raise IntegrityError(f"the archive holds more than the {self.declared.files} files "
+                                 f"its .seal header declares (at {show(name)})")
         parent = self._parent(parts, name)
         try:
             fd = os.open(parts[-1], FILE_FLAGS, 0o600, dir_fd=parent)
@@ -213,6 +221,9 @@ class Tree:
                     raise CapacityError(f"file {show(name)} is over the {lim.max_file_size}-byte per-file limit")
                 if self.bytes > lim.max_bytes:
                     raise CapacityError(f"more than {lim.max_bytes} bytes extracted (at {show(name)})")
+                if self.declared.file_bytes is not None and self.bytes > self.declared.file_bytes:
+                    raise IntegrityError(f"the archive holds more than the {self.declared.file_bytes} file bytes "
+                                         f"its .seal header declares (at {show(name)})")
                 try:
                     write_all(fd, piece)
                 except OSError as e:

@@ -1,0 +1,92 @@
+"""`modelseal inspect --resources`: the pod resources and emptyDir sizes a sealed model needs.
+
+The rule behind every number: pages written to a memory-backed emptyDir are
+charged to the memory cgroup of the container that writes them, so a stage's
+memory limit covers what it writes plus its own working set; the pages stay
+charged to the pod after the writer exits, until they are deleted, so the
+pod's effective limit (the larger of the largest init container's limit and
+the sum of the app containers' limits) covers what is on the volumes at each
+moment; and the serving container, which keeps the model pages in the pod,
+needs the model plus what the server itself uses. README.md "Sizing" says the
+same in prose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .capacity import PAGE, mib, quantity
+
+MIB = 1 << 20
+#: Working sets measured for each stage image (cgroup peak minus the tmpfs
+#: pages it wrote), with headroom: tests/containers/test_sizing.py runs the
+#: example specs at these limits with a 1 GiB model. S3 readers hold
+#: `concurrency` (8) parts of `part_size` (8 MiB) in flight.
+WORKING_SET = {
+    "fetch-key": 128 * MIB,
+    "fetch-model": 384 * MIB,
+    "decrypt": 96 * MIB,
+    "unpack": 96 * MIB,
+    "run": 384 * MIB,
+}
+
+
+def _tree_bytes(content: dict[str, Any], plaintext: int | None) -> tuple[int | None, str]:
+    files, file_bytes = content.get("files"), content.get("file_bytes")
+    if isinstance(files, int) and isinstance(file_bytes, int):
+        return file_bytes + files * (PAGE - 1), f"{mib(file_bytes)} in {files:,} files"
+    if content.get("compression", "none") == "none" and plaintext is not None:
+        return plaintext, f"at most {mib(plaintext)} (the header records no sizes: bounded by the tar's length)"
+    return None, "unknown (the header records no sizes and the content is compressed)"
+
+
+def _resources(memory: int) -> str:
+    q = quantity(memory)
+    return f"{{resources: {{requests: {{memory: {q}}}, limits: {{memory: {q}}}}}}}"
+
+
+def advice(info: dict[str, Any]) -> str:
+    """YAML (with comments) giving limits and sizeLimits for the example pod specs' shapes."""
+    content = info.get("content") or {}
+    plaintext = info.get("plaintext_bytes")
+    payload = info.get("payload_bytes")
+    tree, tree_text = _tree_bytes(content, plaintext)
+    tar = -(-plaintext // PAGE) * PAGE if isinstance(plaintext, int) else None
+    lines = [f"# {info.get('name') or 'model'} {info.get('version') or ''}".rstrip(),
+             f"# unpacked: {tree_text}",
+             f"# decrypted payload ({content.get('compression', 'none')} tar): "
+             + (mib(plaintext) if isinstance(plaintext, int) else "unknown (read from stdin)"),
+             "# tmpfs pages count against the memory limit of the container that writes them, and stay",
+             "# in the pod until deleted (README.md, Sizing). Memory requests equal limits: the pages are real.",
+             ""]
+    if tree is None:
+        lines.append("# Cannot size the pod without the model's unpacked size: reseal it with modelseal seal.")
+        return "\n".join(lines) + "\n"
+    lines += [
+        "single-stage:                      # examples/kubernetes/single-stage.yaml",
+        "  initContainers:",
+        f"    modelseal: {_resources(tree + WORKING_SET['run'])}",
+        "  containers:",
+        f"    serving: {{resources: {{limits: {{memory: {quantity(tree)}}}}}}}   # plus what the server itself needs",
+        "  volumes:",
+        f"    models: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(tree)}}}}}",
+    ]
+    if tar is None:
+        lines.append("# four-stage: the decrypted payload's size is unknown (give the .seal file, not stdin)")
+        return "\n".join(lines) + "\n"
+    lines += [
+        "four-stage:                        # examples/kubernetes/four-stage.yaml",
+        "  initContainers:",
+        f"    fetch-key: {_resources(WORKING_SET['fetch-key'])}",
+        f"    fetch-model: {_resources(WORKING_SET['fetch-model'])}   # ciphertext to disk: page cache, reclaimable",
+        f"    decrypt: {_resources(tar + WORKING_SET['decrypt'])}",
+        f"    unpack: {_resources(tar + tree + WORKING_SET['unpack'])}   # the tar is still in the pod while the tree is written",
+        "  containers:",
+        f"    serving: {{resources: {{limits: {{memory: {quantity(tree)}}}}}}}   # plus what the server itself needs",
+        "  volumes:",
+        "    secrets: {emptyDir: {medium: Memory, sizeLimit: 1Mi}}",
+        f"    ciphertext: {{emptyDir: {{sizeLimit: {quantity(payload + info.get('prefix_bytes', 0) if isinstance(payload, int) else tar)}}}}}",
+        f"    plaintext: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(tar)}}}}}",
+        f"    models: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(tree)}}}}}",
+    ]
+    return "\n".join(lines) + "\n"
