@@ -14,6 +14,16 @@ from pathlib import Path
 import pytest
 
 SHM = Path(os.environ.get("MODELSEAL_TEST_SHM", "/dev/shm"))
+#: Under CI (.ci/run sets it) nothing may skip: a missing tool or privilege is a failure.
+STRICT = os.environ.get("MODELSEAL_REQUIRE_IMAGES") == "1"
+
+
+def need(why: str) -> None:
+    """Skip the test for `why` (nothing when empty); fail instead under CI (MODELSEAL_REQUIRE_IMAGES=1)."""
+    if why:
+        if STRICT:
+            pytest.fail(f"MODELSEAL_REQUIRE_IMAGES=1 but {why}", pytrace=False)
+        pytest.skip(why)
 
 
 @pytest.fixture

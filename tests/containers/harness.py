@@ -45,12 +45,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-import pytest
+from conftest import need  # noqa: F401  (re-exported: the container tests call harness.need)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = Path(os.environ.get("MODELSEAL_EXAMPLES_DIR", REPO / "examples" / "kubernetes"))
 TAG = os.environ.get("MODELSEAL_IMAGE_TAG", "latest")
-REQUIRE = os.environ.get("MODELSEAL_REQUIRE_IMAGES") == "1"
 STAGES = ["fetch-key", "fetch-model", "decrypt", "unpack"]
 ALL = STAGES + ["run"]
 LABEL = "org.modelseal.test"
@@ -60,12 +59,6 @@ def image(name: str, tag: str = TAG) -> str:
     return f"modelseal/{name}:{tag}"
 
 
-def need(why: str) -> None:
-    """Skip the test for `why` (nothing when empty); fail instead under MODELSEAL_REQUIRE_IMAGES=1."""
-    if why:
-        if REQUIRE:
-            pytest.fail(f"MODELSEAL_REQUIRE_IMAGES=1 but {why}", pytrace=False)
-        pytest.skip(why)
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,433 @@
+"""Real model sizes: the header's sizes, the capacity preflight, the memory cgroup, retries after a kill.
+
+The preflight is tested against real limits: a tmpfs mounted at a small size,
+and a real memory cgroup (v1 here, v2 where the host runs it) that the CLI's
+process is moved into before it starts. The cgroup reader's arithmetic for
+both versions is also checked on file trees laid out as the kernel lays them
+out (the only way to see v2 on a v1 host). Models are hundreds of MiB, made
+on /dev/shm: a 3 MiB model says nothing about memory limits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SHM, modelseal, need
+from modelseal import archive, capacity, cgroup, format as sealfmt
+from modelseal.streaming import AES256_GCM_HKDF_1MB as P
+
+MIB = 1 << 20
+
+
+# ---- units: what the numbers are --------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, P.first_plaintext_size - 1, P.first_plaintext_size, P.first_plaintext_size + 1,
+                               P.first_plaintext_size + P.plaintext_size, 5 * P.plaintext_size + 7])
+def test_plaintext_length_from_the_ciphertext_length(n: int) -> None:
+    assert P.plaintext_size_of(P.ciphertext_size(n)) == n
+
+
+def test_plaintext_length_of_malformed_lengths_is_unknown() -> None:
+    assert P.plaintext_size_of(39) is None  # shorter than the header
+    assert P.plaintext_size_of(P.header_size + 15) is None  # shorter than a tag
+    assert P.plaintext_size_of(P.segment_size + 5) is None  # a last segment shorter than a tag
+
+
+def test_planned_tar_size_is_exact(shm: Path) -> None:
+    root = shm / "m"
+    (root / "d" / ("ü" * 60) / ("x" * 120)).mkdir(parents=True)  # pax headers for long, non-ASCII names
+    (root / "empty.bin").write_bytes(b"")
+    (root / "one").write_bytes(b"1")
+    (root / "d" / ("ü" * 60) / ("x" * 120) / ("long" * 40)).write_bytes(os.urandom(70_000))
+    (root / "block").write_bytes(bytes(512 * 21))
+    plan = archive.plan_tar(str(root))
+    out = io.BytesIO()
+    assert archive.write_tar(plan, out) == 4
+    assert plan.tar_bytes == len(out.getvalue())
+    assert plan.files == 4 and plan.file_bytes == 1 + 70_000 + 512 * 21
+    members = tarfile.open(fileobj=io.BytesIO(out.getvalue())).getmembers()
+    assert sum(m.size for m in members if m.isreg()) == plan.file_bytes
+
+
+def test_header_sizes_round_trip_and_malformed_sizes_are_integrity_errors() -> None:
+    h = sealfmt.Header(key_id="k", sizes=sealfmt.Sizes(tar_bytes=10, file_bytes=5, files=1))
+    again, _ = sealfmt.read_prefix(io.BytesIO(sealfmt.encode_prefix(h)))
+    assert again.sizes == h.sizes
+    for bad in (-1, True, "12", 1.5, 2**64):
+        obj = h.to_json()
+        obj["content"]["files"] = bad
+        with pytest.raises(sealfmt.IntegrityError, match="content.files"):
+            sealfmt.Header.from_json(obj)
+
+
+def _cgroup_tree(tmp: Path, version: int, levels: dict[str, dict[str, str]], own: str, mount_root: str = "/",
+                 ) -> Path:
+    """A /proc/self and a cgroup mount laid out as the kernel does, in `tmp`."""
+    mnt = tmp / "cgroup"
+    for rel, files in levels.items():
+        d = mnt / rel.strip("/") if rel.strip("/") else mnt
+        d.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (d / name).write_text(text)
+    proc = tmp / "proc"
+    proc.mkdir()
+    if version == 1:
+        (proc / "cgroup").write_text(f"5:cpu,cpuacct:/x\n4:memory:{own}\n1:name=systemd:/x\n")
+        (proc / "mountinfo").write_text(
+            f"30 25 0:27 {mount_root} {mnt} rw,nosuid - cgroup cgroup rw,memory\n"
+            f"31 25 0:28 / {tmp}/cpu rw - cgroup cgroup rw,cpu,cpuacct\n")
+    else:
+        (proc / "cgroup").write_text(f"0::{own}\n")
+        (proc / "mountinfo").write_text(f"30 25 0:27 {mount_root} {mnt} rw,nosuid - cgroup2 cgroup2 rw\n")
+    return proc
+
+
+def test_cgroup_v2_tightest_level_wins_and_file_cache_is_reclaimable(tmp_path: Path) -> None:
+    stat = "anon 100\nactive_file 30000000\ninactive_file 20000000\nshmem 40000000\n"
+    proc = _cgroup_tree(tmp_path, 2, {
+        "/": {"memory.stat": stat},  # the root has no memory.max
+        "/kubepods/pod1": {"memory.max": str(900 * MIB), "memory.current": str(800 * MIB), "memory.stat": stat},
+        "/kubepods/pod1/c1": {"memory.max": str(2048 * MIB), "memory.current": str(300 * MIB),
+                              "memory.stat": stat, "memory.peak": str(400 * MIB)},
+    }, own="/kubepods/pod1/c1")
+    mem = cgroup.memory(str(proc))
+    assert mem is not None and mem.version == 2 and mem.path.endswith("pod1")  # the pod's limit is tighter
+    assert mem.in_use == 800 * MIB - 50_000_000 and mem.headroom == 100 * MIB + 50_000_000
+    assert cgroup.peak(str(proc)) == 400 * MIB
+
+
+def test_cgroup_v2_inside_a_namespace_and_unlimited(tmp_path: Path) -> None:
+    proc = _cgroup_tree(tmp_path, 2, {"/": {"memory.max": "max", "memory.current": "1000", "memory.stat": ""}},
+                        own="/")
+    assert cgroup.memory(str(proc)) is None  # "max": no limit to respect
+    (tmp_path / "cgroup" / "memory.max").write_text(str(512 * MIB))
+    mem = cgroup.memory(str(proc))
+    assert mem is not None and mem.limit == 512 * MIB and mem.in_use == 1000
+
+
+def test_cgroup_v1_container_view_and_hierarchical_limit(tmp_path: Path) -> None:
+    """Docker / kubelet on v1 mount the container's own cgroup at the mount point (mountinfo root = its path)."""
+    proc = _cgroup_tree(tmp_path, 1, {"/": {
+        "memory.limit_in_bytes": str(9223372036854771712), "memory.usage_in_bytes": str(200 * MIB),
+        "memory.stat": f"total_active_file 1000\ntotal_inactive_file {10 * MIB}\nhierarchical_memory_limit {600 * MIB}\n",
+        "memory.max_usage_in_bytes": str(250 * MIB)}},
+        own="/kubepods/burstable/pod1/abc", mount_root="/kubepods/burstable/pod1/abc")
+    mem = cgroup.memory(str(proc))
+    assert mem is not None and mem.version == 1
+    assert mem.limit == 600 * MIB and mem.in_use == 190 * MIB - 1000
+    assert cgroup.peak(str(proc)) == 250 * MIB
+
+
+def test_no_cgroup_means_no_limit(tmp_path: Path) -> None:
+    (tmp_path / "cgroup").write_text("")
+    (tmp_path / "mountinfo").write_text("")
+    assert cgroup.memory(str(tmp_path)) is None
+
+
+def test_tree_need_rounds_every_file_up_to_pages() -> None:
+    need = capacity.Need.tree(10, 3, "x")
+    assert need.bytes == 10 + 3 * (capacity.PAGE - 1) and need.files == 3
+    assert capacity.quantity(700 * MIB + 1) == "704Mi" and capacity.quantity(16 * MIB) == "16Mi"
+
+
+# ---- real limits --------------------------------------------------------------------
+
+def big_model(root: Path, size: int, small_files: int = 50) -> Path:
+    """Shards of random bytes plus small files: what a real model directory looks like."""
+    (root / "variables").mkdir(parents=True)
+    shard = (size - small_files * 3000) // 2
+    for i in range(2):
+        with open(root / "variables" / f"variables.data-0000{i}-of-00002", "wb") as f:
+            left = shard
+            while left:
+                n = min(left, 8 * MIB)
+                f.write(os.urandom(n))
+                left -= n
+    for i in range(small_files):
+        (root / f"asset-{i:03d}.json").write_bytes(os.urandom(3000))
+    return root
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[Path, Path, Path]:
+    """A 256 MiB model, its key and its .seal (zstd), made once on tmpfs for this module."""
+    base = SHM / f"modelseal-cap-{uuid.uuid4().hex[:8]}"
+    base.mkdir()
+    try:
+        src = big_model(base / "src", 256 * MIB)
+        key = base / "key"
+        key.write_bytes(os.urandom(32))
+        r = modelseal("seal", str(src), "-o", str(base / "m.seal"), "--key", str(key), "--compress", "zstd")
+        assert r.code == 0, r.stderr
+        yield src, key, base / "m.seal"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+@contextmanager
+def small_tmpfs(where: Path, size: str):
+    where.mkdir()
+    if os.geteuid() != 0:
+        need("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if r.returncode:
+        need(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("stage", ["decrypt", "run", "unpack"])
+def test_tmpfs_too_small_exits_6_before_anything_is_written(shm: Path, model, stage: str) -> None:
+    src, key, seal = model
+    if stage == "unpack":
+        r = modelseal("decrypt", "--in", str(seal), "--key", str(key), "-o", str(shm / "m.tar.zst"))
+        assert r.code == 0, r.stderr
+        # an uncompressed tar: its length bounds the tree (a compressed one would be "unknown")
+        subprocess.run(["zstd", "-q", "-d", str(shm / "m.tar.zst"), "-o", str(shm / "m.tar")], check=True)
+    with small_tmpfs(shm / "vol", "64m") as vol:
+        args = {"decrypt": ["decrypt", "--in", str(seal), "--key", str(key), "-o", f"{vol}/model.tar"],
+                "run": ["run", "--source", str(seal), "--key", str(key), "-o", f"{vol}/resnet/1"],
+                "unpack": ["unpack", "--in", str(shm / "m.tar"), "-o", f"{vol}/resnet/1"]}[stage]
+        r = modelseal(*args)
+        assert r.code == 6, r.stderr
+        assert f"under {vol}" in r.error() and "free" in r.error() and "sizeLimit" in r.error()
+        assert not [x for x in r.logs() if x["event"] == "progress"]
+        assert os.listdir(vol) == []  # no .partial, no staging directory, no parents
+        assert os.statvfs(vol).f_bfree == os.statvfs(vol).f_blocks  # and no page was ever used for data
+
+
+def test_inode_limit_is_checked_too(shm: Path) -> None:
+    src = shm / "many"
+    src.mkdir()
+    for i in range(300):
+        (src / f"f{i}").write_bytes(b"x")
+    key = shm / "key"
+    key.write_bytes(os.urandom(32))
+    assert modelseal("seal", str(src), "-o", str(shm / "m.seal"), "--key", str(key)).code == 0
+    with small_tmpfs(shm / "vol", "64m,nr_inodes=100") as vol:
+        r = modelseal("run", "--source", str(shm / "m.seal"), "--key", str(key), "-o", f"{vol}/m")
+        assert r.code == 6 and "300 files" in r.error(), r.stderr
+        assert os.listdir(vol) == []
+
+
+@contextmanager
+def memory_cgroup(limit: int):
+    """A real memory cgroup with `limit`; yields a preexec_fn that moves a child process into it."""
+    if os.geteuid() != 0:
+        need("creating a memory cgroup needs root")
+    own = Path("/proc/self/cgroup").read_text()
+    name = f"modelseal-test-{uuid.uuid4().hex[:8]}"
+    if any(":memory:" in line for line in own.splitlines()):
+        path = Path("/sys/fs/cgroup/memory") / name
+        files = {"memory.limit_in_bytes": str(limit)}
+    else:
+        path = Path("/sys/fs/cgroup") / name
+        files = {"memory.max": str(limit), "memory.swap.max": "0"}
+    try:
+        path.mkdir()
+    except OSError as exc:
+        need(f"cannot create a memory cgroup at {path}: {exc}")
+    try:
+        for f, v in files.items():
+            if (path / f).exists():
+                (path / f).write_text(v)
+        procs = str(path / "cgroup.procs")
+
+        def enter() -> None:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        yield enter
+    finally:
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def cli_in(enter, *args: str) -> tuple[int, list[dict], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    p = subprocess.run([sys.executable, "-m", "modelseal", *args], capture_output=True, env=env, timeout=300,
+                       preexec_fn=enter)
+    err = p.stderr.decode(errors="replace")
+    logs = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    return p.returncode, logs, err
+
+
+def _error(logs: list[dict]) -> str:
+    return next((x["error"] for x in logs if x.get("event") == "failed"), "")
+
+
+@pytest.mark.parametrize("stage", ["decrypt", "run"])
+def test_memory_limit_too_small_exits_6_naming_memory(shm: Path, model, stage: str) -> None:
+    """tmpfs pages count against the writer's cgroup: 256 MiB of output under a 200 MiB limit cannot work."""
+    src, key, seal = model
+    out = shm / ("model.tar" if stage == "decrypt" else "resnet/1")
+    args = (["decrypt", "--in", str(seal), "--key", str(key), "-o", str(out)] if stage == "decrypt" else
+            ["run", "--source", str(seal), "--key", str(key), "-o", str(out)])
+    with memory_cgroup(200 * MIB) as enter:
+        code, logs, err = cli_in(enter, *args)
+        assert code == 6, err
+        msg = _error(logs)
+        assert "memory limit leaves" in msg and "resources.limits.memory to at least" in msg
+        assert "tmpfs pages count against the writer's limit" in msg
+        assert os.listdir(shm) == []  # nothing on the volume: no .partial, no staging, no parents
+        # The same stage with the check off: the kernel's OOM killer ends it, with no word of why.
+        code, logs, err = cli_in(enter, *args, "--no-preflight")
+        assert code == -signal.SIGKILL, err
+        assert any(x["event"] == "preflight_off" for x in logs)
+        subprocess.run(["rm", "-rf", str(shm / "model.tar.partial"), *map(str, shm.glob("*"))], check=True)
+
+
+def test_memory_limit_that_fits_succeeds_and_reports_the_peak(shm: Path, model) -> None:
+    src, key, seal = model
+    with memory_cgroup(256 * MIB + 160 * MIB) as enter:
+        code, logs, err = cli_in(enter, "run", "--source", str(seal), "--key", str(key), "-o", str(shm / "m"))
+        assert code == 0, err
+    pre = next(x for x in logs if x["event"] == "preflight")
+    assert pre["source"] == "from the .seal header" and pre["memory_headroom"] >= pre["needs"]
+    assert 0 <= pre["seconds"] < 5  # recorded, not asserted tight: the closing note reports it
+    done = next(x for x in logs if x["event"] == "done")
+    assert done["cgroup_peak_mib"] >= 256  # the tmpfs pages this process wrote are in its peak
+    assert sum(f.stat().st_size for f in (shm / "m").rglob("*") if f.is_file()) == \
+        sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+
+
+def test_unknown_size_is_warned_and_goes_on(shm: Path, model) -> None:
+    src, key, seal = model
+    r = modelseal("decrypt", "--in", "-", "--key", str(key), "-o", str(shm / "m.tar.zst"), stdin=seal.read_bytes())
+    assert r.code == 0, r.stderr
+    assert [x for x in r.logs() if x["event"] == "preflight_unknown"]  # stdin, zstd content: no bound
+    r = modelseal("run", "--source", "-", "--key", str(key), "-o", str(shm / "m"), stdin=seal.read_bytes())
+    assert r.code == 0 and [x for x in r.logs() if x["event"] == "preflight"], r.stderr  # the header knows
+
+
+def test_archive_larger_than_its_header_declares_is_an_integrity_error(shm: Path) -> None:
+    key = os.urandom(32)
+    (shm / "key").write_bytes(key)
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name in ("a", "b"):
+            info = tarfile.TarInfo(name)
+            info.size = 100_000
+            t.addfile(info, io.BytesIO(os.urandom(100_000)))
+    for sizes, what in ((sealfmt.Sizes(file_bytes=150_000, files=2), "file bytes"),
+                        (sealfmt.Sizes(file_bytes=200_000, files=1), "files")):
+        out = io.BytesIO()
+        w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes), key)
+        w.write(tar.getvalue())
+        w.close()
+        (shm / "lie.seal").write_bytes(out.getvalue())
+        r = modelseal("run", "--source", str(shm / "lie.seal"), "--key", str(shm / "key"), "-o", str(shm / "m"))
+        assert r.code == 4 and f"{what} its .seal header declares" in r.error(), r.stderr
+        assert sorted(os.listdir(shm)) == ["key", "lie.seal"]
+
+
+def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -> None:
+    src, key, seal = model
+    r = modelseal("inspect", str(seal), "--resources")
+    assert r.code == 0, r.stderr
+    doc = yaml.safe_load(r.stdout)
+    to_bytes = lambda q: int(q.removesuffix("Mi")) * MIB
+    files = [f for f in src.rglob("*") if f.is_file()]
+    tree = sum(-(-f.stat().st_size // capacity.PAGE) * capacity.PAGE for f in files)
+    single, four = doc["single-stage"], doc["four-stage"]
+    assert to_bytes(single["volumes"]["models"]["emptyDir"]["sizeLimit"]) >= tree
+    run_mem = to_bytes(single["initContainers"]["modelseal"]["resources"]["limits"]["memory"])
+    assert run_mem >= tree + 256 * MIB
+    tar = json.loads(modelseal("inspect", str(seal)).stdout)["plaintext_bytes"]
+    assert to_bytes(four["volumes"]["plaintext"]["emptyDir"]["sizeLimit"]) >= tar
+    assert to_bytes(four["initContainers"]["decrypt"]["resources"]["limits"]["memory"]) >= tar + 64 * MIB
+    assert to_bytes(four["initContainers"]["unpack"]["resources"]["limits"]["memory"]) >= tar + tree
+
+
+# ---- a killed run leaves the volume retryable -------------------------------------------
+
+@pytest.mark.parametrize("stage", ["decrypt", "run"])
+def test_killed_mid_way_then_retried_succeeds(shm: Path, model, stage: str) -> None:
+    """SIGKILL (an OOM kill, node pressure) in the middle, then the same command again, as the kubelet retries."""
+    src, key, seal = model
+    fifo = shm / "slow.fifo"
+    os.mkfifo(fifo)
+    out = shm / ("m.tar" if stage == "decrypt" else "resnet/1")
+    args = (["decrypt", "--in", str(fifo), "--key", str(key), "-o", str(out)] if stage == "decrypt" else
+            ["run", "--source", f"file://{fifo}", "--key", str(key), "-o", str(out)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    proc = subprocess.Popen([sys.executable, "-m", "modelseal", *args], stderr=subprocess.DEVNULL, env=env)
+    data = seal.read_bytes()
+    with open(fifo, "wb") as f:
+        f.write(data[: len(data) // 2])  # half of it: then the writer stalls
+        f.flush()
+        deadline = time.monotonic() + 60
+        while not _something_written(shm, out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _something_written(shm, out), "the stage was killed before it wrote anything"
+    fifo.unlink()
+    retry = modelseal(*[a if a != str(fifo) and a != f"file://{fifo}" else str(seal) for a in args])
+    assert retry.code == 0, retry.stderr
+    if stage == "decrypt":
+        assert not Path(str(out) + ".partial").exists() and out.stat().st_size == \
+            json.loads(modelseal("inspect", str(seal)).stdout)["plaintext_bytes"]
+    else:
+        assert [p.name for p in out.parent.iterdir()] == ["1"]  # the stale staging directory is gone
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == \
+            {p.relative_to(src): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+
+
+def _something_written(shm: Path, out: Path) -> bool:
+    partial = Path(str(out) + ".partial")
+    if partial.exists():
+        return partial.stat().st_size > 0
+    return any(p.is_file() and p.stat().st_size for p in out.parent.rglob("*")) if out.parent.exists() else False
+
+
+# ---- a partial install ------------------------------------------------------------------------
+
+def test_partial_install_names_what_to_install(tmp_path: Path, shm: Path) -> None:
+    """The library without its [cloud] extra, boto3 brought in by another tool: exit 2, one line, no traceback."""
+    import boto3  # noqa: F401  (the test venv has it; only its files are linked into the partial install)
+
+    site = tmp_path / "site"
+    site.mkdir()
+    import importlib.util
+
+    for mod in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "cryptography",
+                "cffi", "_cffi_backend", "zstandard"):
+        spec = importlib.util.find_spec(mod)
+        assert spec is not None and spec.origin is not None, mod
+        origin = Path(spec.origin)
+        target = origin.parent if origin.name == "__init__.py" else origin
+        (site / target.name).symlink_to(target)
+    (site / "modelseal").symlink_to(Path(__file__).resolve().parents[1] / "shared" / "modelseal")
+    env = {"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", ""), "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "eu-west-1"}
+    # -I: isolated from this venv's site-packages and the user's; -S: no site dir at all; only `site` is there
+    code = "import sys; sys.path.insert(0, sys.argv.pop(1)); from modelseal.cli import main; sys.exit(main())"
+    for args in (["fetch-model", "--source", "s3://bucket/m.seal", "-o", str(shm / "m.seal")],
+                 ["fetch-key", "--key-uri", "https://127.0.0.1:1/key", "-o", str(shm / "key")]):
+        p = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site), *args], capture_output=True,
+                           env=env, timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 2, err
+        failed = [json.loads(x) for x in err.splitlines() if '"failed"' in x][0]["error"]
+        assert "pip install 'modelseal[cloud]'" in failed and ("'tenacity'" in failed or "'requests'" in failed)
+        assert "Traceback" not in err and "internal error" not in err
