@@ -10,9 +10,14 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY)  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
 	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
+
+tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
+	@tools/host-packages.sh
+	cd tools/s3rver && npm ci --silent --no-audit --no-fund
+	@touch $@
 
 demo:  ## the main job end to end: containers over tmpfs, S3 + KMS, a model server answering
 	demo/compose.sh all

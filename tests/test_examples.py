@@ -72,3 +72,45 @@ def test_modelseal_arguments_parse(path):
                     mp.setenv(k, v)
                 args = build_parser().parse_args(argv)
             assert args.command == argv[0]
+
+
+def _quantity(q: str | int) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    text = str(q)
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def _memory_limit(c: dict) -> int:
+    return _quantity(c["resources"]["limits"]["memory"])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_memory_limits_cover_what_each_container_writes_to_tmpfs(path):
+    """tmpfs pages are charged to the writer's memory cgroup and stay in the pod until deleted.
+
+    Each container's limit covers the sizeLimits of the memory volumes it may write (mounted
+    writable), plus a minimal working set; the pod's effective limit (the largest init
+    container's limit, or the app containers' sum) covers every memory volume at once; the app
+    containers cover the memory volumes they serve from. tests/containers/test_sizing.py plays
+    four-stage and single-stage with a model as large as their sizeLimit."""
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind") not in ("Pod", "Job"):
+            continue
+        spec = pod_specs(doc)
+        memory = {v["name"]: _quantity(v["emptyDir"]["sizeLimit"]) for v in spec.get("volumes", [])
+                  if (v.get("emptyDir") or {}).get("medium") == "Memory"}
+        inits, apps = spec.get("initContainers", []), spec["containers"]
+        for c in inits + apps:
+            writes = sum(memory.get(m["name"], 0) for m in c.get("volumeMounts", []) if not m.get("readOnly"))
+            floor = 32 * 2**20 if c["image"].startswith(MODELSEAL_IMAGE) else 0
+            assert _memory_limit(c) >= writes + floor, (path.name, c["name"], _memory_limit(c) >> 20, writes >> 20)
+            if writes:  # a writer's request is its limit: the pages are real, not a burst
+                assert _quantity(c["resources"].get("requests", {}).get("memory", 0)) in (0, _memory_limit(c)), \
+                    (path.name, c["name"])
+        pod = max(max((_memory_limit(c) for c in inits), default=0), sum(_memory_limit(c) for c in apps))
+        assert pod >= sum(memory.values()), path.name
+        served = {m["name"] for c in apps for m in c.get("volumeMounts", [])}
+        assert sum(_memory_limit(c) for c in apps) >= sum(v for k, v in memory.items() if k in served), path.name

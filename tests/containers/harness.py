@@ -160,6 +160,24 @@ with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as t:
     t.add("/volume", arcname=".")
 """
 
+_DIGESTS = """
+import hashlib, json, os, sys
+out = {}
+for root, dirs, files in os.walk("/volume"):
+    for name in dirs + files:
+        path = os.path.join(root, name)
+        rel = os.path.relpath(path, "/volume")
+        if os.path.isdir(path) and not os.path.islink(path):
+            out[rel] = None
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        out[rel] = h.hexdigest()
+print(json.dumps(out))
+"""
+
 
 class Pod:
     """One pod spec on the Docker engine; use as a context manager (tears everything down)."""
@@ -244,6 +262,10 @@ class Pod:
         c = self.container(name)
         sc = c.get("securityContext", {})
         cname = f"{self.id}-{name}"
+        attempt = 1
+        while cname in self.containers:  # the same init container run again (a retry)
+            attempt += 1
+            cname = f"{self.id}-{name}-{attempt}"
         term = self.work / f"termination-{name}"
         term.write_bytes(b"")
         term.chmod(0o666)
@@ -285,10 +307,34 @@ class Pod:
         text = term.read_text().strip()
         return Result(name, r.returncode, r.stderr, json.loads(text) if text else None)
 
+    def start_container(self, name: str, env: dict[str, str] | None = None) -> str:
+        """Start container `name` in the background (for a kill); returns its Docker name."""
+        args, _ = self.docker_args(name, env)
+        cname = args[args.index("--name") + 1]
+        self.containers.append(cname)
+        docker(args[0], "-d", *args[1:])
+        return cname
+
+    def volume_bytes(self, name: str) -> int:
+        """Bytes in use on a memory volume right now (seen from the sandbox, which holds it)."""
+        r = docker("exec", self.sandbox, "python3", "-c",
+                   f"import os; s = os.statvfs('/v/{name}'); print((s.f_blocks - s.f_bfree) * s.f_frsize)")
+        return int(r.stdout.strip())
+
+    def digests(self, name: str) -> dict[str, str | None]:
+        """Every entry of a volume: relative path -> SHA-256 of the file (None for a directory).
+
+        For models of real size: the bytes stay in the volume, read by a hardened container."""
+        r = docker("run", "--rm", "--log-driver", "none", "--network", "none", "--read-only",
+                   "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", f"{self.uid}:{self.gid}",
+                   "-v", f"{self.volumes[name]}:/volume:ro", "--entrypoint", "python3", image("base"),
+                   "-c", _DIGESTS, timeout=600)
+        return json.loads(r.stdout)
+
     def run_init(self, names: Iterable[str] | None = None) -> list[Result]:
         """The init containers in order, stopping at the first failure (as the kubelet does)."""
         results = []
-        for n in names or self.init_names():
+        for n in (self.init_names() if names is None else names):
             results.append(self.run(n))
             if results[-1].code != 0:
                 break
@@ -312,6 +358,23 @@ class Pod:
                 f = t.extractfile(m) if m.isreg() else None
                 out[path] = f.read() if f else None
         return out
+
+
+def digests_of(root: Path) -> dict[str, str | None]:
+    """A host directory in the form Pod.digests returns."""
+    import hashlib
+
+    out: dict[str, str | None] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_dir():
+            out[str(p.relative_to(root))] = None
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        out[str(p.relative_to(root))] = h.hexdigest()
+    return out
 
 
 def tree_of(root: Path) -> dict[str, bytes | None]:

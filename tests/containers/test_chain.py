@@ -213,7 +213,8 @@ def test_four_stage_pod_spec_delivers_the_model_byte_for_byte(aws: Account, shm:
         volume, rel = model_dir_of_four_stage(pod)
         tree = pod.read_volume(volume)
         assert subtree(tree, rel) == tree_of(model)
-        assert set(tree) == parents_of(rel) | {rel} | {f"{rel}/{k}" for k in tree_of(model)}  # the tar is gone
+        assert set(tree) == parents_of(rel) | {rel} | {f"{rel}/{k}" for k in tree_of(model)}
+        assert pod.read_volume("plaintext") == {}  # --delete-input: the tar is gone
         assert pod.read_volume("secrets") == {}  # --delete-key
         assert pod.read_volume("ciphertext") == {}  # --delete-input
         from modelseal import format as sealfmt
@@ -302,7 +303,7 @@ def test_tampered_seal_stops_at_fetch_or_decrypt_with_nothing_written(aws: Accou
         assert [r.code for r in results] == [0, 4], "\n".join(map(str, results))
         assert results[-1].termination["exit_code"] == 4
         assert pod.read_volume("ciphertext") == {}
-        assert pod.read_volume("models") == {}
+        assert pod.read_volume("plaintext") == {} and pod.read_volume("models") == {}
 
     # Pinned to the tampered bytes (or not pinned), decrypt catches it and writes nothing.
     with Pod(load_example("four-stage.yaml"), shm, subst=aws.subst(hashlib.sha256(bad).hexdigest()),
@@ -311,7 +312,8 @@ def test_tampered_seal_stops_at_fetch_or_decrypt_with_nothing_written(aws: Accou
         assert [r.code for r in results] == [0, 0, 4], "\n".join(map(str, results))
         t = results[-1].termination
         assert t["exit_code"] == 4 and t["category"] == "integrity", t
-        assert pod.read_volume("models") == {}  # no model.tar, no model.tar.partial
+        assert pod.read_volume("plaintext") == {}  # no model.tar, no model.tar.partial
+        assert pod.read_volume("models") == {}
         assert list(pod.read_volume("secrets")) == ["key"]  # deleted only on success
 
     # The single pass too: nothing on the volume.
@@ -345,8 +347,9 @@ def test_hostile_archive_stops_at_unpack_with_no_partial_tree(aws: Account, shm:
         assert t["exit_code"] == 7 and t["category"] == "unsafe", t
         # Only unpack's input is left (it deletes it on success only, so a retry can run);
         # no model directory, no staging directory, nothing escaped beside it.
-        tar_rel = output_location(pod, "decrypt", arg_after(pod, "decrypt", "-o"))[1]
-        assert sorted(pod.read_volume("models")) == [tar_rel]
+        tar_volume, tar_rel = output_location(pod, "decrypt", arg_after(pod, "decrypt", "-o"))
+        assert sorted(pod.read_volume(tar_volume)) == [tar_rel]
+        assert pod.read_volume("models") == {}
 
     with Pod(load_example("single-stage.yaml"), shm, subst=aws.subst(), env=aws.creds()) as pod:
         (r,) = pod.run_init()
