@@ -18,17 +18,20 @@ from typing import Any
 from .capacity import PAGE, mib, quantity
 
 MIB = 1 << 20
-#: Working sets measured for each stage image (cgroup peak minus the tmpfs
-#: pages it wrote), with headroom: tests/containers/test_sizing.py runs the
-#: example specs at these limits with a 1 GiB model. S3 readers hold
-#: `concurrency` (8) parts of `part_size` (8 MiB) in flight.
+#: Working sets (memory beyond the tmpfs pages a stage writes), from the
+#: peaks tests/containers/test_sizing.py measures with a 1 GiB model: peak RSS
+#: 33-65 MiB for fetch-key, decrypt and unpack; 190-195 MiB for fetch-model
+#: and run reading S3, which hold `concurrency` (8) parts of `part_size`
+#: (8 MiB) in flight on boto3's threads. Rounded up with headroom.
 WORKING_SET = {
     "fetch-key": 128 * MIB,
-    "fetch-model": 384 * MIB,
+    "fetch-model": 96 * MIB,
     "decrypt": 96 * MIB,
     "unpack": 96 * MIB,
-    "run": 384 * MIB,
+    "run": 96 * MIB,
 }
+#: What reading from s3:// adds to fetch-model and run.
+S3_READER = 288 * MIB
 
 
 def _tree_bytes(content: dict[str, Any], plaintext: int | None) -> tuple[int | None, str]:
@@ -65,7 +68,8 @@ def advice(info: dict[str, Any]) -> str:
     lines += [
         "single-stage:                      # examples/kubernetes/single-stage.yaml",
         "  initContainers:",
-        f"    modelseal: {_resources(tree + WORKING_SET['run'])}",
+        f"    modelseal: {_resources(tree + WORKING_SET['run'] + S3_READER)}   # from s3://; "
+        f"https:// or file://: {quantity(tree + WORKING_SET['run'])}",
         "  containers:",
         f"    serving: {{resources: {{limits: {{memory: {quantity(tree)}}}}}}}   # plus what the server itself needs",
         "  volumes:",
@@ -78,7 +82,7 @@ def advice(info: dict[str, Any]) -> str:
         "four-stage:                        # examples/kubernetes/four-stage.yaml",
         "  initContainers:",
         f"    fetch-key: {_resources(WORKING_SET['fetch-key'])}",
-        f"    fetch-model: {_resources(WORKING_SET['fetch-model'])}   # ciphertext to disk: page cache, reclaimable",
+        f"    fetch-model: {_resources(WORKING_SET['fetch-model'] + S3_READER)}   # from s3://; ciphertext to disk",
         f"    decrypt: {_resources(tar + WORKING_SET['decrypt'])}",
         f"    unpack: {_resources(tar + tree + WORKING_SET['unpack'])}   # the tar is still in the pod while the tree is written",
         "  containers:",
