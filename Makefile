@@ -3,9 +3,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-local images sizes test test-fast bench lint clean
+.PHONY: setup demo demo-up demo-down demo-local images sizes test test-fast bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -14,8 +15,14 @@ setup: $(PY)  ## the library (with cloud extras) and the test tools in .venv, ho
 	@tools/host-packages.sh
 	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
 
-demo:  ## the main job end to end: containers over tmpfs, S3 + KMS, a model server answering
+demo:  ## the main job end to end: a trained model sealed, each chain over tmpfs, MLServer answering correctly
 	demo/compose.sh all
+
+demo-up:  ## one chain (CHAIN=single-stage|four-stage|legacy), leaving MLServer answering on 127.0.0.1:47562
+	demo/compose.sh up $(CHAIN)
+
+demo-down:  ## remove everything demo-up left: containers, volumes, network
+	demo/compose.sh down
 
 demo-local: setup  ## the same job without containers, on /dev/shm
 	demo/local.sh
