@@ -3,9 +3,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-local images sizes test test-fast bench lint clean
+.PHONY: setup demo demo-up demo-down demo-local images sizes test test-fast bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,8 +20,14 @@ tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the 
 	cd tools/s3rver && npm ci --silent --no-audit --no-fund
 	@touch $@
 
-demo:  ## the main job end to end: containers over tmpfs, S3 + KMS, a model server answering
+demo:  ## the main job end to end: a trained model sealed, each chain over tmpfs, MLServer answering correctly
 	demo/compose.sh all
+
+demo-up:  ## one chain (CHAIN=single-stage|four-stage|legacy), leaving MLServer answering on 127.0.0.1:47562
+	demo/compose.sh up $(CHAIN)
+
+demo-down:  ## remove everything demo-up left: containers, volumes, network
+	demo/compose.sh down
 
 demo-local: setup  ## the same job without containers, on /dev/shm
 	demo/local.sh

@@ -1,9 +1,10 @@
-"""The model owner's side of the compose demo (runs in modelseal/run, entrypoint python3).
+"""The model owner's AWS account in the compose demo (runs in modelseal/run, entrypoint python3).
 
 Creates what an AWS account would already have: the S3 bucket and a KMS
-key-encryption key with an alias (in moto, on 127.0.0.1), then writes the
-built-in demo model (demo/make_model.py) to /export/demo/1, a tmpfs volume.
-The `seal` service then seals it, exactly like examples/kubernetes/seal-job.yaml.
+key-encryption key with an alias (in moto, on 127.0.0.1). The `train`
+service meanwhile trains the model (demo/train_iris.py) into /export/iris, a
+tmpfs volume, and the `seal` service then seals it into the bucket, exactly
+like examples/kubernetes/seal-job.yaml.
 
 boto3 finds moto through AWS_ENDPOINT_URL; the bucket and alias come from
 DEMO_BUCKET and DEMO_KMS_ALIAS.
@@ -11,7 +12,6 @@ DEMO_BUCKET and DEMO_KMS_ALIAS.
 
 import json
 import os
-import subprocess
 import sys
 
 import boto3
@@ -27,6 +27,5 @@ kms = boto3.client("kms", region_name=region)
 key_id = kms.create_key(Description="modelseal demo key-encryption key")["KeyMetadata"]["KeyId"]
 kms.create_alias(AliasName=alias, TargetKeyId=key_id)
 
-subprocess.run([sys.executable, "/demo/make_model.py", "/export/demo/1"], check=True)
 print(json.dumps({"stage": "owner", "event": "ready", "bucket": bucket, "kms_key_id": key_id,
-                  "kms_alias": alias, "model": "/export/demo/1"}), file=sys.stderr, flush=True)
+                  "kms_alias": alias}), file=sys.stderr, flush=True)

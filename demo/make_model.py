@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Write the built-in demo model: a tiny linear classifier a server can load.
+"""Write a synthetic model tree for byte-for-byte checks (demo/local.sh, tests/containers/test_chain.py).
 
-Weights are raw float32 (little endian) with a JSON config, like a real
-model directory, plus a larger random shard so the demo crosses many
-encryption segments.
+Random float32 weights with a JSON config, shaped like a model directory,
+plus a larger random shard so the bytes cross many encryption segments.
+No server answers with it: the compose demo trains and serves a real model
+(demo/train_iris.py, MLServer).
 """
 
 import json
