@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Host tools the tests and benchmarks drive: gpg (the old recipe), tar with
-# every compressor, GNU time (peak RSS in bench/). Installed from Debian when missing.
+# every compressor, GNU time (peak RSS in bench/), the CNCF distribution registry and
+# skopeo (the OCI tests and bench/oci.py). Installed from Debian when missing.
 set -euo pipefail
 need=()
 command -v gpg >/dev/null || need+=(gnupg)
@@ -8,6 +9,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v bzip2 >/dev/null || need+=(bzip2)
 [ -x /usr/bin/time ] || need+=(time)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -106,14 +106,23 @@ class Registry:
             if sent:
                 h["Authorization"] = sent
             resp = self.client.request(method, url, what, headers=h, json=json, data=data)
-            if resp.status_code != 401 or attempt == 2 or not own or origin(resp.url) != self.origin:
+            if resp.status_code != 401 or not own or origin(resp.url) != self.origin:
                 return resp
             challenge = resp.headers.get("WWW-Authenticate")
             resp.close()
+            if attempt == 2:
+                raise self._refused(sent, what)
             answer = self._answer(challenge, sent, what)
             with self._lock:
                 self._authorization = answer
         raise AssertionError("unreachable")
+
+    def _refused(self, sent: str | None, what: str) -> DeniedError:
+        """The registry said 401 to what its own challenge asked for."""
+        if sent and sent.startswith("Basic ") and self.credentials is not None:
+            return DeniedError(f"{what}: the registry refused the credentials from {self.credentials.source} "
+                               "(HTTP 401)")
+        return DeniedError(f"{what}: denied (HTTP 401): the token does not grant {self.scope}")
 
     def _answer(self, challenge: str | None, sent: str | None, what: str) -> str:
         scheme, params = parse_challenge(challenge)

@@ -144,6 +144,7 @@ class Upload(io.RawIOBase):
         self._location: str | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: Future | None = None
+        self._error: BaseException | None = None
         self._state = "open"
         self.digest: str | None = None  # the manifest's, once pushed
 
@@ -153,6 +154,8 @@ class Upload(io.RawIOBase):
     def write(self, data: Any) -> int:  # type: ignore[override]
         if self._state != "open":
             raise ValueError("write to a closed or aborted OCI upload")
+        if self._error is not None:
+            raise self._error
         view = memoryview(data).cast("B")
         if len(self._head) < _HEAD_BYTES:
             self._head += view[:_HEAD_BYTES - len(self._head)]
@@ -241,9 +244,16 @@ class Upload(io.RawIOBase):
         self._sent += len(part)
 
     def _wait(self) -> None:
+        """Wait for the chunk in flight; its failure sticks (later writes raise it again)."""
+        if self._error is not None:
+            raise self._error
         if self._inflight is not None:
             fut, self._inflight = self._inflight, None
-            fut.result()
+            try:
+                fut.result()
+            except BaseException as exc:
+                self._error = exc
+                raise
 
     def _finish(self, rest: bytes, digest: str) -> None:
         """The last bytes and the digest: the registry checks it and makes the blob."""
