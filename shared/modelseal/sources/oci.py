@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin
 
-from .. import format as sealfmt, retry, web
+from .. import format as sealfmt, retry, upload, web
 from ..digest import DigestReader
 from ..errors import IntegrityError, UsageError
 from ..registry import manifest
@@ -117,23 +117,25 @@ class Backend(Source):
 
         return retry.call(self.what, self.options, once)
 
-    def open_write(self) -> "Upload":
+    def open_write(self) -> "BlobUpload":
         check_push_target(self.ref)
-        return Upload(self)
+        return BlobUpload(self)
 
 
-class Upload(io.RawIOBase):
+class BlobUpload(upload.Upload):
     """The .seal as a chunked blob upload in the sealing pass; the manifest is PUT on close()."""
 
     def __init__(self, backend: Backend) -> None:
+        chunk = parse_size(backend.options.extra.get("part_size", DEFAULT_CHUNK))
+        if chunk < MIN_CHUNK:
+            raise UsageError(f"part_size must be at least {MIN_CHUNK} bytes for an OCI upload")
+        reg = backend.registry(push=True)
         super().__init__()
         self.b = backend
         self.what = backend.what
         self.options = backend.options
-        self.reg = backend.registry(push=True)
-        self.chunk = parse_size(self.options.extra.get("part_size", DEFAULT_CHUNK))
-        if self.chunk < MIN_CHUNK:
-            raise UsageError(f"part_size must be at least {MIN_CHUNK} bytes for an OCI upload")
+        self.reg = reg
+        self.chunk = chunk
         self._buf = bytearray()
         self._head = bytearray()  # the first bytes: the .seal header, for the manifest's annotations
         self._hash = hashlib.sha256()
@@ -147,9 +149,6 @@ class Upload(io.RawIOBase):
         self._error: BaseException | None = None
         self._state = "open"
         self.digest: str | None = None  # the manifest's, once pushed
-
-    def writable(self) -> bool:
-        return True
 
     def write(self, data: Any) -> int:  # type: ignore[override]
         if self._state != "open":
@@ -379,22 +378,6 @@ class Upload(io.RawIOBase):
             except Exception as exc:  # noqa: BLE001 - best effort; registries purge stale uploads
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
         super().close()
-
-    def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
-        return False
-
-    def __del__(self) -> None:
-        # Never push a manifest nobody closed: IOBase.__del__ would call close().
-        try:
-            if getattr(self, "_state", None) == "open":
-                self.abort()
-        except Exception:  # noqa: BLE001
-            pass
-        super().__del__()
 
 
 def _same_digest(resp: Any, digest: str, what: str) -> None:
