@@ -158,7 +158,6 @@ class BlobUpload(upload.Upload):
         view = memoryview(data).cast("B")
         if len(self._head) < _HEAD_BYTES:
             self._head += view[:_HEAD_BYTES - len(self._head)]
-        self._hash.update(view)
         self._buf += view
         self.size += len(view)
         while len(self._buf) >= self.chunk:
@@ -232,6 +231,11 @@ class BlobUpload(upload.Upload):
 
         retry.call(self.what, self.options, once)
 
+    def _hash_and_patch(self, start: int, part: bytes) -> None:
+        # Hashed here, in order (one worker), so sha256 (which releases the GIL) overlaps the sealing.
+        self._hash.update(part)
+        self._patch(start, part)
+
     def _send(self, part: bytes) -> None:
         if self._location is None:
             self._check_head()  # fail before the first byte leaves
@@ -239,7 +243,7 @@ class BlobUpload(upload.Upload):
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelseal-oci-up")
         self._wait()
         assert self._pool is not None
-        self._inflight = self._pool.submit(self._patch, self._sent, part)
+        self._inflight = self._pool.submit(self._hash_and_patch, self._sent, part)
         self._sent += len(part)
 
     def _wait(self) -> None:
@@ -340,6 +344,7 @@ class BlobUpload(upload.Upload):
             if self._location is None:
                 self._start()
             self._wait()
+            self._hash.update(self._buf)
             digest = "sha256:" + self._hash.hexdigest()
             self._finish(bytes(self._buf), digest)
             self._buf = bytearray()
