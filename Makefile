@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-up demo-down demo-local images sizes test test-fast bench lint clean
+.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ images:  ## build every image (starts the Docker engine when none runs)
 
 sizes: images
 	images/sizes.sh
+
+publish: images  ## push the stage images to REGISTRY=host[:port]/prefix (version tag and latest); prints digests
+	REGISTRY="$(REGISTRY)" images/publish.sh
 
 test: setup images  ## the whole suite, container tests included
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

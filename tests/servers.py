@@ -325,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         app.handle(self, body, fault)
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
     def respond(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
                 fault: Fault | None = None, length: int | None = None) -> None:

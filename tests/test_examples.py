@@ -59,9 +59,11 @@ def test_modelseal_arguments_parse(path):
             continue
         spec = pod_specs(doc)
         for c in spec.get("initContainers", []) + spec["containers"]:
-            if not c["image"].startswith(MODELSEAL_IMAGE):
+            # modelseal/<stage>:<tag>, or <registry>/<prefix>/modelseal/<stage>:<tag>@sha256:... (pinned)
+            name = c["image"].split("@")[0].rsplit(":", 1)[0]
+            if not ("/" + name).rsplit("/", 2)[-2] + "/" == MODELSEAL_IMAGE:
                 continue
-            stage = c["image"].split("/")[1].split(":")[0]
+            stage = name.rsplit("/", 1)[-1]
             argv = c.get("command", ["modelseal", stage])[1:] + c.get("args", [])
             if not c.get("command") and stage == "run":
                 argv = ["run"] + c.get("args", [])

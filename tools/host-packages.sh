@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Host tools the tests and benchmarks drive: gpg (the old recipe), tar with
-# every compressor, GNU time (peak RSS in bench/), node and npm (s3rver, tools/s3rver).
+# every compressor, GNU time (peak RSS in bench/), node and npm (s3rver, tools/s3rver),
+# the CNCF distribution registry and skopeo (the OCI tests and bench/oci.py).
 # Installed from Debian when missing.
 set -euo pipefail
 need=()
@@ -10,6 +11,8 @@ command -v xz >/dev/null || need+=(xz-utils)
 command -v bzip2 >/dev/null || need+=(bzip2)
 [ -x /usr/bin/time ] || need+=(time)
 command -v npm >/dev/null || need+=(nodejs npm)  # s3rver (tools/s3rver) for the size tests
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("seal", _seal, "tar (optionally compress) and encrypt a model into one .seal")
     _flag(p, "src", metavar="SRC", help="model directory or file; - for stdin")
-    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, or s3://bucket/key")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://bucket/key or oci://REGISTRY/REPO:TAG")
     _keys(p)
     _flag(p, "--name", help="model name recorded in the header (default: SRC's name)")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection(p)
 
     p = command("fetch-model", _fetch_model, "download the ciphertext (may be on disk)")
-    _flag(p, "--source", required=True, help="s3://, https://, file:// or -")
+    _flag(p, "--source", required=True, help="s3://, https://, oci://, file:// or -")
     _flag(p, "-o", "--output", required=True, help="file to write")
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
     _connection(p)
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--delete-input", action="store_true", help="delete the archive after success")
 
     p = command("run", _run, "fetch, decrypt and unpack in one streaming pass")
-    _flag(p, "--source", required=True, help="s3://, https://, file:// or -")
+    _flag(p, "--source", required=True, help="s3://, https://, oci://, file:// or -")
     _flag(p, "-o", "--output", required=True, help="directory to create (on tmpfs)")
     _keys(p)
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")

@@ -21,14 +21,21 @@ def parse_pin(value: str | None) -> str | None:
 
 
 class DigestReader(io.RawIOBase):
-    """Passes bytes through; at EOF, raises IntegrityError unless the digest matches."""
+    """Passes bytes through; at EOF, raises IntegrityError unless the digest matches.
 
-    def __init__(self, src: BinaryIO, expected_hex: str) -> None:
+    With `size` (a registry descriptor's), a byte past it or an early EOF is
+    an IntegrityError at once. Closing it closes the source.
+    """
+
+    def __init__(self, src: BinaryIO, expected_hex: str, size: int | None = None, what: str = "") -> None:
         super().__init__()
         self._src = src
         self._expected = expected_hex
         self._hash = hashlib.sha256()
         self._checked = False
+        self._size = size
+        self._seen = 0
+        self._what = f"{what}: " if what else ""
 
     def readable(self) -> bool:
         return True
@@ -36,10 +43,20 @@ class DigestReader(io.RawIOBase):
     def readinto(self, buf) -> int:  # type: ignore[override]
         n = self._src.readinto(buf)
         if n:
+            self._seen += n
+            if self._size is not None and self._seen > self._size:
+                raise IntegrityError(f"{self._what}more than the {self._size} bytes expected")
             self._hash.update(memoryview(buf)[:n])
         elif not self._checked:
             self._checked = True
+            if self._size is not None and self._seen != self._size:
+                raise IntegrityError(f"{self._what}truncated: {self._seen} of {self._size} bytes")
             got = self._hash.hexdigest()
             if not hmac.compare_digest(got, self._expected):
-                raise IntegrityError(f"sha256 mismatch: expected {self._expected}, got {got}")
+                raise IntegrityError(f"{self._what}sha256 mismatch: expected {self._expected}, got {got}")
         return n or 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._src.close()
+        super().close()

@@ -139,10 +139,10 @@ class Client:
         self.session = s
 
     def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-                json: Any = None) -> Any:
+                json: Any = None, data: Any = None) -> Any:
         """One streaming request (not retried here); a redirect to plain http is refused."""
         try:
-            return self.session.request(method, url, headers=headers, json=json, stream=True,
+            return self.session.request(method, url, headers=headers, json=json, data=data, stream=True,
                                         timeout=timeouts(self.options), verify=self.verify, cert=self.cert)
         except UsageError as exc:
             raise UsageError(f"{what}: {exc}") from None
@@ -155,7 +155,7 @@ def timeouts(options: Options) -> tuple[float, float]:
 
 
 def request_small(client: Client, method: str, url: str, what: str, *,
-                  headers: dict[str, str] | None = None, json: Any = None,
+                  headers: dict[str, str] | None = None, json: Any = None, data: Any = None,
                   ok: tuple[int, ...] = (200,), statuses: dict[int, type] | None = None,
                   max_bytes: int = MAX_SECRET) -> tuple[int, bytes]:
     """One request for a small answer (a key, a token, a JSON document), under the retry policy.
@@ -165,7 +165,7 @@ def request_small(client: Client, method: str, url: str, what: str, *,
     authenticate). Returns (status, body).
     """
     def once() -> tuple[int, bytes]:
-        resp = client.request(method, url, what, headers=headers, json=json)
+        resp = client.request(method, url, what, headers=headers, json=json, data=data)
         try:
             status = resp.status_code
             if statuses and status in statuses:

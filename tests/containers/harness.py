@@ -183,12 +183,14 @@ class Pod:
     """One pod spec on the Docker engine; use as a context manager (tears everything down)."""
 
     def __init__(self, doc: dict, work: Path, subst: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, binds: dict[str, Path] | None = None) -> None:
+                 env: dict[str, str] | None = None, binds: dict[str, Path] | None = None,
+                 images: dict[str, str] | None = None) -> None:
         self.doc, self.spec = doc, pod_spec(doc)
         self.work = work  # a tmpfs directory of the test (termination messages)
         self.subst = subst or {}
         self.env = env or {}
         self.binds = {k: str(v) for k, v in (binds or {}).items()}  # other volume kinds (a PVC): host paths
+        self.images = dict(images or {})  # stage -> image reference (e.g. pulled from a test registry by digest)
         self.id = f"modelseal-ct-{secrets.token_hex(4)}"
         psc = self.spec.get("securityContext", {})
         assert psc.get("runAsNonRoot") is True and psc.get("runAsUser"), "the pod must run as non-root"
@@ -295,7 +297,9 @@ class Pod:
         command = list(c.get("command", []))
         if command:
             args += ["--entrypoint", command[0]]
+        stage = c["image"].split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1]
         ref = c["image"] if "MODELSEAL_IMAGE_TAG" not in os.environ else c["image"].rsplit(":", 1)[0] + f":{TAG}"
+        ref = self.images.get(stage, ref)
         args.append(ref)
         args += command[1:] + [substitute(str(a), self.subst) for a in c.get("args", [])]
         return args, term
