@@ -18,6 +18,7 @@ unknown size) the stage says so and goes on.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -95,6 +96,8 @@ def check(fd: int, where: str, need: Need, log: Log, *,
     Returns what was measured (logged by the caller's stage as "preflight").
     """
     started = time.monotonic()
+    if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISDIR(os.fstat(fd).st_mode):
+        return {}  # a pipe or a device (stdout): no filesystem of ours to size
     place = mount_point(fd) or where
     if need.bytes is None:
         log.warning("preflight_unknown", path=where, message=(
