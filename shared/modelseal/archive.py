@@ -13,7 +13,8 @@ import io
 import os
 import stat
 import tarfile
-from typing import BinaryIO
+import time
+from typing import BinaryIO, Sequence
 
 from .errors import UsageError
 
@@ -64,11 +65,18 @@ def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, st: os.stat_result) 
     return info
 
 
-def write_tar(src: str, out: BinaryIO) -> int:
-    """Write `src` (a directory's contents, or one file) as a PAX tar; return the file count."""
+def write_tar(src: str, out: BinaryIO, first: Sequence[tuple[str, bytes]] = ()) -> int:
+    """Write `src` (a directory's contents, or one file) as a PAX tar; return the file count.
+
+    `first`: (name, bytes) members written ahead of the tree (seal --sign-key's model.sig)."""
     count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         tar.copybufsize = COPY_BUFSIZE
+        for arcname, data in first:
+            info = tar.tarinfo(arcname)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+            count += 1
 
         def add(path: str, arcname: str) -> None:
             nonlocal count

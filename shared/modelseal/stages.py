@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import archive, format as sealfmt, tinkkeyset, tmpfs
+from . import archive, format as sealfmt, signing, tinkkeyset, tmpfs
 from .atomic import PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, UsageError
@@ -158,10 +158,12 @@ def _copy(src: BinaryIO) -> Callable[[BinaryIO], int]:
 
 def seal(
     src: str, out: str, keys: KeySpec, options: Options, log: Log,
-    name: str | None = None, version: str = "", compress: str = "none",
+    name: str | None = None, version: str = "", compress: str = "none", sign_key: str | None = None,
 ) -> dict:
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
+    # --sign-key: model.sig for the tree (model_signing's format), the archive's first member
+    first = [(signing.SIGNATURE, signing.sign_tree(src, sign_key, log))] if sign_key else []
     data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     content_compression, wrap_in_tar = compress, True
     if src != "-" and os.path.isfile(src):
@@ -179,7 +181,7 @@ def seal(
 
     def tar(writer: BinaryIO) -> int:
         comp = archive.compressor(writer, compress)
-        files = archive.write_tar(src, comp)
+        files = archive.write_tar(src, comp, first=first)
         comp.close()
         return files
 
@@ -317,14 +319,14 @@ def decrypt(
 
 
 def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_input: bool = False,
-           allow_symlinks: bool = False, limits=None) -> dict:
+           allow_symlinks: bool = False, limits=None, verify=None) -> dict:
     from . import unpack as unpacker
 
     _memory_target(out, allow_disk, log)
     stream, _ = open_ciphertext(input, Options(), None, log)
     with stream:
         stats = unpacker.extract(stream, out, limits=limits or unpacker.Limits(),
-                                 allow_symlinks=allow_symlinks, log=log)
+                                 allow_symlinks=allow_symlinks, log=log, verify=verify)
     _consume([(delete_input, input)], log)
     log.info("unpacked", path=out, **stats)
     return stats
@@ -334,8 +336,11 @@ def run(
     source: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
     sha256: str | None = None, allow_disk: bool = False, allow_symlinks: bool = False, limits=None,
     delete_key: bool = False, associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
+    verify=None,
 ) -> dict:
-    """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored."""
+    """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored.
+
+    `verify` (signing.StreamVerifier): check the model's signature in the same pass."""
     from . import unpack as unpacker
 
     key_source = keys.source(options)  # configuration errors first, before touching any input
@@ -344,7 +349,7 @@ def run(
     with stream:
         reader = plaintext(stream, fmt, keys, key_source, log, associated_data, tink_template)
         stats = unpacker.extract(reader, out, limits=limits or unpacker.Limits(),
-                                 allow_symlinks=allow_symlinks, log=log)
+                                 allow_symlinks=allow_symlinks, log=log, verify=verify)
     _consume([(delete_key, keys.key_file)], log)
     log.info("unpacked", path=out, **stats)
     return stats

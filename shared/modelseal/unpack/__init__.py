@@ -49,7 +49,7 @@ from ..log import Log
 from .decompress import Plain, Raw, producer
 from .limits import Limits
 from .tar import extract_tar
-from .tree import DIR_FLAGS, Tree, fs_error
+from .tree import DIR_FLAGS, Digests, Tree, fs_error
 from .zip import ZIP_MAGICS, extract_zip
 
 __all__ = ["Limits", "extract"]
@@ -123,13 +123,15 @@ def _make_parents(parent: str, dest: str) -> list[str]:
 
 
 def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
-            log: Log | None = None) -> dict:
+            log: Log | None = None, verify: Digests | None = None) -> dict:
     """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `src` into a new directory `dest`.
 
     Returns stats {"files", "dirs", "symlinks", "bytes", "format", "compression", "seconds"}.
     Raises UsageError (bad dest), UnsafeError (hostile entry), CapacityError
     (limit, no space), IntegrityError (corrupt or truncated archive), or
     whatever `src` raises; on any failure nothing is left beside dest.
+    `verify` (a signing.StreamVerifier) hashes each file as it is written and
+    checks the tree against its signed manifest before the rename.
     """
     if log is None:
         log = Log("unpack", stream=_NullStream())  # type: ignore[arg-type]
@@ -158,7 +160,9 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlin
         try:
             root = os.open(staging, DIR_FLAGS, dir_fd=parent_fd)
             try:
-                stats = _extract_into(src, root, limits, allow_symlinks, log)
+                stats = _extract_into(src, root, limits, allow_symlinks, log, verify)
+                if verify is not None:
+                    stats.update(verify.finish())  # the input has ended: check before the rename
                 os.fchmod(root, 0o755)
             finally:
                 os.close(root)
@@ -187,7 +191,8 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlin
     return stats
 
 
-def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log) -> dict:
+def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log,
+                  verify: Digests | None = None) -> dict:
     raw = Raw(src)
     head = raw.peek(8)
     if not head:
@@ -197,7 +202,7 @@ def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool
     else:
         fmt, compression = "tar", detect_compression(head)
     log.info("unpack_start", format=fmt, compression=compression)
-    tree = Tree(root, limits, allow_symlinks, log)
+    tree = Tree(root, limits, allow_symlinks, log, verify)
     try:
         if fmt == "zip":
             extract_zip(raw, tree)
