@@ -113,9 +113,10 @@ def _v1(doc: dict) -> Manifest:
         raise _Bad(f"unsupported hash_type {ser['hash_type']!r} (modelseal verifies {HASH_TYPE})")
     shard_size = None
     if method == "shards":
-        shard_size = _get(ser, "shard_size", int)
-        if isinstance(shard_size, bool) or shard_size <= 0:
+        shard_size = _get(ser, "shard_size", (int, float))  # a protobuf Struct number: 1048576.0
+        if isinstance(shard_size, bool) or shard_size != int(shard_size) or shard_size <= 0:
             raise _Bad("shard_size must be a positive integer")
+        shard_size = int(shard_size)
     ignore = []
     for p in ser.get("ignore_paths") or []:
         if not isinstance(p, str):
