@@ -436,3 +436,26 @@ def test_flag_usage_errors(shm: Path, signed):
         r = unpack(tar, shm / "out", *flags)
         assert r.code == 2 and message in r.error(), (flags, r.stderr)
         assert nothing_left(shm / "out")
+
+
+@pytest.mark.parametrize("name", ["verified-four-stage.yaml", "verified-single-stage.yaml"])
+def test_verified_examples_take_the_key_from_their_configmap(shm: Path, name: str):
+    import yaml
+
+    from modelseal.signing import KeyTrust
+
+    docs = list(yaml.safe_load_all((Path(__file__).parents[1] / "examples" / "kubernetes" / name).read_text()))
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    (shm / "signer.pub").write_text(config["data"]["signer.pub"])
+    KeyTrust(str(shm / "signer.pub"))  # a usable P-256 key, not a placeholder
+    volume = next(v["name"] for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") ==
+                  config["metadata"]["name"])
+    verifying = [c for c in pod["spec"]["initContainers"]
+                 if "--verify-key" in c.get("args", []) or any(e["name"] == "MODELSEAL_VERIFY_KEY" for e in c.get("env", []))]
+    assert len(verifying) == 1
+    c = verifying[0]
+    path = (c["args"][c["args"].index("--verify-key") + 1] if "--verify-key" in c.get("args", [])
+            else next(e["value"] for e in c["env"] if e["name"] == "MODELSEAL_VERIFY_KEY"))
+    mount = next(m for m in c["volumeMounts"] if m["name"] == volume)
+    assert path == f"{mount['mountPath']}/signer.pub"
