@@ -109,7 +109,6 @@ class StreamVerifier:
         self.trust = trust
         self.log = log
         self.manifest: Manifest | None = None
-        self._sig_bytes: bytearray | None = None
         self._ignore_always = [tuple(p.split("/")) for p in statement.GIT_PATHS]
         if os.path.isabs(signature):
             self.where = signature
@@ -181,7 +180,6 @@ class StreamVerifier:
         buf = bytearray()
 
         def end() -> None:
-            self._sig_bytes = buf
             self._accept(bytes(buf))
 
         return _Sink(buf.extend, end)
