@@ -9,12 +9,13 @@ one (sign.py).
 
 Why not the `model-signing` library itself: its dependency tree (sigstore,
 pydantic, protobuf, rich, pygments, requests, tuf, rfc3161-client, dnspython,
-blake3, ... about 55 MB installed, measured with model-signing 1.1.1) would
-take every stage image over the 150 MB budget (they are 102-113 MB; see
-images/sizes.sh) and put an HTTP stack into the decrypt and unpack images,
-which carry none. The key and certificate methods need only ECDSA, X.509 path
-validation and JSON, which `cryptography` (already in every image) does, so
-they are implemented here on it; the library stays the test oracle
+blake3, pyOpenSSL, ... 48.6 MB installed beyond cryptography, measured with
+model-signing 1.1.1) would take every stage image over the 150 MB budget
+(base 102.0 MB -> ~150.7, run/fetch 113.3 MB -> ~162; see images/sizes.sh)
+and put an HTTP stack into the decrypt and unpack images, which carry none.
+The key and certificate methods need only ECDSA, X.509 path validation and
+JSON, which `cryptography` (already in every image) does, so they are
+implemented here on it; the library stays the test oracle
 (requirements-dev.txt): its CLI signs what these tests verify and verifies
 what `seal --sign-key` signs. Keyless Sigstore signatures (Fulcio
 certificates, Rekor) are not supported: they need the transparency log.
