@@ -52,6 +52,7 @@ bench: setup  ## benchmarks: printed tables of ratios measured side by side
 	$(PY) bench/run.py
 	$(PY) bench/openpgp.py
 	$(PY) bench/fetch.py
+	$(PY) bench/verify.py
 
 lint: setup
 	$(PY) -m compileall -q shared/modelseal tests bench

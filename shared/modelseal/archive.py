@@ -13,8 +13,9 @@ import io
 import os
 import stat
 import tarfile
+import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 from .errors import UsageError
 from .format import Sizes
@@ -74,7 +75,7 @@ class Plan:
     what the archive unpacks to (format.Sizes).
     """
 
-    members: list[tuple[str, tarfile.TarInfo]]  # (path on disk, member), in archive order
+    members: list[tuple[str | bytes, tarfile.TarInfo]]  # (path on disk, or the bytes, member) in archive order
     tar_bytes: int
     file_bytes: int
     files: int
@@ -94,9 +95,15 @@ def _tar_size(infos: list[tarfile.TarInfo]) -> int:
     return -(-total // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-def plan_tar(src: str) -> Plan:
-    """Walk `src` (a directory's contents, or one file): members in sorted order, symlinks followed."""
-    members: list[tuple[str, tarfile.TarInfo]] = []
+def plan_tar(src: str, first: Sequence[tuple[str, bytes]] = ()) -> Plan:
+    """Walk `src` (a directory's contents, or one file): members in sorted order, symlinks followed.
+
+    `first`: (name, bytes) members ahead of the tree (seal --sign-key's model.sig)."""
+    members: list[tuple[str | bytes, tarfile.TarInfo]] = []
+    for arcname, data in first:
+        info = tarfile.TarInfo(arcname)
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        members.append((data, info))
 
     def add(path: str, arcname: str) -> None:
         try:
@@ -133,6 +140,9 @@ def write_tar(plan: Plan | str, out: BinaryIO) -> int:
         for path, info in plan.members:
             if not info.isreg():
                 tar.addfile(info)
+                continue
+            if isinstance(path, bytes):
+                tar.addfile(info, io.BytesIO(path))
                 continue
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != info.size:

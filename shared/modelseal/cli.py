@@ -116,6 +116,21 @@ def _limits_of(a: argparse.Namespace):
     return Limits(**{k: v for k, v in given.items() if v is not None})
 
 
+def _verify(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("signature (OpenSSF model signing, checked in the stream before the rename)")
+    _flag(g, "--verify-key", metavar="PEM", help="verify with this EC public key (model_signing's key method)")
+    _flag(g, "--verify-certificate", metavar="PEM", help="verify a certificate-signed model: the signing "
+          "certificate must chain to a root in this PEM file (model_signing's certificate method)")
+    _flag(g, "--signature", metavar="PATH", help="the Sigstore bundle: a path inside the model (default "
+          "model.sig) or an absolute path to a separate file")
+
+
+def _verifier(a: argparse.Namespace, log: Log):
+    from . import signing
+
+    return signing.verifier(a.verify_key, a.verify_certificate, a.signature, log)
+
+
 def _allow_disk(p: argparse.ArgumentParser) -> None:
     _flag(p, "--allow-disk", action="store_true", help="allow plaintext on a non-memory filesystem (logged)")
 
@@ -146,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--name", help="model name recorded in the header (default: SRC's name)")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
     _flag(p, "--compress", choices=("none", "gzip", "zstd"), default="none", help="compression inside the seal")
+    _flag(p, "--sign-key", metavar="PEM", help="sign the model directory with this EC private key "
+          "(OpenSSF model signing); adds model.sig to the archive")
     _connection(p)
 
     p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
@@ -193,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--in", dest="input", required=True, help="archive file or -")
     _flag(p, "-o", "--output", required=True, help="directory to create")
     _limits(p)
+    _verify(p)
     _allow_disk(p)
     _preflight(p)
     _flag(p, "--delete-input", action="store_true", help="delete the archive after success")
@@ -204,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
     _format(p)
     _limits(p)
+    _verify(p)
     _allow_disk(p)
     _preflight(p)
     _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
@@ -224,7 +243,7 @@ def _keygen(a: argparse.Namespace, log: Log) -> dict:
 def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
     return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
-                       version=a.model_version, compress=a.compress)
+                       version=a.model_version, compress=a.compress, sign_key=a.sign_key)
 
 
 def _convert(a: argparse.Namespace, log: Log) -> dict:
@@ -262,14 +281,15 @@ def _decrypt(a: argparse.Namespace, log: Log) -> dict:
 
 def _unpack(a: argparse.Namespace, log: Log) -> dict:
     return stages.unpack(a.input, a.output, log, allow_disk=a.allow_disk, delete_input=a.delete_input,
-                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a), preflight=not a.no_preflight)
+                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a), preflight=not a.no_preflight,
+                         verify=_verifier(a, log))
 
 
 def _run(a: argparse.Namespace, log: Log) -> dict:
     return stages.run(a.source, a.output, _keyspec(a), _options(a), log, fmt=a.format, sha256=a.sha256,
                       allow_disk=a.allow_disk, allow_symlinks=a.allow_symlinks, limits=_limits_of(a),
                       delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template,
-                      preflight=not a.no_preflight)
+                      preflight=not a.no_preflight, verify=_verifier(a, log))
 
 
 def main(argv: list[str] | None = None) -> int:

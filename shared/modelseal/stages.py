@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
+from . import archive, capacity, format as sealfmt, signing, tinkkeyset, tmpfs
 from .atomic import Check, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, UsageError
@@ -268,7 +268,7 @@ def _copy(src: BinaryIO) -> Callable[[BinaryIO], int]:
 
 def seal(
     src: str, out: str, keys: KeySpec, options: Options, log: Log,
-    name: str | None = None, version: str = "", compress: str = "none",
+    name: str | None = None, version: str = "", compress: str = "none", sign_key: str | None = None,
 ) -> dict:
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
@@ -283,7 +283,11 @@ def seal(
                 sizes = archive.scan_tar(src)
     elif src == "-":
         wrap_in_tar = False
-    plan = archive.plan_tar(src) if wrap_in_tar else None
+    if sign_key and not wrap_in_tar:
+        raise UsageError(f"--sign-key signs a model directory; {src} is an archive or stdin")
+    # --sign-key: model.sig for the tree (model_signing's format), the archive's first member
+    first = [(signing.SIGNATURE, signing.sign_tree(src, sign_key, log))] if sign_key else []
+    plan = archive.plan_tar(src, first) if wrap_in_tar else None
     data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     default_name = os.path.basename(os.path.abspath(src)) if src != "-" else ""
     header = sealfmt.Header(
@@ -438,7 +442,7 @@ def decrypt(
 
 
 def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_input: bool = False,
-           allow_symlinks: bool = False, limits=None, preflight: bool = True) -> dict:
+           allow_symlinks: bool = False, limits=None, preflight: bool = True, verify=None) -> dict:
     from . import unpack as unpacker
 
     check = Preflight(preflight, log).announce()
@@ -447,7 +451,8 @@ def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_i
         with source.stream:
             stats = dest.extract(source.stream, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
                                  preflight=lambda fd, compression: check(fd, out, tree_need(None, source.size,
-                                                                                            compression)))
+                                                                                            compression)),
+                                 verify=verify)
     _consume([(delete_input, input)], log)
     log.info("unpacked", path=out, **stats)
     return stats
@@ -457,9 +462,11 @@ def run(
     source: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
     sha256: str | None = None, allow_disk: bool = False, allow_symlinks: bool = False, limits=None,
     delete_key: bool = False, associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
-    preflight: bool = True,
+    preflight: bool = True, verify=None,
 ) -> dict:
-    """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored."""
+    """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored.
+
+    `verify` (signing.StreamVerifier): check the model's signature in the same pass."""
     from . import unpack as unpacker
 
     key_source = keys.source(options)  # configuration errors first, before touching any input
@@ -472,7 +479,7 @@ def run(
             stats = dest.extract(
                 plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
                 preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, input.buffers)),
-                declared=plain.header.sizes if plain.header is not None else None)
+                declared=plain.header.sizes if plain.header is not None else None, verify=verify)
     _consume([(delete_key, key_file)], log)
     log.info("unpacked", path=out, **stats)
     return stats

@@ -50,7 +50,7 @@ from ..log import Log
 from .decompress import Plain, Raw, producer
 from .limits import Limits
 from .tar import extract_tar
-from .tree import DIR_FLAGS, Tree, fs_error
+from .tree import DIR_FLAGS, Digests, Tree, fs_error
 from .zip import ZIP_MAGICS, extract_zip
 
 __all__ = ["Destination", "Limits", "extract"]
@@ -180,11 +180,14 @@ class Destination:
         return fd
 
     def extract(self, src: BinaryIO, *, limits: Limits = Limits(), allow_symlinks: bool = False,
-                preflight: Preflight | None = None, declared: Sizes | None = None) -> dict:
+                preflight: Preflight | None = None, declared: Sizes | None = None,
+                verify: Digests | None = None) -> dict:
         """Fill the staging directory from `src`, then rename it to dest; see the module docstring."""
         started = time.monotonic()
         try:
-            stats = _extract_into(src, self.root, limits, allow_symlinks, self.log, preflight, declared)
+            stats = _extract_into(src, self.root, limits, allow_symlinks, self.log, preflight, declared, verify)
+            if verify is not None:
+                stats.update(verify.finish())  # the input has ended: check before the rename
             os.fchmod(self.root, 0o755)
             try:
                 os.rename(self.staging, self.name, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
@@ -228,21 +231,23 @@ class Destination:
 
 def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
             log: Log | None = None, check: Check | None = None, preflight: Preflight | None = None,
-            declared: Sizes | None = None) -> dict:
+            declared: Sizes | None = None, verify: Digests | None = None) -> dict:
     """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `src` into a new directory `dest`.
 
     Returns stats {"files", "dirs", "symlinks", "bytes", "format", "compression", "seconds"}.
     Raises UsageError (bad dest), UnsafeError (hostile entry, or `check` refused the target),
     CapacityError (limit, no space, `preflight`), IntegrityError (corrupt or truncated archive, or more
     than `declared`), or whatever `src` raises; on any failure nothing is left beside dest.
+    `verify` (a signing.StreamVerifier) hashes each file as it is written and
+    checks the tree against its signed manifest before the rename.
     """
     with Destination(dest, check=check, log=log) as destination:
         return destination.extract(src, limits=limits, allow_symlinks=allow_symlinks, preflight=preflight,
-                                   declared=declared)
+                                   declared=declared, verify=verify)
 
 
 def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log,
-                  preflight: Preflight | None, declared: Sizes | None) -> dict:
+                  preflight: Preflight | None, declared: Sizes | None, verify: Digests | None) -> dict:
     raw = Raw(src)
     head = raw.peek(8)
     if not head:
@@ -254,7 +259,7 @@ def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool
     log.info("unpack_start", format=fmt, compression=compression)
     if preflight is not None:
         preflight(root, compression)
-    tree = Tree(root, limits, allow_symlinks, log, declared)
+    tree = Tree(root, limits, allow_symlinks, log, declared, verify)
     try:
         if fmt == "zip":
             extract_zip(raw, tree)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from ..errors import CapacityError, IntegrityError, ModelsealError, UnsafeError, from_os_error
 from ..format import Sizes
@@ -115,12 +115,22 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+class Digests(Protocol):
+    """Per-file hashing as files are written (signing.StreamVerifier): no second read."""
+
+    def file(self, parts: tuple[bytes, ...], declared: int): ...  # a sink with update(piece), end(); or None
+    def symlink(self, parts: tuple[bytes, ...], target: list[bytes]) -> None: ...
+    def drain(self) -> None: ...
+    def finish(self) -> dict: ...  # after the input ended, before the rename: raises if the tree is not as signed
+
+
 class Tree:
     """The staging tree, built only through directory file descriptors."""
 
     def __init__(self, root: int, limits: Limits, allow_symlinks: bool, log: Log,
-                 declared: Sizes | None = None) -> None:
+                 declared: Sizes | None = None, digests: Digests | None = None) -> None:
         self.root = root
+        self.digests = digests
         self.limits = limits
         # What the authenticated .seal header says the archive holds: the
         # preflight sized the target by it, so holding more is an integrity error.
@@ -134,6 +144,8 @@ class Tree:
     def close(self) -> None:
         while self._stack:
             os.close(self._stack.pop()[1])
+        if self.digests is not None:
+            self.digests.drain()
 
     def _count(self, name: bytes) -> None:
         self.entries += 1
@@ -212,6 +224,7 @@ class Tree:
                 raise UnsafeError(f"refusing file {show(name)}: duplicate entry, or over an existing name") from None
             raise fs_error(e, f"creating {show(name)}") from None
         try:
+            sink = self.digests.file(parts, declared) if self.digests is not None else None
             size = 0
             for piece in data:
                 n = len(piece)
@@ -228,7 +241,11 @@ class Tree:
                     write_all(fd, piece)
                 except OSError as e:
                     raise fs_error(e, f"writing {show(name)}") from None
+                if sink is not None:
+                    sink.update(piece)
                 self.progress.add(n)
+            if sink is not None:
+                sink.end()
             try:
                 os.fchmod(fd, 0o755 if mode & 0o111 else 0o644)
                 if mtime is not None and 0 <= mtime < 2**40:
@@ -255,6 +272,8 @@ class Tree:
             if e.errno == errno.EEXIST:
                 raise UnsafeError(f"refusing symlink {show(name)}: duplicate entry, or over an existing name") from None
             raise fs_error(e, f"creating symlink {show(name)}") from None
+        if self.digests is not None:
+            self.digests.symlink(parts, comps)
         self._links.append((parts[:-1], comps, name))
         self.symlinks += 1
 
