@@ -80,8 +80,7 @@ def plaintext(
     if fmt == "seal":
 
         def key_for(header: sealfmt.Header) -> bytes:
-            log.info("header", name=header.name, version=header.version, key_id=header.key_id,
-                     wrapped=header.wrapped_key.provider if header.wrapped_key else None)
+            log.info("header", **header.log_fields())  # not authenticated yet: quoted, shortened
             return key_source.data_key(header.wrapped_key)
 
         return sealfmt.open_sealed(stream, key_for)[1]
