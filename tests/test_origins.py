@@ -162,6 +162,26 @@ def test_download_redirect_drops_token_and_certificate(origin_server, elsewhere,
     assert origin_server.saw(BEARER)  # it did go to the origin it is for
 
 
+@pytest.mark.parametrize("spelling", ["https://localhost:{port}/m", "//localhost:{port}/m",
+                                      "HTTPS://LOCALHOST:{port}/m", " https://127.0.0.1:{port}/m ",
+                                      "https://127.0.0.1:{port}/x/../m#fragment"])
+def test_download_redirect_spellings_all_leave_credentials_home(origin_server, elsewhere, pki, shm_dir, spelling):
+    origin_server.redirects["/spelled"] = spelling.format(port=elsewhere.port)
+    with open_source(origin_server.url + "/spelled", _source_options(pki, shm_dir)).open() as s:
+        assert s.read() == b"model" * 1000
+    _never_saw_credentials(elsewhere)
+
+
+def test_cookies_set_by_the_origin_do_not_travel(origin_server, elsewhere, pki, shm_dir):
+    """Cookies ignore ports: one set by 127.0.0.1:A would go to 127.0.0.1:B. None is kept at all."""
+    origin_server.add_fault(Fault("status", status=302, path="/c", headers={
+        "Location": elsewhere.url + "/m", "Set-Cookie": f"session={BEARER}; Path=/"}))
+    with open_source(origin_server.url + "/c", _source_options(pki, shm_dir)).open() as s:
+        assert s.read() == b"model" * 1000
+    _never_saw_credentials(elsewhere)
+    assert all("Cookie" not in h for _, _, h, _ in elsewhere.seen + origin_server.seen)
+
+
 def test_download_redirect_back_home_gets_the_token_again(origin_server, elsewhere, pki, shm_dir):
     elsewhere.redirects["/back"] = origin_server.url + "/own"
     origin_server.redirects["/away"] = elsewhere.url + "/back"
@@ -250,6 +270,16 @@ def test_user_info_in_a_source_or_output_exits_2_and_is_not_echoed(shm, uri):
         for text in (r.stderr, r.stdout.decode(errors="replace"), term):
             assert SECRET not in text and AKID not in text
     assert sorted(os.listdir(shm)) == sorted(["key", "termination-log"] + (["src"] if uri.startswith("s3") else []))
+
+
+def test_user_info_in_an_endpoint_in_the_query_is_refused(aws_env):
+    for uri in (f"aws-kms://alias/k?endpoint_url=http://u:{SECRET}@127.0.0.1:9",
+                "secretsmanager://k?endpoint_url=http://127.0.0.1:9%23@evil.invalid",
+                f"kbs:///repo/key/tag?cdh_url=http://u:{SECRET}@127.0.0.1:8006"):
+        with pytest.raises(UsageError) as e:
+            source = open_key(uri, Options())
+            source.data_key(WrappedKey("aws-kms", "alias/k", b"x", {"modelseal": "v1"}))
+        assert SECRET not in str(e.value)
 
 
 def test_secret_names_with_an_at_sign_are_percent_encoded(moto, aws_env):

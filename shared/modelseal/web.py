@@ -18,6 +18,7 @@ the decrypt and unpack images do not ship it.
 
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import os
 import re
@@ -163,7 +164,7 @@ class Client:
     MAX_REDIRECTS, as presigned URLs and CDNs need, but our credentials (the
     bearer token, the client certificate) go only to the origin (scheme,
     host, port) of the URL we were given; never to plain http unless
-    allow_http; never to a URL with user info.
+    allow_http; never to a URL with user info. Cookies are never kept.
 
     verify/cert go with each request, not on the session: requests lets
     REQUESTS_CA_BUNDLE override a session's CA, never a request's. Proxies
@@ -189,6 +190,9 @@ class Client:
         s = requests.Session()
         s.trust_env = use_env
         s.auth = _Bearer(options.token_file if bearer else None)
+        # No cookies: they are scoped by host, not origin (a port does not count), so one
+        # set by the first server would be sent to another on the same host after a redirect.
+        s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         s.headers["Accept-Encoding"] = "identity"
         s.headers["User-Agent"] = "modelseal"
         self.session = s

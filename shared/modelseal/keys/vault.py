@@ -136,7 +136,7 @@ class Backend(KeySource):
         api = f"{_path(self.mount.split('/'))}/data/{_path(self.path)}"
         version = self.options.extra.get("version")
         if version:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit() and len(version) <= 19):
                 raise UsageError("vault: version= must be a number")
             api += f"?version={version}"
         answer = self.vault.request("GET", api)
