@@ -51,6 +51,7 @@ bench: setup  ## benchmarks: printed tables of ratios measured side by side
 	$(PY) bench/decrypt.py
 	$(PY) bench/run.py
 	$(PY) bench/openpgp.py
+	$(PY) bench/s2k.py
 	$(PY) bench/fetch.py
 	$(PY) bench/verify.py
 

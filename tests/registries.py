@@ -71,7 +71,7 @@ class TokenIssuer(Server):
         self.users: dict[str, str] = {}  # user -> password
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user
         self.grants: dict[tuple[str, str], set[str]] = {}  # (user or "", repository) -> actions
-        self.seen: list[tuple[str, str | None]] = []  # (method, Authorization)
+        self.authorizations: list[tuple[str, str | None]] = []  # (method, Authorization)
         self.issued: list[str] = []
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelseal token signer")])
@@ -123,7 +123,7 @@ class TokenIssuer(Server):
 
     def handle(self, h: Any, body: bytes, fault: Any) -> None:
         with self.lock:
-            self.seen.append((h.command, h.headers.get("Authorization")))
+            self.authorizations.append((h.command, h.headers.get("Authorization")))
         parts = urlsplit(h.path)
         if parts.path != "/token" or h.command not in ("GET", "POST"):
             h.send_json(404, {"errors": ["not found"]})
@@ -154,7 +154,7 @@ class Storage(ObjectServer):
 
     def __init__(self) -> None:
         self.root = ""  # the registry's data directory, set once it exists
-        self.seen: list[tuple[str, str | None]] = []  # (path, Authorization)
+        self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization)
         super().__init__({})
         storage = self
 
@@ -171,7 +171,7 @@ class Storage(ObjectServer):
 
     def handle(self, h: Any, body: bytes, fault: Any) -> None:
         with self.lock:
-            self.seen.append((h.path, h.headers.get("Authorization")))
+            self.authorizations.append((h.path, h.headers.get("Authorization")))
         super().handle(h, body, fault)
 
 
@@ -179,12 +179,12 @@ class HeaderProxy(FaultProxy):
     """The fault proxy, recording each request's Authorization header."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.seen: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        self.authorizations: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
         super().__init__(upstream_port)
 
     def handle(self, h: Any, body: bytes, fault: Any) -> None:
         with self.lock:
-            self.seen.append((h.command, h.path, h.headers.get("Authorization")))
+            self.authorizations.append((h.command, h.path, h.headers.get("Authorization")))
         super().handle(h, body, fault)
 
 

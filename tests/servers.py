@@ -11,9 +11,12 @@
 
 Faults are scripted per request: `Fault("status", 503)`, `Fault("cut", after=N)`
 (send N body bytes of a full-length answer, then close), `Fault("stall", seconds=S,
-after=N)` (send headers and N body bytes, then stall S seconds and close).
-Servers count requests and body bytes sent, so tests can prove "no retry" and
-"resumed, not restarted".
+after=N)` (send headers and N body bytes, then stall S seconds and close),
+`Fault("tamper", drop_headers=("If-Range",), before=fn)` (a server that ignores
+a request header, and `fn()` run first, e.g. to replace the object mid-download).
+Servers count requests and body bytes sent, and keep every request's headers
+and the client certificate presented (if any), so tests can prove "no retry",
+"resumed, not restarted" and "this origin never saw the token".
 
 Fixtures (imported by the test modules; tests/conftest.py is left to the lead):
 moto, pki, shm_dir, aws_env, no_proxy_env (autouse where imported).
@@ -25,6 +28,7 @@ import atexit
 import base64
 import ctypes
 import datetime
+import email.utils
 import hashlib
 import http.client
 import json
@@ -243,7 +247,7 @@ def make_pki(directory: str) -> PKI:
 class Fault:
     """One scripted fault, applied to the next `times` requests that match."""
 
-    kind: str  # "status" | "cut" | "stall"
+    kind: str  # "status" | "cut" | "stall" | "tamper"
     status: int = 503
     after: int = 0  # body bytes sent before a cut or stall
     seconds: float = 0.0
@@ -252,6 +256,8 @@ class Fault:
     times: int = 1
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    drop_headers: tuple[str, ...] = ()  # request headers the server acts as if it never got
+    before: Any = None  # called before the request is handled
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and (self.method is None or self.method == method) and (
@@ -270,6 +276,9 @@ class _Handler(BaseHTTPRequestHandler):
             ssock = app.tls.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
             try:
                 ssock.do_handshake()
+                cert = ssock.getpeercert(binary_form=True)
+                with app.lock:
+                    app.peer_certs.append(cert)
             except (ssl.SSLError, OSError):
                 with app.lock:
                     app.tls_failures += 1
@@ -315,7 +324,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = _read_chunked(self.rfile)
         elif self.headers.get("Content-Length"):
             body = self.rfile.read(int(self.headers["Content-Length"]))
+        with app.lock:
+            app.seen.append((self.command, self.path, dict(self.headers.items()), body))
         fault = app.take_fault(self.command, self.path)
+        if fault is not None and fault.before is not None:
+            fault.before()
+        for name in fault.drop_headers if fault is not None else ():
+            del self.headers[name]
         if fault is not None and fault.kind == "status":
             self.respond(fault.status, fault.body, dict(fault.headers))
             return
@@ -392,6 +407,8 @@ class Server:
         self.bytes_sent = 0
         self.tls_failures = 0
         self.faults: list[Fault] = []
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []  # method, path, headers, body
+        self.peer_certs: list[bytes | None] = []  # the client certificate of each TLS connection
         self.httpd = _HTTPServer((LOCAL, 0), _Handler)
         self.httpd.app = self
         self.port = self.httpd.server_address[1]
@@ -435,7 +452,14 @@ class Server:
     def reset_counters(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.seen.clear()
             self.bytes_sent = 0
+
+    def saw(self, secret: str | bytes) -> bool:
+        """Whether `secret` reached this server anywhere: a path, a header, a body."""
+        s = secret.encode() if isinstance(secret, str) else secret
+        with self.lock:
+            return any(s in m.encode() + p.encode() + repr(h).encode() + b for m, p, h, b in self.seen)
 
     def handle(self, h: _Handler, body: bytes, fault: Fault | None) -> None:
         raise NotImplementedError
@@ -460,15 +484,18 @@ class ObjectServer(Server):
     `token`: require `Authorization: Bearer <token>` (401 otherwise).
     `ignore_range`: answer 200 with the whole object to every GET (a server without Range support).
     `redirects`: path -> URL answered with 302.
+    `validators`: "etag" (the default), "last-modified" (a date derived from the content, no ETag),
+    or None (neither, like some minimal servers).
     """
 
     def __init__(self, objects: dict[str, bytes] | None = None, *, tls: ssl.SSLContext | None = None,
                  token: str | None = None, ignore_range: bool = False,
-                 redirects: dict[str, str] | None = None) -> None:
+                 redirects: dict[str, str] | None = None, validators: str | None = "etag") -> None:
         self.objects = dict(objects or {})
         self.redirects = dict(redirects or {})
         self.token = token
         self.ignore_range = ignore_range
+        self.validators = validators
         super().__init__(tls)
 
     @staticmethod
@@ -493,6 +520,11 @@ class ObjectServer(Server):
             return
         etag = self.etag(data)
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if self.validators != "etag":
+            del headers["ETag"]
+        if self.validators == "last-modified":
+            etag = email.utils.formatdate(1_600_000_000 + int(etag[1:7], 16), usegmt=True)
+            headers["Last-Modified"] = etag
         rng = h.headers.get("Range")
         if_range = h.headers.get("If-Range")
         if rng and not self.ignore_range and (if_range is None or if_range == etag):

@@ -391,12 +391,12 @@ def test_token_flow_and_where_credentials_go(token_registry, work, out):
         assert r.code == 0, r.stderr
         outputs.append(r.stderr)
         assert sha256_file(out / f"m{len(outputs) - 1}.seal") == pushed["layer"]
-    assert ("POST", None) in issuer.seen  # the refresh token went in the form body, to the issuer only
+    assert ("POST", None) in issuer.authorizations  # the refresh token went in the form body, to the issuer only
     # who got what: Basic only to the token issuer, bearer tokens only to the registry, nothing to storage
-    registry_auth = {a.split()[0] for _, _, a in proxy.seen if a}
+    registry_auth = {a.split()[0] for _, _, a in proxy.authorizations if a}
     assert registry_auth == {"Bearer"}
-    assert {a.split()[0] for m, a in issuer.seen if a} == {"Basic"}
-    assert storage.seen and all(a is None for _, a in storage.seen)
+    assert {a.split()[0] for m, a in issuer.authorizations if a} == {"Basic"}
+    assert storage.authorizations and all(a is None for _, a in storage.authorizations)
     for text in outputs:
         for secret in ("bob-pass-5678", "refresh-token-for-bob-9876", *issuer.issued):
             assert secret not in text
@@ -525,6 +525,6 @@ def test_registry_credentials_never_go_to_another_origin(token_registry, work, o
     src.layer()
     reg = src.registry()
     assert reg._authorization.startswith("Bearer ")
-    storage.seen.clear()
+    storage.authorizations.clear()
     reg.request("GET", f"{storage.url}/elsewhere", "test").close()  # e.g. an upload Location on another host
-    assert storage.seen == [("/elsewhere", None)]
+    assert storage.authorizations == [("/elsewhere", None)]

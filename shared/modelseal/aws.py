@@ -9,6 +9,14 @@ handling; the CA bundle is `ca`. botocore's own retries are switched off so
 that modelseal.retry is the one policy (and its counts are exact); every call
 has connect and read timeouts of `timeout` seconds.
 
+Endpoints are checked with web.parse_endpoint (https, or plain http to
+loopback or with allow_http; no user info, query or fragment) twice: as
+given (endpoint_url, AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL), and as
+botocore resolved it, so no source of configuration bypasses the check.
+Answers are parsed by botocore; `call` turns what it lets escape on a
+malformed answer (RecursionError, ValueError, AttributeError, ...) into
+IntegrityError (exit 4).
+
 boto3 is imported lazily: the decrypt and unpack images do not have it.
 """
 
@@ -16,11 +24,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from . import extras, web
-from .errors import UsageError
+from . import extras, retry, web
+from .errors import IntegrityError, UsageError
 from .uri import Options
+
+T = TypeVar("T")
 
 _ARN_REGION = re.compile(r"^arn:aws[a-zA-Z-]*:[a-z0-9-]+:([a-z0-9-]*):")
 
@@ -30,21 +40,26 @@ def region_of_arn(text: str) -> str | None:
     return (m.group(1) or None) if m else None
 
 
+#: botocore's names for the per-service endpoint variables (AWS_ENDPOINT_URL_<NAME>).
+_ENDPOINT_ENV = {"s3": "S3", "kms": "KMS", "secretsmanager": "SECRETS_MANAGER"}
+#: What botocore lets escape when it cannot parse an answer (deep JSON, int() of a header, a string
+#: where an object belongs, bytes that are not UTF-8).
+_MALFORMED = (RecursionError, AttributeError, TypeError, LookupError, ValueError)
+#: botocore modules that parse answers; a _MALFORMED raised inside them is about the answer.
+_PARSING = ("/botocore/parsers.py", "/botocore/endpoint.py")
+
+
 def client(service: str, options: Options, *, region: str | None = None, require_region: bool = False) -> Any:
     boto3 = extras.require("boto3", service)
     Config = extras.require("botocore.config", service).Config
     extras.require("tenacity", service)  # the retry policy every call runs under
     what = f"{service} endpoint"
-    endpoint = (options.endpoint_url or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")
-                or os.environ.get("AWS_ENDPOINT_URL"))
-    if endpoint:
-        parts = endpoint.split("://", 1)
-        if len(parts) != 2:
-            raise UsageError(f"{what}: endpoint_url must start with https:// or http://")
-        host = parts[1].split("/", 1)[0].rsplit("@", 1)[-1]
-        host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        # Plain http would carry session tokens in the clear: loopback, or allow_http.
-        web.check_scheme(parts[0].lower(), host, options, what, loopback_ok=True)
+    env = f"AWS_ENDPOINT_URL_{_ENDPOINT_ENV.get(service, service.upper())}"
+    for name, endpoint in (("endpoint_url", options.endpoint_url), (env, os.environ.get(env)),
+                           ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))):
+        if endpoint:
+            # Plain http would carry session tokens in the clear: loopback, or allow_http.
+            web.parse_endpoint(endpoint, f"{what} ({name})", options, loopback_ok=True)
     if options.ca and not os.path.isfile(options.ca):
         raise UsageError(f"CA bundle {options.ca} does not exist")
     if options.timeout <= 0:
@@ -70,6 +85,41 @@ def client(service: str, options: Options, *, region: str | None = None, require
     if options.ca:
         kwargs["verify"] = options.ca
     try:
-        return session.client(service, **kwargs)
+        made = session.client(service, **kwargs)
     except Exception as exc:  # noqa: BLE001 - botocore configuration errors
         raise UsageError(f"{service}: cannot create a client ({type(exc).__name__})") from None
+    # The endpoint botocore itself resolved (from any of its sources: the variables
+    # above, the config file's services section, AWS's own), checked the same way.
+    web.parse_endpoint(made.meta.endpoint_url, what, options, loopback_ok=True)
+    return made
+
+
+def call(what: str, options: Options, method: Callable[..., T], *, sleep: Callable[[float], Any] | None = None,
+         **kwargs: Any) -> T:
+    """One SDK call under the retry policy; an answer botocore cannot parse is malformed (exit 4)."""
+    return retry.call(what, options, parsed(what, method), sleep=sleep, **kwargs)
+
+
+def parsed(what: str, method: Callable[..., T]) -> Callable[..., T]:
+    """`method` with the exceptions botocore lets escape while parsing an answer turned into IntegrityError."""
+
+    def run(**kwargs: Any) -> T:
+        try:
+            return method(**kwargs)
+        except _MALFORMED as exc:
+            if _from_parser(exc):
+                raise IntegrityError(f"{what}: the service's answer is malformed ({type(exc).__name__})") from None
+            raise
+
+    return run
+
+
+def _from_parser(exc: BaseException) -> bool:
+    if any(c.__module__.startswith(("botocore.exceptions", "urllib3")) for c in type(exc).__mro__):
+        return False  # botocore's own errors (InvalidRegionError is a ValueError too) keep their meaning
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(_PARSING):
+            return True
+        tb = tb.tb_next
+    return False

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable
 
+from . import untrusted
 from .errors import IntegrityError, UsageError
 from .streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, _read_full
 
@@ -54,15 +55,20 @@ class WrappedKey:
 
     @classmethod
     def from_json(cls, obj: Any) -> "WrappedKey":
+        bad = "bad header: malformed wrapped_key"
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{bad} (not a JSON object)")
+        provider, kid, ciphertext = obj.get("provider"), obj.get("key_id"), obj.get("ciphertext")
+        if not (isinstance(provider, str) and provider and isinstance(kid, str) and isinstance(ciphertext, str)):
+            raise IntegrityError(f"{bad} (provider, key_id and ciphertext must be strings)")
+        context = obj.get("context") or {}
+        if not isinstance(context, dict) or not all(isinstance(v, str) for v in context.values()):
+            raise IntegrityError(f"{bad} (context must map names to strings)")
         try:
-            return cls(
-                provider=str(obj["provider"]),
-                key_id=str(obj["key_id"]),
-                ciphertext=base64.b64decode(obj["ciphertext"], validate=True),
-                context={str(k): str(v) for k, v in (obj.get("context") or {}).items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise IntegrityError(f"bad header: malformed wrapped_key ({type(exc).__name__})") from None
+            blob = base64.b64decode(ciphertext, validate=True)
+        except ValueError:
+            raise IntegrityError(f"{bad} (ciphertext is not base64)") from None
+        return cls(provider=provider, key_id=kid, ciphertext=blob, context=dict(context))
 
 
 @dataclass(frozen=True)
@@ -131,28 +137,48 @@ class Header:
 
     @classmethod
     def from_json(cls, obj: Any) -> "Header":
+        """Check a parsed header; every field is the type it must be, or the header is malformed.
+
+        The header is not authenticated yet when this runs (the key comes later),
+        so values named in messages are quoted and shortened (untrusted.show).
+        """
         if not isinstance(obj, dict):
             raise IntegrityError("bad header: not a JSON object")
-        if obj.get("v") != VERSION:
-            raise IntegrityError(f"bad header: unsupported header version {obj.get('v')!r}")
-        if obj.get("alg") != ALG or obj.get("segment_size") != AES256_GCM_HKDF_1MB.segment_size:
-            raise IntegrityError(f"bad header: unsupported algorithm {obj.get('alg')!r}")
+        if not _is_int(obj.get("v"), VERSION):
+            raise IntegrityError(f"bad header: unsupported header version {untrusted.show(obj.get('v'), 40)}")
+        if obj.get("alg") != ALG or not _is_int(obj.get("segment_size"), AES256_GCM_HKDF_1MB.segment_size):
+            raise IntegrityError(f"bad header: unsupported algorithm {untrusted.show(obj.get('alg'), 60)}")
         content = obj.get("content") or {}
-        if not isinstance(content, dict) or content.get("compression", "none") not in COMPRESSIONS:
-            raise IntegrityError("bad header: unsupported content compression")
+        if not isinstance(content, dict):
+            raise IntegrityError("bad header: content is not a JSON object")
+        compression = content.get("compression", "none")
+        if not isinstance(compression, str) or compression not in COMPRESSIONS:
+            raise IntegrityError(f"bad header: unsupported content compression {untrusted.show(compression, 40)}")
+        fields = {}
+        for name in ("key_id", "name", "version", "created"):
+            fields[name] = untrusted.text(obj.get(name), f"bad header: {name}")
+        content_type = untrusted.text(content.get("type", "tar"), "bad header: content.type")
         known = {"v", "alg", "segment_size", "key_id", "wrapped_key", "content", "name", "version", "created"}
         wrapped = obj.get("wrapped_key")
         return cls(
-            key_id=str(obj.get("key_id", "")),
-            compression=content.get("compression", "none"),
-            content_type=str(content.get("type", "tar")),
-            name=str(obj.get("name", "")),
-            version=str(obj.get("version", "")),
-            created=str(obj.get("created", "")),
+            compression=compression,
+            content_type=content_type,
             wrapped_key=WrappedKey.from_json(wrapped) if wrapped is not None else None,
             sizes=Sizes.from_json(content),
             extra={k: v for k, v in obj.items() if k not in known},
+            **fields,
         )
+
+    def log_fields(self) -> dict[str, Any]:
+        """What a log line may say about a header that is not authenticated yet: quoted, shortened."""
+        return {"name": untrusted.show(self.name, 80), "version": untrusted.show(self.version, 40),
+                "key_id": untrusted.show(self.key_id, 40),
+                "wrapped": untrusted.show(self.wrapped_key.provider, 40) if self.wrapped_key else None}
+
+
+def _is_int(value: Any, expected: int) -> bool:
+    """value is the integer `expected` (JSON true and 1.0 are not 1)."""
+    return type(value) is int and value == expected
 
 
 def encode_prefix(header: Header) -> bytes:
@@ -182,10 +208,7 @@ def read_prefix(src: BinaryIO) -> tuple[Header, bytes]:
     body = bytearray(hlen)
     if _read_full(src, memoryview(body)) < hlen:
         raise IntegrityError("truncated: input ends inside the header")
-    try:
-        obj = json.loads(bytes(body).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise IntegrityError("bad header: not valid UTF-8 JSON") from None
+    obj = untrusted.json_document(bytes(body), "bad header")
     return Header.from_json(obj), bytes(fixed) + bytes(body)
 
 
@@ -199,7 +222,8 @@ def open_sealed(src: BinaryIO, key_for: Callable[[Header], bytes]) -> tuple[Head
     check_data_key(data_key)
     if header.key_id and header.key_id != key_id(data_key):
         raise IntegrityError(
-            f"wrong key (or tampered header): the file was sealed with key id {header.key_id}, the key given has id {key_id(data_key)}"
+            f"wrong key (or tampered header): the file was sealed with key id {untrusted.show(header.key_id, 40)}, "
+            f"the key given has id {key_id(data_key)}"
         )
     return header, DecryptingReader(src, data_key, prefix, AES256_GCM_HKDF_1MB)
 

@@ -3,11 +3,18 @@
 Kubernetes shows the last line written to terminationMessagePath; we write a
 one-line JSON summary there. Nothing here ever receives key material: callers
 pass sizes, names and categories only.
+
+Both are valid JSON of bounded size whatever the fields hold (an error text
+quoting a forged header, a key id of 100 KB): fields are shortened *before*
+serialising (`bounded`), never the serialised text, which could cut a
+`\\u` escape in half. Numbers JSON cannot carry (NaN, infinities, integers of
+more than 64 bits, which json.dumps would refuse past 4300 digits) become text.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -15,6 +22,46 @@ from typing import Any, TextIO
 
 TERMINATION_LOG = "/dev/termination-log"
 PROGRESS_EVERY = 5.0
+#: Longest text of one field in a log line.
+MAX_FIELD = 2000
+#: Kubernetes keeps at most 4096 bytes of a termination message.
+MAX_TERMINATION = 4000
+#: Members of a list or object field kept, and how deep.
+MAX_ITEMS = 32
+MAX_DEPTH = 4
+
+
+def bounded(value: Any, limit: int = MAX_FIELD, depth: int = 0) -> Any:
+    """A copy of a log field that serialises to bounded, valid JSON: texts cut, containers shortened."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (dict, list, tuple)) and depth < MAX_DEPTH:
+        if isinstance(value, dict):
+            items = list(value.items())[:MAX_ITEMS]
+            return {bounded(str(k), 100): bounded(v, limit, depth + 1) for k, v in items}
+        return [bounded(v, limit, depth + 1) for v in list(value)[:MAX_ITEMS]]
+    text = value if isinstance(value, str) else f"<{type(value).__name__}>" if isinstance(
+        value, (dict, list, tuple)) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _line(record: dict[str, Any], limit: int = MAX_FIELD) -> str:
+    # ensure_ascii (the default): the line is ASCII, so its length in characters is its size in bytes
+    return json.dumps(bounded(record, limit), separators=(",", ":"))
+
+
+def termination_line(summary: dict[str, Any]) -> str:
+    """The termination message: valid JSON of at most MAX_TERMINATION bytes, shortening fields as needed."""
+    for limit in (1000, 300, 80):
+        line = _line(summary, limit)
+        if len(line) <= MAX_TERMINATION:
+            return line
+    keep = {k: summary[k] for k in ("stage", "status", "exit_code", "category", "error") if k in summary}
+    return _line(keep, 80)
 
 
 class Log:
@@ -27,7 +74,7 @@ class Log:
         rec = {"ts": round(time.time(), 3), "level": level, "stage": self.stage, "event": event}
         rec.update(fields)
         try:
-            self.stream.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
+            self.stream.write(_line(rec) + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed stderr must not turn success into failure
@@ -80,7 +127,7 @@ class Progress:
 def write_termination(summary: dict[str, Any]) -> None:
     """Best effort: the file exists only where Kubernetes (or a test) provides it."""
     path = os.environ.get("MODELSEAL_TERMINATION_LOG", TERMINATION_LOG)
-    line = json.dumps(summary, separators=(",", ":"), default=str)[:4000] + "\n"
+    line = termination_line(summary) + "\n"
     try:
         # No O_CREAT: never litter /dev of a host that is not a pod.
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)

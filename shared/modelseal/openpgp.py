@@ -25,7 +25,10 @@ Camellia, CAST5, Blowfish, 3DES and IDEA (the 64-bit ones from
 a symmetrically encrypted packet without MDC (tag 9, "no integrity
 protection"), AEAD (tag 20, SEIPD v2, SKESK v5/v6), Twofish, Argon2 and GNU
 S2K, ASCII armor (dearmor first), public-key-only messages, and anything
-malformed, truncated, tampered with or followed by extra data.
+malformed, truncated, tampered with or followed by extra data. The
+passphrase hashing all session key packets together may ask for is capped
+(S2K_BUDGET, twice the costliest single real derivation), so a hostile
+message costs about a second of CPU before its exit 4, not 16 packets' worth.
 
 The passphrase is the first line of the key file, as `gpg --passphrase-file`
 reads it: up to the first "\\n". gpg keeps a "\\r" before it; if the key
@@ -98,7 +101,7 @@ READ = 1 << 16  # input read size: small reads into hot buffers cost a third of 
 DIRECT = 1 << 17  # pieces at least this big are passed on without copying
 INFLATE_FEED = 1 << 18  # compressed input per decompress call
 MAX_ESK_PACKET = 1 << 12
-MAX_SKESKS = 16  # each costs a passphrase hash of up to 65 MB: bound the work a hostile file can ask for
+MAX_SKESKS = 16  # and all their passphrase hashing together within S2K_BUDGET
 MAX_POOL = 64  # buffers per pool before falling back to plain allocation
 MAX_NESTING = 8  # compressed packets inside compressed packets
 MDC_LEN = 22  # 0xD3 0x14 + SHA-1
@@ -134,6 +137,19 @@ _UNSUPPORTED_CIPHERS = {0: "plaintext", 5: "SAFER-SK128", 6: "DES/SK", 10: "Twof
 
 _HASHES = {1: "md5", 2: "sha1", 3: "ripemd160", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224",
            12: "sha3_256", 14: "sha3_512"}
+_DIGEST_SIZES = {"md5": 16, "sha1": 20, "ripemd160": 20, "sha256": 32, "sha384": 48, "sha512": 64, "sha224": 28,
+                 "sha3_256": 32, "sha3_512": 64}
+# CPU per byte hashed, relative to SHA-256 and rounded up (hashlib on x86-64: RIPEMD-160 and SHA3-512
+# are about 2.6 and 3.1 times slower than SHA-256; MD5, SHA-1 and SHA-2 are at most as slow).
+_HASH_COST = {"md5": 1, "sha1": 1, "ripemd160": 3, "sha256": 1, "sha384": 1, "sha512": 1, "sha224": 1,
+              "sha3_256": 2, "sha3_512": 3}
+#: The largest iteration count an S2K specifier can encode (count byte 0xFF), gpg's maximum too.
+MAX_S2K_COUNT = (16 + 15) << (15 + 6)
+#: Passphrase hashing one message may ask for, in SHA-256-equivalent bytes: twice the costliest
+#: single derivation (the maximum count, RIPEMD-160, two contexts for a 256-bit key), so any real
+#: message, even at the maximum count and tried with and without a trailing CR, fits; a hostile
+#: one with 16 such packets costs this much (about a second) instead of 16 times more.
+S2K_BUDGET = 2 * MAX_S2K_COUNT * 2 * _HASH_COST["ripemd160"]
 
 _COMPRESSION = {0: "uncompressed", 1: "ZIP", 2: "ZLIB", 3: "BZip2"}
 
@@ -412,13 +428,24 @@ class _S2K:
         names = {0: "simple", 1: "salted", 3: "iterated+salted"}
         return f"{names[self.kind]} {_HASHES[self.hash_id].upper()}"
 
+    def hashed(self, passphrase_len: int) -> int:
+        """Bytes one hash context takes in for a passphrase of this length."""
+        data = len(self.salt) + passphrase_len
+        return max(self.count, data) if self.kind == 3 else data
+
+    def cost(self, passphrase_len: int, key_size: int) -> int:
+        """The work of one derivation in SHA-256-equivalent bytes (see S2K_BUDGET)."""
+        name = _HASHES[self.hash_id]
+        contexts = -(-key_size // _DIGEST_SIZES[name])
+        return self.hashed(passphrase_len) * contexts * _HASH_COST[name]
+
     def derive(self, passphrase: bytes, key_size: int) -> bytes:
         try:
             first = hashlib.new(_HASHES[self.hash_id])
         except ValueError:
             raise IntegrityError(f"unsupported S2K hash {_HASHES[self.hash_id]} in this build") from None
         data = self.salt + passphrase
-        total = max(self.count, len(data)) if self.kind == 3 else len(data)
+        total = self.hashed(len(passphrase))
         contexts = [first] + [hashlib.new(first.name) for _ in range(1, -(-key_size // first.digest_size))]
         unit = data * max(1, CHUNK // max(1, len(data)))  # whole repetitions, so every unit starts aligned
         full, rem = divmod(total, len(unit)) if data else (0, 0)
@@ -428,6 +455,34 @@ class _S2K:
                 h.update(unit)
             h.update(unit[:rem])
         return b"".join(h.digest() for h in contexts)[:key_size]
+
+
+class _S2KWork:
+    """The passphrase hashing one message may ask for: at most S2K_BUDGET in all.
+
+    Charged before each derivation, so a hostile message costs at most the
+    budget (and a clear exit 4), whatever its number of session key packets;
+    a derivation asked for twice (the same S2K, key size and passphrase) is
+    done once.
+    """
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.left = S2K_BUDGET if budget is None else budget
+        self._done: dict[tuple[_S2K, bytes, int], bytes] = {}
+
+    def derive(self, s2k: _S2K, passphrase: bytes, key_size: int) -> bytes:
+        known = self._done.get((s2k, passphrase, key_size))
+        if known is not None:
+            return known
+        cost = s2k.cost(len(passphrase), key_size)
+        if cost > self.left:
+            raise IntegrityError(
+                "the session key packets ask for more passphrase hashing (S2K) than any real message needs: "
+                f"over {S2K_BUDGET >> 20} Mi SHA-256-equivalent bytes in all; refused")
+        self.left -= cost
+        key = s2k.derive(passphrase, key_size)
+        self._done[(s2k, passphrase, key_size)] = key
+        return key
 
 
 def _parse_s2k(data: bytes) -> tuple[_S2K, int]:
@@ -461,10 +516,10 @@ class _SKESK:
     s2k: _S2K
     esk: bytes
 
-    def session_key(self, passphrase: bytes) -> tuple[_Algo, bytes] | None:
+    def session_key(self, passphrase: bytes, work: _S2KWork) -> tuple[_Algo, bytes] | None:
         """The session key this passphrase gives, or None when it cannot be right."""
         algo = _cipher(self.algo_id)
-        key = self.s2k.derive(passphrase, algo.key_size)
+        key = work.derive(self.s2k, passphrase, algo.key_size)
         if not self.esk:
             return algo, key
         plain = _cfb_small(algo, key, self.esk)
@@ -694,9 +749,10 @@ class DecryptingReader(ChunkReader):
         if version != 1:
             raise IntegrityError(f"unsupported encrypted data packet version {version}")
         head = body.take(18, what)  # the random prefix of the largest block size
+        work = _S2KWork()
         for skesk in skesks:
             for passphrase in self._passphrases:
-                session = skesk.session_key(passphrase)
+                session = skesk.session_key(passphrase, work)
                 if session is None:
                     continue
                 algo, key = session

@@ -25,12 +25,13 @@ never exception texts that could quote URLs with signatures, tokens or keys.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
-from . import extras
+from . import extras, untrusted
 from .errors import DeniedError, IntegrityError, ModelsealError, UnavailableError, UsageError, from_os_error
 from .log import Log
 from .uri import Options
@@ -92,6 +93,7 @@ _TRANSIENT_CLASSES = frozenset({
     "botocore.exceptions.IncompleteReadError",
     "modelseal.retry.TransientError",
 })
+_AWS_CODE = re.compile(r"[A-Za-z0-9.]{1,64}", re.ASCII)
 # TLS failures that are really a dropped connection, not a refused peer.
 _TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
@@ -141,6 +143,13 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _code(code: str) -> str:
+    """An AWS error code for a message: as is when it looks like one, else quoted and shortened."""
+    if not code:
+        return "error"
+    return code if _AWS_CODE.fullmatch(code) else untrusted.show(code, 60)
+
+
 def _aws_error(exc: BaseException) -> tuple[str, int] | None:
     response = getattr(exc, "response", None)
     if "botocore.exceptions.ClientError" not in _class_names(exc) or not isinstance(response, dict):
@@ -171,7 +180,7 @@ def reason(exc: BaseException) -> str:
         return exc.reason
     aws = _aws_error(exc)
     if aws is not None:
-        return f"{aws[0] or 'error'} (HTTP {aws[1]})"
+        return f"{_code(aws[0])} (HTTP {aws[1]})"
     tls = _tls_failure(exc)
     if tls is not None:
         detail = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or type(tls).__name__
@@ -200,16 +209,17 @@ def mapped(exc: BaseException, what: str) -> BaseException:
                 return IntegrityError(f"{what}: the object changed while it was being read ({code})")
             return IntegrityError(f"{what}: {code} (the ciphertext, key or encryption context does not match)")
         if code in AWS_DENIED or status in DENIED_STATUS:
-            return DeniedError(f"{what}: denied or not found: {code or 'error'} (HTTP {status})")
-        if 400 <= status < 500:
-            return UsageError(f"{what}: request rejected: {code or 'error'} (HTTP {status})")
-        return ModelsealError(f"{what}: {code or 'error'} (HTTP {status})")
+            return DeniedError(f"{what}: denied or not found: {_code(code)} (HTTP {status})")
+        if 300 <= status < 500:
+            return UsageError(f"{what}: request rejected: {_code(code)} (HTTP {status})")
+        return IntegrityError(f"{what}: unexpected answer: {_code(code)} (HTTP {status})")
     if isinstance(exc, HTTPStatusError):
         if exc.status in DENIED_STATUS:
             return DeniedError(f"{what}: denied or not found (HTTP {exc.status})")
-        if 400 <= exc.status < 500:
+        if 300 <= exc.status < 500:
             return UsageError(f"{what}: request rejected (HTTP {exc.status})")
-        return ModelsealError(f"{what}: unexpected answer (HTTP {exc.status})")
+        # A 1xx/2xx where another answer was due, or a status outside HTTP's range.
+        return IntegrityError(f"{what}: unexpected answer (HTTP {exc.status})")
     names = _class_names(exc)
     if names & {"botocore.exceptions.NoCredentialsError", "botocore.exceptions.PartialCredentialsError",
                 "botocore.exceptions.CredentialRetrievalError", "botocore.exceptions.UnauthorizedSSOTokenError",
@@ -230,13 +240,9 @@ def mapped(exc: BaseException, what: str) -> BaseException:
 
 
 def status_error(status: int, headers: Any = None) -> HTTPStatusError:
-    retry_after = None
-    if headers is not None:
-        try:
-            retry_after = float(headers.get("Retry-After") or "")
-        except (TypeError, ValueError):
-            retry_after = None
-    return HTTPStatusError(status, retry_after)
+    # Retry-After in seconds (an HTTP date is ignored); at most 6 digits, so never inf or nan.
+    retry_after = untrusted.decimal(headers.get("Retry-After"), 6) if headers is not None else None
+    return HTTPStatusError(status, None if retry_after is None else float(retry_after))
 
 
 def check_status(status: int, what: str, headers: Any = None, ok: tuple[int, ...] = (200,)) -> None:

@@ -155,8 +155,7 @@ def plaintext(
     if fmt == "seal":
 
         def key_for(header: sealfmt.Header) -> bytes:
-            log.info("header", name=header.name, version=header.version, key_id=header.key_id,
-                     wrapped=header.wrapped_key.provider if header.wrapped_key else None, **header.sizes.to_json())
+            log.info("header", **header.log_fields(), **header.sizes.to_json())  # not authenticated yet: quoted, shortened
             return key_source.data_key(header.wrapped_key)
 
         header, reader = sealfmt.open_sealed(input.stream, key_for)

@@ -7,8 +7,8 @@ its three fields by hand avoids pulling protobuf into images for one message.
 from __future__ import annotations
 
 import base64
-import json
 
+from . import untrusted
 from .errors import IntegrityError, UsageError
 from .streaming import Params
 
@@ -58,39 +58,74 @@ def _fields(data: bytes) -> dict[int, bytes | int]:
     return out
 
 
+def _is_json_text(data: bytes) -> bool:
+    """A keyset is text starting with "{"; a raw key is binary, even when its first byte is 0x7b
+    (one random key in 256): binary meaning not UTF-8 or holding control characters."""
+    if not data.lstrip().startswith(b"{"):
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
 def parse_key_value(value: bytes) -> tuple[bytes, Params]:
     key = _fields(value)
-    params = _fields(key.get(2, b""))  # type: ignore[arg-type]
+    params = _fields(_bytes(key.get(2, b"")))
     ikm = key.get(3)
     if not isinstance(ikm, bytes) or not ikm:
         raise IntegrityError("bad Tink keyset: no key value")
-    hash_name = _HASH_TYPES.get(params.get(3, 0))  # type: ignore[arg-type]
+    hash_name = _HASH_TYPES.get(_int(params.get(3, 0)))
     if hash_name is None:
         raise IntegrityError("bad Tink keyset: unknown HKDF hash type")
-    return ikm, Params(int(params.get(2, 0)), hash_name, int(params.get(1, 0)))  # type: ignore[arg-type]
+    try:
+        return ikm, Params(_int(params.get(2, 0)), hash_name, _int(params.get(1, 0)))
+    except UsageError as exc:  # parameters Tink's streaming AEAD does not have
+        raise IntegrityError(f"bad Tink keyset: {exc}") from None
+
+
+def _bytes(value: bytes | int) -> bytes:
+    if not isinstance(value, bytes):
+        raise IntegrityError("bad Tink keyset: a protobuf field has the wrong wire type")
+    return value
+
+
+def _int(value: bytes | int) -> int:
+    if not isinstance(value, int):
+        raise IntegrityError("bad Tink keyset: a protobuf field has the wrong wire type")
+    return value
 
 
 def load(data: bytes, template: str = "AES256_GCM_HKDF_1MB") -> tuple[bytes, Params]:
-    """Key bytes and parameters from a keyset JSON, or from raw key bytes plus a template."""
+    """Key bytes and parameters from a keyset JSON, or from raw key bytes plus a template.
+
+    A keyset may come from a key service: every malformed one is IntegrityError (exit 4);
+    a well-formed keyset of another key type is a usage error.
+    """
     if template not in TEMPLATES:
         raise UsageError(f"unknown Tink template {template!r} ({', '.join(TEMPLATES)})")
-    if not data.lstrip().startswith(b"{"):
+    if not _is_json_text(data):
         params = TEMPLATES[template]
         if len(data) < params.key_size:
             raise UsageError(f"raw Tink key is {len(data)} bytes, {template} needs at least {params.key_size}")
         return data, params
+    bad = "bad Tink keyset JSON: no enabled primary AES-GCM-HKDF streaming key"
+    keyset = untrusted.json_document(data, "bad Tink keyset JSON")
+    entries = untrusted.member(keyset, "key", "bad Tink keyset JSON")
+    if not isinstance(entries, list) or not all(isinstance(k, dict) for k in entries):
+        raise IntegrityError(bad)
+    primary = keyset.get("primaryKeyId")
+    keys = [k for k in entries if k.get("status", "ENABLED") == "ENABLED"]
+    key = next((k for k in keys if k.get("keyId") == primary), keys[0] if len(keys) == 1 else None)
+    type_url = untrusted.member(key, "keyData.typeUrl", "bad Tink keyset JSON")
+    value = untrusted.member(key, "keyData.value", "bad Tink keyset JSON")
+    if not isinstance(type_url, str) or not isinstance(value, str):
+        raise IntegrityError(bad)
+    if type_url != TYPE_URL:
+        raise UsageError(f"Tink keyset key is {untrusted.show(type_url, 100)}, not an AES-GCM-HKDF streaming key")
     try:
-        keyset = json.loads(data)
-        primary = keyset.get("primaryKeyId")
-        keys = [k for k in keyset["key"] if k.get("status", "ENABLED") == "ENABLED"]
-        key = next((k for k in keys if k.get("keyId") == primary), keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise KeyError("primary")
-        if key["keyData"]["typeUrl"] != TYPE_URL:
-            raise UsageError(f"Tink keyset key is {key['keyData']['typeUrl']}, not an AES-GCM-HKDF streaming key")
-        value = base64.b64decode(key["keyData"]["value"], validate=True)
-    except UsageError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
-        raise UsageError("bad Tink keyset JSON: no enabled primary AES-GCM-HKDF streaming key") from None
-    return parse_key_value(value)
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise IntegrityError("bad Tink keyset JSON: the key value is not base64") from None
+    return parse_key_value(raw)

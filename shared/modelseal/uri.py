@@ -35,7 +35,18 @@ class URI:
         if "://" not in raw:
             return cls(raw, "file", "", raw)  # a plain path
         parts = urlsplit(raw)
-        return cls(raw, parts.scheme.lower(), parts.netloc, parts.path, dict(parse_qsl(parts.query)))
+        scheme = parts.scheme.lower()
+        if "@" in parts.netloc:
+            # No scheme of ours has a use for user info; it would be a password in a pod
+            # spec, in `ps` and in every message that names the URI. Not repeated here.
+            raise UsageError(f"{scheme}:// URI: user info (user:password@) is refused; credentials come from "
+                             "token files, key files or the cloud SDK's credential chain")
+        return cls(raw, scheme, parts.netloc, parts.path, dict(parse_qsl(parts.query)))
+
+    @property
+    def hostname(self) -> str:
+        """The host as URL clients connect to it (lower case, no brackets, no port)."""
+        return urlsplit(f"//{self.netloc}").hostname or ""
 
     @classmethod
     def for_path(cls, path: str) -> "URI":
@@ -44,7 +55,7 @@ class URI:
 
     def redacted(self) -> str:
         """For logs: scheme, host and path; never query values or userinfo."""
-        host = self.netloc.rsplit("@", 1)[-1]
+        host = self.netloc.rsplit("@", 1)[-1]  # parse() refuses user info; kept for URIs built by hand
         if self.raw == "-":
             return "-"
         keys = ",".join(sorted(self.query))

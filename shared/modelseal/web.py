@@ -5,8 +5,12 @@ taken out, the rest is kept byte for byte so presigned URLs stay valid),
 whether plain http is allowed (only with `allow_http`, and logged; loopback
 only for the CDH), how TLS is set up (CA bundle, client certificate), where
 a bearer token comes from (a file, read at each request so a rotated
-projected token is picked up), and how a small secret is fetched under the
-retry policy with a size cap and a timeout.
+projected token is picked up), how a small secret is fetched under the
+retry policy with a size cap and a timeout, which redirects are followed and
+with which credentials (Client: none from key services; downloads send
+credentials only to the origin given), how an endpoint URL is parsed
+(parse_endpoint: once, with urlsplit's hostname), and how the length headers
+of an answer are read (a malformed one is an integrity error).
 
 `requests` is imported lazily: discovery imports every backend module, and
 the decrypt and unpack images do not ship it.
@@ -14,13 +18,15 @@ the decrypt and unpack images do not ship it.
 
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import os
+import re
 from dataclasses import fields
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote_plus, urljoin, urlsplit, urlunsplit
 
-from . import extras, retry
+from . import extras, retry, untrusted
 from .errors import IntegrityError, UsageError, from_os_error
 from .uri import URI, Options
 
@@ -47,6 +53,38 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: What an endpoint URL may contain: printable ASCII, no space, no backslash.
+_ENDPOINT_CHARS = re.compile(r"[!-\[\]-~]+", re.ASCII)
+
+
+def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool = False) -> SplitResult:
+    """An endpoint URL (endpoint_url, AWS_ENDPOINT_URL*, cdh_url, a Vault address), parsed once.
+
+    The host that decides "loopback" and "plain http" is `urlsplit(url).hostname`,
+    the host urllib3 and botocore connect to. User info, a query and a fragment
+    are refused, as are spaces, control characters and backslashes: each is
+    where URL parsers disagree (`http://HOST#@127.0.0.1` connects to HOST), and
+    none has a use in an endpoint. Messages never repeat the URL (it may carry
+    a password).
+    """
+    if not isinstance(url, str) or not _ENDPOINT_CHARS.fullmatch(url):
+        raise UsageError(f"{what}: the URL is empty or has spaces, control characters or backslashes")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise UsageError(f"{what}: user info (user:password@) is refused in an endpoint URL; "
+                         "credentials come from token files or the SDK's credential chain")
+    if "?" in url or "#" in url:
+        raise UsageError(f"{what}: a query or fragment is refused in an endpoint URL")
+    if not parts.hostname:
+        raise UsageError(f"{what}: the URL needs a scheme and a host, e.g. https://host:port")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise UsageError(f"{what}: the URL has a malformed port") from None
+    check_scheme(parts.scheme.lower(), parts.hostname, options, what, loopback_ok=loopback_ok)
+    return parts
 
 
 def check_scheme(scheme: str, host: str, options: Options, what: str, *, loopback_ok: bool = False) -> None:
@@ -86,10 +124,9 @@ def _check_file(path: str | None, what: str) -> None:
 class _Bearer:
     """requests auth hook: the bearer token, read from its file at each request.
 
-    Set as the session's auth even without a token, so requests never falls
-    back to ~/.netrc credentials (which would also replace our header). On a
-    redirect to another host requests drops the header and does not re-apply
-    this hook, so the token never follows a redirect off its host.
+    Always set (also without a token, and as an empty hook on requests to
+    another origin), so requests never falls back to ~/.netrc credentials or
+    to user info in a URL.
     """
 
     def __init__(self, token_file: str | None) -> None:
@@ -101,8 +138,45 @@ class _Bearer:
         return r
 
 
+_NO_CREDENTIALS = _Bearer(None)
+#: Redirects followed for one request (model downloads only).
+MAX_REDIRECTS = 5
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL: credentials are for one origin only."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError("malformed port in a URL") from None
+    return scheme, parts.hostname or "", port or {"https": 443, "http": 80}.get(scheme, 0)
+
+
+#: The only request headers a redirect may carry to another origin: the caller's own
+#: headers can hold credentials (Authorization from a registry's token flow,
+#: X-Vault-Token), which stay with the origin they were meant for.
+_PORTABLE_HEADERS = frozenset({"range", "if-range", "if-match", "if-none-match", "accept", "accept-encoding",
+                               "user-agent"})
+
+
+def _across_origins(headers: dict[str, str] | None) -> dict[str, str] | None:
+    return {k: v for k, v in headers.items() if k.lower() in _PORTABLE_HEADERS} if headers else headers
+
+
 class Client:
-    """A requests.Session with the TLS settings of `options`, passed on every request.
+    """A requests.Session with the TLS settings of `options`, and our own redirect rule.
+
+    Redirects (decided here, never by requests): a key service (Vault,
+    vault-transit, the CDH, an https key server) is not followed anywhere:
+    a 3xx is a clear error, so its token, JWT or client certificate can never
+    be sent elsewhere. A model download (`redirects=True`) follows up to
+    MAX_REDIRECTS, as presigned URLs and CDNs need, but our credentials (the
+    bearer token, the client certificate) go only to the origin (scheme,
+    host, port) of the URL we were given, and of the caller's own headers
+    only those in _PORTABLE_HEADERS follow it elsewhere; never to plain http
+    unless allow_http; never to a URL with user info. Cookies are never kept.
 
     verify/cert go with each request, not on the session: requests lets
     REQUESTS_CA_BUNDLE override a session's CA, never a request's. Proxies
@@ -110,42 +184,86 @@ class Client:
     services such as the CDH.
     """
 
-    def __init__(self, options: Options, *, bearer: bool = False, use_env: bool = True) -> None:
+    def __init__(self, options: Options, *, bearer: bool = False, use_env: bool = True,
+                 redirects: bool = False) -> None:
         requests = extras.require("requests", "HTTP(S)")
         _check_file(options.ca, "CA bundle")
         _check_file(options.cert, "client certificate")
         _check_file(options.cert_key, "client key")
         self.options = options
+        self.redirects = redirects
         self.verify: Any = options.ca or True
         self.cert: Any = None
         if options.cert:
             self.cert = (options.cert, options.cert_key) if options.cert_key else options.cert
-        allow_http = options.allow_http
-
-        class Session(requests.Session):
-            def rebuild_auth(self, prepared: Any, response: Any) -> None:
-                # Called before each redirect is followed: refuse a downgrade before it is sent.
-                if urlsplit(prepared.url).scheme != "https" and not allow_http:
-                    response.close()
-                    raise UsageError("redirected to plain http; refused (allow_http is not set)")
-                super().rebuild_auth(prepared, response)
-
-        s = Session()
+        s = requests.Session()
         s.trust_env = use_env
         s.auth = _Bearer(options.token_file if bearer else None)
-        s.max_redirects = 5
+        # No cookies: they are scoped by host, not origin (a port does not count), so one
+        # set by the first server would be sent to another on the same host after a redirect.
+        s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         s.headers["Accept-Encoding"] = "identity"
         s.headers["User-Agent"] = "modelseal"
         self.session = s
 
     def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
                 json: Any = None, data: Any = None) -> Any:
-        """One streaming request (not retried here); a redirect to plain http is refused."""
-        try:
-            return self.session.request(method, url, headers=headers, json=json, data=data, stream=True,
-                                        timeout=timeouts(self.options), verify=self.verify, cert=self.cert)
-        except UsageError as exc:
-            raise UsageError(f"{what}: {exc}") from None
+        """One streaming request (not retried here), following redirects by the rule above."""
+        home = origin(url)
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            ours = origin(current) == home
+            resp = self.session.request(
+                method, current, headers=headers if ours else _across_origins(headers), json=json, data=data,
+                stream=True, allow_redirects=False,
+                timeout=timeouts(self.options), verify=self.verify,
+                cert=self.cert if ours else None, auth=None if ours else _NO_CREDENTIALS)
+            if not 300 <= resp.status_code < 400:
+                return resp
+            status, location = resp.status_code, resp.headers.get("Location")
+            resp.close()
+            if not self.redirects:
+                raise UsageError(f"{what}: the key service answered a redirect (HTTP {status}); redirects from key "
+                                 "services are refused so that credentials never leave the configured server: "
+                                 "give its final address")
+            if not location or method not in ("GET", "HEAD"):
+                raise UsageError(f"{what}: unexpected HTTP {status} answer")
+            current = self._next_hop(current, location, what)
+        raise UsageError(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+    def _next_hop(self, current: str, location: str, what: str) -> str:
+        target = urljoin(current, location.strip())
+        parts = urlsplit(target)
+        if "@" in parts.netloc:
+            raise UsageError(f"{what}: redirected to a URL with user info; refused")
+        scheme = parts.scheme.lower()
+        if scheme not in ("https", "http") or not parts.hostname:
+            raise UsageError(f"{what}: redirected to a URL that is not http(s); refused")
+        if scheme != "https" and not self.options.allow_http:
+            raise UsageError(f"{what}: redirected to plain http; refused (allow_http is not set)")
+        origin(target)  # a malformed port is refused before anything is sent
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+def content_length(headers: Any, what: str) -> int | None:
+    """Content-Length: None when absent; present but not a plain decimal is malformed
+    (http.client would ignore it and read to the end of the connection)."""
+    return _header(headers, "Content-Length", untrusted.decimal, what)
+
+
+def content_range(headers: Any, what: str) -> tuple[int, int, int | None] | None:
+    """Content-Range (first, last, total or None): None when absent; present but malformed is malformed."""
+    return _header(headers, "Content-Range", untrusted.content_range, what)
+
+
+def _header(headers: Any, name: str, parse: Any, what: str) -> Any:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    value = parse(raw)
+    if value is None:
+        raise IntegrityError(f"{what}: malformed {name} {untrusted.show(raw, 60)}")
+    return value
 
 
 def timeouts(options: Options) -> tuple[float, float]:
@@ -171,11 +289,11 @@ def request_small(client: Client, method: str, url: str, what: str, *,
             if statuses and status in statuses:
                 raise statuses[status](f"{what}: rejected (HTTP {status})")
             retry.check_status(status, what, resp.headers, ok)
+            length = content_length(resp.headers, what)
             body = resp.raw.read(max_bytes + 1, decode_content=False)
             if len(body) > max_bytes:
                 raise IntegrityError(f"{what}: answer is larger than {max_bytes} bytes")
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != len(body):
+            if length is not None and length != len(body):
                 raise retry.TransientError(f"body cut short ({len(body)} of {length} bytes)")
             return status, body
         finally:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import sys
 from typing import ClassVar
 
+from .. import untrusted
 from ..errors import IntegrityError, UsageError
 from ..format import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI, Options, discover
@@ -60,15 +60,14 @@ class KeySource:
 def decode(raw: bytes, field: str | None, encoding: str) -> bytes:
     """Apply `field=` (a JSON member) and `encoding=` (raw, base64, hex or auto)."""
     if field:
-        try:
-            obj = json.loads(raw)
-            for part in field.split("."):
-                obj = obj[part]
-        except (ValueError, KeyError, TypeError, IndexError):
-            raise IntegrityError(f"key material has no JSON field {field!r}") from None
+        obj = untrusted.json_document(raw, "key material for field=")
+        for part in field.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                raise IntegrityError(f"key material has no JSON field {untrusted.show(field, 80)}")
+            obj = obj[part]
         if not isinstance(obj, str):
-            raise IntegrityError(f"JSON field {field!r} of the key material is not a string")
-        raw = obj.encode()
+            raise IntegrityError(f"JSON field {untrusted.show(field, 80)} of the key material is not a string")
+        raw = untrusted.utf8(obj, f"JSON field {untrusted.show(field, 80)} of the key material")
     if encoding == "raw":
         return raw
     text = raw.strip()

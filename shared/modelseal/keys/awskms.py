@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import aws, retry
+from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
 from ..format import DATA_KEY_SIZE, WrappedKey
 from . import KeySource
@@ -55,21 +55,29 @@ class Backend(KeySource):
     def material(self, wrapped: WrappedKey | None) -> bytes:
         assert wrapped is not None  # KeySource.data_key checks
         if wrapped.provider != PROVIDER:
-            raise UsageError(f"the file's data key is wrapped by {wrapped.provider!r}, not by aws-kms")
+            raise UsageError(f"the file's data key is wrapped by {untrusted.show(wrapped.provider, 40)}, "
+                             "not by aws-kms")
         for k, v in self.user_context.items():
             if wrapped.context.get(k) != v:
                 raise IntegrityError(f"{self.what}: the file's encryption context does not have {k}={v}")
-        resp = retry.call(self.what, self.options, self.client.decrypt,
-                          CiphertextBlob=wrapped.ciphertext, KeyId=self.key_id,
-                          EncryptionContext=dict(wrapped.context))
-        return bytes(resp["Plaintext"])
+        resp = aws.call(self.what, self.options, self.client.decrypt,
+                        CiphertextBlob=wrapped.ciphertext, KeyId=self.key_id,
+                        EncryptionContext=dict(wrapped.context))
+        plaintext = resp.get("Plaintext") if isinstance(resp, dict) else None
+        if not isinstance(plaintext, bytes):
+            raise IntegrityError(f"{self.what}: KMS's Decrypt answer has no plaintext")
+        return plaintext
 
     def wrap(self, data_key: bytes) -> WrappedKey:
         if len(data_key) != DATA_KEY_SIZE:
             raise UsageError(f"data key must be {DATA_KEY_SIZE} bytes")
         context = dict(BASE_CONTEXT)
         context.update(self.user_context)
-        resp = retry.call(self.what, self.options, self.client.encrypt,
-                          KeyId=self.key_id, Plaintext=data_key, EncryptionContext=context)
-        return WrappedKey(provider=PROVIDER, key_id=str(resp.get("KeyId") or self.key_id),
-                          ciphertext=bytes(resp["CiphertextBlob"]), context=context)
+        resp = aws.call(self.what, self.options, self.client.encrypt,
+                        KeyId=self.key_id, Plaintext=data_key, EncryptionContext=context)
+        blob = resp.get("CiphertextBlob") if isinstance(resp, dict) else None
+        kid = resp.get("KeyId") if isinstance(resp, dict) else None
+        if not isinstance(blob, bytes) or not blob:
+            raise IntegrityError(f"{self.what}: KMS's Encrypt answer has no ciphertext")
+        return WrappedKey(provider=PROVIDER, key_id=kid if isinstance(kid, str) and kid else self.key_id,
+                          ciphertext=blob, context=context)

@@ -23,4 +23,4 @@ class Backend(KeySource):
         value = os.environ.get(name)
         if value is None:
             raise DeniedError(f"environment variable {name} is not set")
-        return value.encode()
+        return os.fsencode(value)  # the bytes as they were (surrogateescape), never an encoding error

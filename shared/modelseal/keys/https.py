@@ -9,7 +9,8 @@ The answer is capped at 1 MiB and then goes through `field=` and
 sees; any other query is passed on unchanged.
 
 Certificate failures (an untrusted server, a refused client certificate) are
-not retried and exit 3: they will not fix themselves.
+not retried and exit 3: they will not fix themselves. A redirect is an error
+(exit 2): the token and certificate are for this server only (web.Client).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from .. import web
-from ..errors import UsageError
 from ..format import WrappedKey
 from . import KeySource
 
@@ -26,12 +26,9 @@ SCHEMES = ("https", "http")
 
 class Backend(KeySource):
     def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+        super().__init__(uri, options)  # URI.parse has refused user info
         self.what = uri.redacted()
-        if "@" in uri.netloc:
-            raise UsageError(f"{self.what}: credentials in the URL are refused; use token_file")
-        host = uri.netloc.rsplit(":", 1)[0] if not uri.netloc.endswith("]") else uri.netloc
-        web.check_scheme(uri.scheme, host, self.options, self.what)
+        web.check_scheme(uri.scheme, uri.hostname, self.options, self.what)
         self.url = web.server_url(uri)
         self._client: Any = None
 

@@ -11,13 +11,15 @@ Plain http is right here because the CDH is reached on loopback inside the
 guest; a non-loopback http `cdh_url` needs allow_http like any other. A host
 in the URI (`kbs://host/...`, CoCo's sealed-secret form) is ignored: the CDH
 talks to the KBS it was configured with. The CDH answers 500 while it cannot
-reach or attest to the KBS, which is retried with the usual policy.
+reach or attest to the KBS, which is retried with the usual policy. A
+redirect from the CDH is an error (web.Client); `cdh_url` is checked by
+web.parse_endpoint (no user info, query or fragment).
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from .. import web
 from ..errors import UsageError
@@ -33,12 +35,9 @@ class Backend(KeySource):
         parts = [p for p in uri.path.split("/") if p]
         if len(parts) != 3 or any(p in (".", "..") for p in parts):
             raise UsageError("a KBS key URI is kbs:///<repository>/<type>/<tag>")
-        base = urlsplit(self.options.cdh_url)
-        if not base.hostname:
-            raise UsageError("cdh_url must be a URL such as http://127.0.0.1:8006")
         self.what = f"kbs:///{'/'.join(parts)}"
+        base = web.parse_endpoint(self.options.cdh_url, "cdh_url", self.options, loopback_ok=True)
         self.host = base.hostname
-        web.check_scheme(base.scheme, base.hostname, self.options, "cdh_url", loopback_ok=True)
         self.url = self.options.cdh_url.rstrip("/") + "/cdh/resource/" + "/".join(quote(p, safe="") for p in parts)
         self._client: Any = None
 

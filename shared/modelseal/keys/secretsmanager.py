@@ -5,13 +5,16 @@ retry policy. A SecretString is taken as text (base64 or hex by default,
 `field=` picks a member of a JSON secret); a SecretBinary is taken as bytes
 (raw 32 bytes by default). `version_id=` or `version_stage=` pin a version
 (the default is AWSCURRENT). A missing secret or a denied read exits 3.
+The name is percent-decoded, so a secret named `team@example` is
+`secretsmanager://team%40example` (user info in a URI is refused).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
-from .. import aws, retry
+from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
 from ..format import WrappedKey
 from . import KeySource
@@ -22,7 +25,8 @@ SCHEMES = ("secretsmanager",)
 class Backend(KeySource):
     def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
         super().__init__(uri, options)
-        self.secret_id = (uri.netloc + uri.path).strip("/")
+        # Percent-decoded: a name may hold "@" (as %40), which the URI's authority refuses.
+        self.secret_id = unquote((uri.netloc + uri.path).strip("/"))
         if not self.secret_id:
             raise UsageError("secretsmanager: the URI needs a secret: secretsmanager://<name-or-arn>")
         self.what = f"secretsmanager://{self.secret_id}"
@@ -35,9 +39,11 @@ class Backend(KeySource):
             kwargs["VersionId"] = self.options.extra["version_id"]
         if self.options.extra.get("version_stage"):
             kwargs["VersionStage"] = self.options.extra["version_stage"]
-        resp = retry.call(self.what, self.options, client.get_secret_value, **kwargs)
-        if resp.get("SecretBinary") is not None:
-            return bytes(resp["SecretBinary"])
-        if resp.get("SecretString") is not None:
-            return str(resp["SecretString"]).encode()
+        resp = aws.call(self.what, self.options, client.get_secret_value, **kwargs)
+        binary = resp.get("SecretBinary") if isinstance(resp, dict) else None
+        string = resp.get("SecretString") if isinstance(resp, dict) else None
+        if isinstance(binary, bytes):
+            return binary
+        if isinstance(string, str):
+            return untrusted.utf8(string, f"{self.what}: the SecretString")
         raise IntegrityError(f"{self.what}: the secret has no value")

@@ -16,7 +16,11 @@ Authentication, in the pod's terms:
 
 Vault is spoken to over https (`ca=`, client certificate); plain http only
 with `scheme=http` and allow_http, logged. 403/404 exit 3, 503 (sealed,
-standby) and 5xx are retried. `VaultClient` is shared with vault-transit.
+standby) and 5xx are retried. Redirects are not followed (exit 2): a standby
+that redirects to the active node, or anything else, would otherwise receive
+the X-Vault-Token (a header requests keeps across hosts) or, on a 307/308 of
+the login, the service-account JWT; point the URI at the active node or a
+load balancer. `VaultClient` is shared with vault-transit.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from .. import web
+from .. import untrusted, web
 from ..errors import DeniedError, IntegrityError, UsageError
 from ..format import WrappedKey
 from ..uri import URI, Options
@@ -36,10 +40,7 @@ SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def _json(body: bytes, what: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise IntegrityError(f"{what}: Vault's answer is not JSON") from None
+    return untrusted.json_document(body, f"{what}: Vault's answer")
 
 
 def _path(parts: list[str]) -> str:
@@ -52,12 +53,11 @@ class VaultClient:
     def __init__(self, uri: URI, options: Options, what: str) -> None:
         self.options = options
         self.what = what
-        if not uri.netloc or "@" in uri.netloc:
-            raise UsageError(f"{what}: the URI needs a host (and no credentials): {uri.scheme}://host:port/...")
+        if not uri.netloc:
+            raise UsageError(f"{what}: the URI needs a host: {uri.scheme}://host:port/...")
         scheme = options.extra.get("scheme", "https").lower()
-        host = uri.netloc.rsplit(":", 1)[0] if not uri.netloc.endswith("]") else uri.netloc
-        web.check_scheme(scheme, host, options, what)
         self.addr = f"{scheme}://{uri.netloc}"
+        web.parse_endpoint(self.addr, f"{what} (Vault address)", options)
         if not options.role and not options.token_file:
             raise UsageError(f"{what}: give role= (Kubernetes auth) or token_file= (a Vault token)")
         self._client: Any = None
@@ -93,7 +93,7 @@ class VaultClient:
         url = f"{self.addr}/v1/auth/{_path(mount.split('/'))}/login"
         _, body = web.request_small(self.client, "POST", url, f"{self.what} (kubernetes login)",
                                     headers=self._headers(None), json={"role": self.options.role, "jwt": jwt})
-        token = (_json(body, self.what).get("auth") or {}).get("client_token")
+        token = untrusted.member(_json(body, self.what), "auth.client_token", self.what)
         if not isinstance(token, str) or not token:
             raise DeniedError(f"{self.what}: Kubernetes login returned no client token")
         return token
@@ -136,11 +136,11 @@ class Backend(KeySource):
         api = f"{_path(self.mount.split('/'))}/data/{_path(self.path)}"
         version = self.options.extra.get("version")
         if version:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit() and len(version) <= 19):
                 raise UsageError("vault: version= must be a number")
             api += f"?version={version}"
         answer = self.vault.request("GET", api)
-        data = (answer.get("data") or {}).get("data") if isinstance(answer, dict) else None
+        data = untrusted.member(answer, "data.data", self.what)
         if data is None:
             raise DeniedError(f"{self.what}: the secret has no data (deleted or destroyed version)")
         if not isinstance(data, dict):
@@ -148,9 +148,9 @@ class Backend(KeySource):
         if self.options.extra.get("field"):
             return json.dumps(data).encode()  # KeySource.decode picks the field
         if len(data) != 1:
-            names = ", ".join(sorted(map(str, data)))
-            raise UsageError(f"{self.what}: the secret has several fields ({names}); pick one with field=")
+            names = ", ".join(untrusted.show(n, 40) for n in sorted(data)[:8]) + (", ..." if len(data) > 8 else "")
+            raise UsageError(f"{self.what}: the secret has {len(data)} fields ({names}); pick one with field=")
         (value,) = data.values()
         if not isinstance(value, str):
             raise IntegrityError(f"{self.what}: the secret's value is not a string")
-        return value.encode()
+        return untrusted.utf8(value, f"{self.what}: the secret's value")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from .. import untrusted
 from ..errors import IntegrityError, UsageError
 from ..format import DATA_KEY_SIZE, WrappedKey
 from . import KeySource
@@ -46,7 +47,8 @@ class Backend(KeySource):
     def material(self, wrapped: WrappedKey | None) -> bytes:
         assert wrapped is not None  # KeySource.data_key checks
         if wrapped.provider != PROVIDER:
-            raise UsageError(f"the file's data key is wrapped by {wrapped.provider!r}, not by vault-transit")
+            raise UsageError(f"the file's data key is wrapped by {untrusted.show(wrapped.provider, 40)}, "
+                             "not by vault-transit")
         try:
             ciphertext = wrapped.ciphertext.decode("ascii")
         except UnicodeDecodeError:
@@ -55,7 +57,7 @@ class Backend(KeySource):
             raise IntegrityError(f"{self.what}: the wrapped key is not a Vault ciphertext")
         answer = self.vault.request("POST", self._api("decrypt"), json_body={"ciphertext": ciphertext},
                                     statuses={400: IntegrityError})
-        plaintext = (answer.get("data") or {}).get("plaintext") if isinstance(answer, dict) else None
+        plaintext = untrusted.member(answer, "data.plaintext", self.what)
         if not isinstance(plaintext, str):
             raise IntegrityError(f"{self.what}: Vault's decrypt answer has no plaintext")
         try:
@@ -68,7 +70,8 @@ class Backend(KeySource):
             raise UsageError(f"data key must be {DATA_KEY_SIZE} bytes")
         answer = self.vault.request("POST", self._api("encrypt"),
                                     json_body={"plaintext": base64.b64encode(data_key).decode()})
-        ciphertext = (answer.get("data") or {}).get("ciphertext") if isinstance(answer, dict) else None
+        ciphertext = untrusted.member(answer, "data.ciphertext", self.what)
         if not isinstance(ciphertext, str) or not ciphertext.startswith("vault:v"):
             raise IntegrityError(f"{self.what}: Vault's encrypt answer has no ciphertext")
-        return WrappedKey(provider=PROVIDER, key_id=self.key_id, ciphertext=ciphertext.encode(), context={})
+        return WrappedKey(provider=PROVIDER, key_id=self.key_id, ciphertext=untrusted.utf8(ciphertext, self.what),
+                          context={})

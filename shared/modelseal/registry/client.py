@@ -80,7 +80,7 @@ class Registry:
         self.base = f"{scheme}://{ref.registry}"
         self.origin = origin(self.base)
         self.scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
-        self.client = web.Client(options)
+        self.client = web.Client(options, redirects=True)  # blobs redirect to storage; credentials stay here
         self.credentials = credentials.lookup(ref.registry)
         self._lock = threading.Lock()
         self._authorization: str | None = None

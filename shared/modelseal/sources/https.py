@@ -9,10 +9,17 @@ again, so a multi-GiB download over a flaky link costs what it weighs.
 
 Servers that ignore Range answer 200 with the whole object. If the validator
 and length are unchanged we read past the N bytes already delivered and carry
-on (logged: those bytes are re-sent); if the object changed, or a 206 starts
-at the wrong byte, the download fails with an integrity error (exit 4) rather
-than splice two versions together. The ciphertext is authenticated anyway, so
-a mix could never decrypt; failing early just names the cause.
+on (logged: those bytes are re-sent). Every answer after the first must carry
+the first one's ETag (or, without one, its Last-Modified), whatever its status:
+a server that ignores If-Range and serves a replaced object, a 206 that starts
+at the wrong byte or a length that changed fail with an integrity error
+(exit 4) rather than splice two versions together. Without any validator a
+dropped download is not resumed (exit 5): nothing would tell the versions
+apart. The ciphertext is authenticated anyway, so a mix could never decrypt;
+failing early names the cause, and fetch-model leaves nothing behind.
+
+Redirects (presigned URLs, CDNs) are followed by web.Client, which sends the
+bearer token and client certificate only to the origin of the URL given.
 
 Authentication: a bearer token read from `token_file` at each connection
 (projected service-account tokens rotate), a client certificate, and a CA
@@ -24,25 +31,15 @@ from modelseal.retry. Progress is reported by the caller.
 from __future__ import annotations
 
 import io
-import re
 from typing import Any, BinaryIO
 
 from .. import retry, web
-from ..errors import IntegrityError, UsageError
+from ..errors import IntegrityError, UnavailableError
 from . import Source
 
 SCHEMES = ("https", "http")
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _SKIP_CHUNK = 1 << 20
-
-
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    m = _CONTENT_RANGE.fullmatch((value or "").strip())
-    if not m:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
 
 
 def _validator(headers: Any) -> str | None:
@@ -53,6 +50,15 @@ def _validator(headers: Any) -> str | None:
     return headers.get("Last-Modified")
 
 
+def _identity(headers: Any) -> tuple[str | None, str | None]:
+    """What names this version of the object; every answer of one download must repeat the first's.
+
+    The ETag when there is one (weak or strong), else Last-Modified.
+    """
+    etag = headers.get("ETag")
+    return (etag, None) if etag else (None, headers.get("Last-Modified"))
+
+
 def _check_encoding(resp: Any, what: str) -> None:
     encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding not in ("identity", ""):
@@ -61,12 +67,9 @@ def _check_encoding(resp: Any, what: str) -> None:
 
 class Backend(Source):
     def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+        super().__init__(uri, options)  # URI.parse has refused user info
         self.what = uri.redacted()
-        host = uri.netloc.rsplit("@", 1)[-1].rsplit(":", 1)[0]
-        if "@" in uri.netloc:
-            raise UsageError(f"{self.what}: credentials in the URL are refused; use token_file")
-        web.check_scheme(uri.scheme, host, self.options, self.what)
+        web.check_scheme(uri.scheme, uri.hostname, self.options, self.what)
         self.url = web.server_url(uri)
         self._client: Any = None
         self._size: int | None = None
@@ -75,7 +78,7 @@ class Backend(Source):
     def get(self, headers: dict[str, str]) -> Any:
         """One streaming GET (not retried here); redirects to plain http are refused."""
         if self._client is None:
-            self._client = web.Client(self.options, bearer=True)
+            self._client = web.Client(self.options, bearer=True, redirects=True)
         return self._client.request("GET", self.url, self.what, headers=headers)
 
     @property
@@ -89,13 +92,12 @@ class Backend(Source):
         resp = self.get({"Range": "bytes=0-0"})
         try:
             if resp.status_code == 206:
-                cr = _content_range(resp.headers.get("Content-Range"))
+                cr = web.content_range(resp.headers, self.what)
                 return cr[2] if cr else None
             if resp.status_code == 416:
                 return 0
             retry.check_status(resp.status_code, self.what, resp.headers)
-            length = resp.headers.get("Content-Length")
-            return int(length) if length and length.isdigit() else None
+            return web.content_length(resp.headers, self.what)
         finally:
             resp.close()
 
@@ -135,7 +137,8 @@ class HttpStream(io.RawIOBase):
         self.what = backend.what
         self.pos = 0  # bytes delivered to the caller
         self.total: int | None = None
-        self.validator: str | None = None
+        self.validator: str | None = None  # sent as If-Range
+        self.identity: tuple[str | None, str | None] = (None, None)  # compared on every answer
         self.resent = 0  # bytes the server sent again because it ignored Range
         self.reconnects = 0
         self._resp: Any = None
@@ -155,15 +158,32 @@ class HttpStream(io.RawIOBase):
     def _connect(self) -> None:
         headers: dict[str, str] = {}
         if self.pos:
+            if self.validator is None:
+                # Without an ETag or Last-Modified nothing tells this object from a replaced one.
+                raise UnavailableError(
+                    f"{self.what}: the connection dropped at byte {self.pos} and the server gave no ETag or "
+                    "Last-Modified, so the download cannot be resumed without risking a mix of two versions")
             headers["Range"] = f"bytes={self.pos}-"
-            if self.validator:
-                headers["If-Range"] = self.validator
+            headers["If-Range"] = self.validator
             self.reconnects += 1
         resp = self.b.get(headers)
         try:
             status = resp.status_code
-            if self.pos and status == 206:
-                cr = _content_range(resp.headers.get("Content-Range"))
+            if status not in (200, 206) or not self.pos:
+                if status == 416 and self.pos:
+                    raise IntegrityError(f"{self.what}: the object shrank during the download")
+                retry.check_status(status, self.what, resp.headers)  # the first answer must be 200
+            length = web.content_length(resp.headers, self.what)
+            if not self.pos:
+                self.total = length
+                self.identity = _identity(resp.headers)
+                self.validator = _validator(resp.headers)
+            elif _identity(resp.headers) != self.identity:
+                # Whatever the status: a server that ignores If-Range must not splice two versions.
+                raise IntegrityError(f"{self.what}: the object changed during the download (its ETag or "
+                                     "Last-Modified differs from the first answer's)")
+            elif status == 206:
+                cr = web.content_range(resp.headers, self.what)
                 if cr is None or cr[0] != self.pos:
                     raise IntegrityError(
                         f"{self.what}: asked to resume at byte {self.pos}, the server answered another range")
@@ -171,25 +191,12 @@ class HttpStream(io.RawIOBase):
                     raise IntegrityError(f"{self.what}: the object changed size during the download")
                 if cr[2] is not None:
                     self.total = cr[2]
-            elif status == 200:
-                length = resp.headers.get("Content-Length")
-                length_n = int(length) if length and length.isdigit() else None
-                if not self.pos:
-                    self.total = length_n
-                    self.validator = _validator(resp.headers)
-                else:
-                    # The server ignored Range, or If-Range found a different object.
-                    now = _validator(resp.headers)
-                    if (self.validator and now != self.validator) or (
-                            self.total is not None and length_n is not None and length_n != self.total):
-                        raise IntegrityError(f"{self.what}: the object changed during the download")
-                    retry.log().warning("range_ignored", what=self.what, skip_bytes=self.pos,
-                                        note="the server ignores Range; reading past the bytes already delivered")
-                    self._skip(resp, self.pos)
-            elif status == 416 and self.pos:
-                raise IntegrityError(f"{self.what}: the object shrank during the download")
-            else:
-                retry.check_status(status, self.what, resp.headers)
+            else:  # 200 to a Range request: the server ignores Range
+                if self.total is not None and length is not None and length != self.total:
+                    raise IntegrityError(f"{self.what}: the object changed size during the download")
+                retry.log().warning("range_ignored", what=self.what, skip_bytes=self.pos,
+                                    note="the server ignores Range; reading past the bytes already delivered")
+                self._skip(resp, self.pos)
             _check_encoding(resp, self.what)
         except BaseException:
             resp.close()

@@ -11,9 +11,10 @@ Each part is its own ranged GET under the retry policy, and a part whose
 connection drops resumes from its last good byte (a new Range for the rest
 of the part), so a cut costs at most one read chunk (256 KiB) again. Every GET
 carries `If-Match` with the ETag from HeadObject (and the VersionId, when
-the bucket is versioned or `version_id=` is given), and the Content-Range is
-checked, so an object replaced mid-download fails with exit 4 instead of
-splicing two versions.
+the bucket is versioned or `version_id=` is given), and every answer's ETag
+(and VersionId), Content-Range and total length are compared with
+HeadObject's, so an object replaced mid-download fails with exit 4 instead of
+splicing two versions, even from a store that ignores If-Match.
 
 Credentials, endpoint, CA bundle and timeouts: see modelseal.aws.
 
@@ -34,7 +35,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from .. import aws, retry
+from .. import aws, retry, untrusted
 from ..errors import IntegrityError, UsageError
 from . import Source
 
@@ -47,8 +48,9 @@ MAX_UPLOAD_PART = 512 << 20  # our memory cap (S3 allows 5 GiB)
 MAX_PARTS = 10000
 READ_CHUNK = 256 << 10
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+MAX_OBJECT = 1 << 56  # far beyond any store's object size limit (S3: 50 TB)
+
+_SIZE = re.compile(r"^\s*(\d{1,15})\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(text: str | int) -> int:
@@ -94,9 +96,14 @@ class Backend(Source):
     def head(self) -> tuple[int, str | None, str | None]:
         """(size, ETag, VersionId) from HeadObject, under the retry policy."""
         if self._head is None:
-            resp = retry.call(self.what, self.options, self.client.head_object,
-                              Bucket=self.bucket, Key=self.key, **self._version())
-            self._head = (int(resp["ContentLength"]), resp.get("ETag"), resp.get("VersionId"))
+            resp = aws.call(self.what, self.options, self.client.head_object,
+                            Bucket=self.bucket, Key=self.key, **self._version())
+            size, etag, version = resp.get("ContentLength"), resp.get("ETag"), resp.get("VersionId")
+            if type(size) is not int or not 0 <= size <= MAX_OBJECT:
+                raise IntegrityError(f"{self.what}: the store's HeadObject answer has no usable length")
+            if not isinstance(etag, (str, type(None))) or not isinstance(version, (str, type(None))):
+                raise IntegrityError(f"{self.what}: the store's HeadObject answer is malformed")
+            self._head = (size, etag, version)
         return self._head
 
     @property
@@ -134,18 +141,23 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
     extra: dict[str, str] = dict(b._version(version))
     if etag:
         extra["IfMatch"] = etag
+    get = aws.parsed(b.what, b.client.get_object)
 
     def once() -> None:
         nonlocal filled
         if cancel.is_set():
             raise retry.Cancelled()
         first = start + filled
-        resp = b.client.get_object(Bucket=b.bucket, Key=b.key, Range=f"bytes={first}-{end}", **extra)
+        resp = get(Bucket=b.bucket, Key=b.key, Range=f"bytes={first}-{end}", **extra)
         body = resp["Body"]
         try:
-            m = _CONTENT_RANGE.fullmatch(str(resp.get("ContentRange") or "").strip())
-            if m is None or int(m.group(1)) != first or int(m.group(2)) != end or (
-                    m.group(3) != "*" and int(m.group(3)) != size):
+            # Every answer must be the object HeadObject described: a store that ignores
+            # If-Match (or VersionId) and serves a replaced object fails here, exit 4.
+            if resp.get("ETag") != etag or (version and resp.get("VersionId") != version):
+                raise IntegrityError(f"{b.what}: the object changed during the download (another ETag or "
+                                     "version than when it started)")
+            cr = untrusted.content_range(resp.get("ContentRange"))
+            if cr is None or cr[0] != first or cr[1] != end or (cr[2] is not None and cr[2] != size):
                 raise IntegrityError(f"{b.what}: asked for bytes {first}-{end}, the store answered another range")
             while filled < len(buf):
                 if cancel.is_set():
@@ -169,9 +181,8 @@ class S3Stream(io.RawIOBase):
         super().__init__()
         self.b = backend
         self.size, self._etag, self._version = backend.head()
-        ps = backend.part_size
-        self._ranges = [(s, min(s + ps, self.size) - 1) for s in range(0, self.size, ps)]
-        self._window = max(1, min(backend.options.concurrency, len(self._ranges)))
+        self._parts = -(-self.size // backend.part_size)  # ranges are computed as needed: no list of them
+        self._window = max(1, min(backend.options.concurrency, self._parts))
         self._cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=self._window, thread_name_prefix="modelseal-s3")
         self._pending: deque[Future] = deque()
@@ -185,8 +196,9 @@ class S3Stream(io.RawIOBase):
         return True
 
     def _fill_window(self) -> None:
-        while len(self._pending) < self._window and self._next < len(self._ranges):
-            start, end = self._ranges[self._next]
+        while len(self._pending) < self._window and self._next < self._parts:
+            start = self._next * self.b.part_size
+            end = min(start + self.b.part_size, self.size) - 1
             self._next += 1
             self._pending.append(self._pool.submit(
                 fetch_range, self.b, start, end, self.size, self._etag, self._version, self._cancel))
@@ -228,8 +240,10 @@ class S3Stream(io.RawIOBase):
 
 def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum: dict[str, str],
                  cancel: threading.Event) -> dict[str, Any]:
-    resp = retry.call(b.what, b.options, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
-                      PartNumber=number, Body=data, sleep=retry.interruptible_sleep(cancel), **checksum)
+    resp = aws.call(b.what, b.options, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
+                    PartNumber=number, Body=data, sleep=retry.interruptible_sleep(cancel), **checksum)
+    if not isinstance(resp.get("ETag"), str):
+        raise IntegrityError(f"{b.what}: the store's UploadPart answer has no ETag")
     part = {"PartNumber": number, "ETag": resp["ETag"]}
     if checksum:
         member = "Checksum" + checksum["ChecksumAlgorithm"].upper()
@@ -296,8 +310,10 @@ class S3Writer(io.RawIOBase):
             # turns it off for stores that do not support it).
             if getattr(self.b.client.meta.config, "request_checksum_calculation", None) == "when_supported":
                 self._checksum = {"ChecksumAlgorithm": "CRC32"}
-            resp = retry.call(self.what, self.b.options, self.b.client.create_multipart_upload,
-                              Bucket=self.b.bucket, Key=self.b.key, **self._checksum)
+            resp = aws.call(self.what, self.b.options, self.b.client.create_multipart_upload,
+                            Bucket=self.b.bucket, Key=self.b.key, **self._checksum)
+            if not isinstance(resp.get("UploadId"), str) or not resp["UploadId"]:
+                raise IntegrityError(f"{self.what}: the store's CreateMultipartUpload answer has no UploadId")
             self._upload_id = resp["UploadId"]
             self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.options.concurrency),
                                             thread_name_prefix="modelseal-s3-up")
@@ -318,17 +334,17 @@ class S3Writer(io.RawIOBase):
         try:
             if self._upload_id is None:
                 data = bytes(self._buf)
-                retry.call(self.what, self.b.options, self.b.client.put_object,
-                           Bucket=self.b.bucket, Key=self.b.key, Body=data)
+                aws.call(self.what, self.b.options, self.b.client.put_object,
+                         Bucket=self.b.bucket, Key=self.b.key, Body=data)
             else:
                 if self._buf or self._number == 0:
                     self._start_part(bytes(self._buf))
                 while self._inflight:
                     self._done.append(self._inflight.popleft().result())
                 parts = sorted(self._done, key=lambda p: p["PartNumber"])
-                retry.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
-                           Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
-                           MultipartUpload={"Parts": parts})
+                aws.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
+                         Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
+                         MultipartUpload={"Parts": parts})
             self._buf = bytearray()
             self._state = "done"
         except BaseException:
@@ -358,8 +374,8 @@ class S3Writer(io.RawIOBase):
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._upload_id is not None:
             try:
-                retry.call(self.what, self.b.options, self.b.client.abort_multipart_upload,
-                           Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id)
+                aws.call(self.what, self.b.options, self.b.client.abort_multipart_upload,
+                         Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id)
             except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
         super().close()

@@ -22,10 +22,12 @@ refused (exit 7).
 
 from __future__ import annotations
 
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
+from .. import untrusted
 from ..errors import CapacityError, IntegrityError, UnsafeError
 from .decompress import CHUNK, TRAILING_MAX, Plain
 from .limits import Limits
@@ -55,6 +57,9 @@ _REFUSED_TYPES = {
     tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
     tarfile.FIFOTYPE: "FIFO", tarfile.CONTTYPE: "contiguous file", tarfile.GNUTYPE_SPARSE: "sparse file",
 }
+
+
+_PAX_TIME = re.compile(rb"-?[0-9]{1,19}(\.[0-9]{1,9})?")
 
 
 def _pad(size: int) -> int:
@@ -141,15 +146,15 @@ def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
         link = linkpath if linkpath is not None else longlink if longlink is not None else info.linkname.encode("utf-8", "surrogateescape")
         size = info.size
         if pax.get("size") is not None:
-            if not pax["size"].isdigit():  # type: ignore[union-attr]
+            # ASCII digits, at most 19 (int() refuses over 4300 digits with a ValueError)
+            pax_size = untrusted.decimal(pax["size"])
+            if pax_size is None:
                 raise IntegrityError(f"malformed pax size for {show(name)}")
-            size = int(pax["size"])  # type: ignore[arg-type]
+            size = pax_size
         mtime: float | None = info.mtime
         if pax.get("mtime") is not None:
-            try:
-                mtime = float(pax["mtime"])  # type: ignore[arg-type]
-            except ValueError:
-                mtime = None
+            m = _PAX_TIME.fullmatch(pax["mtime"])  # type: ignore[arg-type]
+            mtime = float(m.group(0)) if m else None  # not float(): it takes "inf", "1_0", huge strings
         parts = parts_of(name, limits)
         if "GNU.sparse" in pax:
             raise UnsafeError(f"refusing entry {show(name)}: sparse files are not supported")

@@ -40,19 +40,12 @@ from typing import Iterable, Protocol
 from ..errors import CapacityError, IntegrityError, ModelsealError, UnsafeError, from_os_error
 from ..format import Sizes
 from ..log import Log
+from ..untrusted import show  # entry names in messages: quoted, shortened
 from .limits import Limits
 
 NAME_MAX = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def show(name: bytes | str, limit: int = 120) -> str:
-    """An entry name fit for a one-line message: escaped and shortened."""
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "backslashreplace")
-    text = repr(name)
-    return text if len(text) <= limit else text[: limit - 5] + "...'"
 
 
 def parts_of(raw: bytes, limits: Limits, what: str = "entry") -> tuple[bytes, ...]:
