@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import archive, capacity, format as sealfmt, signing, tinkkeyset, tmpfs
+from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
 from .atomic import Check, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, UsageError
@@ -285,6 +285,8 @@ def seal(
     if sign_key and not wrap_in_tar:
         raise UsageError(f"--sign-key signs a model directory; {src} is an archive or stdin")
     # --sign-key: model.sig for the tree (model_signing's format), the archive's first member
+    if sign_key:
+        from . import signing  # x509 and friends: 60 ms of imports every other command does without
     first = [(signing.SIGNATURE, signing.sign_tree(src, sign_key, log))] if sign_key else []
     plan = archive.plan_tar(src, first) if wrap_in_tar else None
     data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS

@@ -113,3 +113,24 @@ def discover(package: ModuleType) -> dict[str, ModuleType]:
         for scheme in getattr(module, "SCHEMES", ()):
             found[scheme] = module
     return found
+
+
+def find_backend(package: ModuleType, scheme: str) -> ModuleType | None:
+    """The backend module of `package` for `scheme`, or None.
+
+    The module named after the scheme (`aws-kms` -> awskms) is tried first:
+    importing every backend to find one costs each command ~50 ms of start-up
+    (web, ssl, http.cookiejar) that decrypt and unpack never use. Any other
+    module declaring the scheme is still found by full discovery.
+    """
+    name = scheme.replace("-", "").replace(".", "")
+    if name.isidentifier():
+        try:
+            module = importlib.import_module(f"{package.__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{package.__name__}.{name}":
+                raise
+        else:
+            if scheme in getattr(module, "SCHEMES", ()):
+                return module
+    return discover(package).get(scheme)

@@ -17,7 +17,7 @@ from typing import ClassVar
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
 from ..format import DATA_KEY_SIZE, WrappedKey
-from ..uri import URI, Options, discover
+from ..uri import URI, Options, discover, find_backend
 
 
 class KeySource:
@@ -91,7 +91,7 @@ def backends() -> dict:
 
 def open_key(uri: str | URI, options: Options | None = None) -> KeySource:
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
-    module = backends().get(parsed.scheme)
+    module = find_backend(sys.modules[__name__], parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))
         raise UsageError(f"unknown key URI scheme {parsed.scheme!r} (known: {known})")

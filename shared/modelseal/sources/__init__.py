@@ -13,7 +13,7 @@ import sys
 from typing import BinaryIO, ClassVar
 
 from ..errors import UsageError
-from ..uri import URI, Options, discover
+from ..uri import URI, Options, discover, find_backend
 
 
 class Source:
@@ -48,7 +48,7 @@ def backends() -> dict:
 
 def open_source(uri: str | URI, options: Options | None = None) -> Source:
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
-    module = backends().get(parsed.scheme)
+    module = find_backend(sys.modules[__name__], parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))
         raise UsageError(f"unknown source URI scheme {parsed.scheme!r} (known: {known})")
