@@ -1,62 +1,125 @@
-"""Overlapping I/O with computation: a background writer and a read-ahead.
+"""Overlapping I/O with computation: a write-behind thread and a read-ahead.
 
-`os.read`/`os.write` release the GIL while AES-GCM (in `cryptography`) does
-not, so reading the next segment and writing the last one from other threads
-lets them run on another core while this one decrypts: the difference between
-about half and about the speed of `dd` on the same tmpfs.
+`os.read`/`os.write` release the GIL while AES-GCM (in `cryptography` 48)
+does not (measured: two threads calling AESGCM.decrypt_into run at the speed
+of one, 0.99 CPU-seconds per wall second; two threads hashing with hashlib
+use 1.98), so reading the next segment and writing the last one from other
+threads lets them run on another core while this one decrypts and parses:
+writes to tmpfs (page allocation and a copy, about 3 GB/s here) are the
+slowest step, and they leave the main thread.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
 _STOP = object()
 
+Job = Callable[[], object]
 
-class BackgroundWriter:
-    """Queues views to `write` in a thread; `depth` views may be in flight.
 
-    The producer must keep each view unchanged until `depth + 1` later puts
-    (DecryptingReader.segments(ring=depth + 2) guarantees that).
+class WriteBehind:
+    """Runs jobs in order on one thread, behind the thread that queues them.
+
+    A job is `work`, with an optional `fallback`: once a job has failed, the
+    jobs after it run only their fallback (closing what they hold, never
+    writing), and the first error is raised in the producer at its next
+    `put` or at `close`. At most `depth` jobs wait (one more may be running).
+
+    `paced(buffers, ring)` hands out the views of a producer that reuses a
+    ring of `ring` buffers (DecryptingReader.segments(ring=...)) and holds
+    each pull back until every job queued while the buffer about to be
+    reused was current has run, so a job may keep a view of the buffer it
+    was handed instead of a copy.
     """
 
-    def __init__(self, write: Callable[[memoryview], object], depth: int = 2) -> None:
+    def __init__(self, depth: int = 128, name: str = "modelseal-writer") -> None:
         self.depth = depth
-        self._write = write
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._jobs: deque[tuple[Job, Job | None]] = deque()
+        self._cond = threading.Condition()
+        self._queued = 0  # jobs put so far
+        self._done = 0  # jobs finished (run, fallen back or skipped) so far
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="modelseal-writer", daemon=True)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            if self._error is None:
-                try:
-                    self._write(item)
-                except BaseException as exc:  # handed to the producer on its next call
-                    self._error = exc
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                work, fallback = self._jobs.popleft()
+                self._cond.notify_all()  # room for the producer
+                failed = self._error is not None
+            try:
+                if not failed:
+                    work()
+                elif fallback is not None:
+                    fallback()
+            except BaseException as exc:  # handed to the producer at its next put or close
+                if not failed:
+                    with self._cond:
+                        self._error = exc
+                if fallback is not None and not failed:
+                    try:
+                        fallback()
+                    except BaseException:  # noqa: BLE001 - the first error is the one reported
+                        pass
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
 
-    def write(self, view: memoryview) -> None:
-        if self._error is not None:
-            self.close()
-        self._queue.put(view)
+    def put(self, work: Job, fallback: Job | None = None, *, check: bool = True) -> None:
+        """Queue a job (always: its fallback runs even after an error), then raise an earlier job's error."""
+        with self._cond:
+            while len(self._jobs) >= self.depth:
+                self._cond.wait()
+            self._jobs.append((work, fallback))
+            self._queued += 1
+            self._cond.notify_all()
+            error = self._error
+        if check and error is not None:
+            raise error
+
+    def _wait_for(self, count: int) -> None:
+        with self._cond:
+            while self._done < count:
+                self._cond.wait()
+
+    def paced(self, buffers: Iterable[T], ring: int) -> Iterator[T]:
+        """`buffers`' items, each pulled only once the buffer it reuses is no longer queued (see the class)."""
+        if ring < 2:
+            raise ValueError("a paced ring needs at least two buffers")
+        it = iter(buffers)
+        marks: deque[int] = deque()  # jobs queued before each of the last ring - 1 pulls
+        while True:
+            while len(marks) >= ring - 1:
+                self._wait_for(marks.popleft())
+            marks.append(self._queued)
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            yield item
 
     def close(self) -> None:
-        """Wait for every queued write; re-raise the first write error."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
+        """Wait for every queued job; re-raise the first error."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
         if self._error is not None:
             raise self._error
 
-    def __enter__(self) -> "BackgroundWriter":
+    def __enter__(self) -> "WriteBehind":
         return self
 
     def __exit__(self, et, ev, tb) -> None:
@@ -67,6 +130,22 @@ class BackgroundWriter:
                 self.close()
             except BaseException:
                 pass
+
+
+class BackgroundWriter(WriteBehind):
+    """Queues views to `write` in a thread; `depth` views may wait, one more may be written.
+
+    The producer must keep each view unchanged until `depth + 1` later puts
+    (DecryptingReader.segments(ring=depth + 2) guarantees that).
+    """
+
+    def __init__(self, write: Callable[[memoryview], object], depth: int = 2) -> None:
+        super().__init__(depth)
+        self._write = write
+
+    def write(self, view: memoryview) -> None:
+        write = self._write
+        self.put(lambda: write(view))
 
 
 def read_ahead(items: Iterable[T], depth: int) -> Iterator[T]:

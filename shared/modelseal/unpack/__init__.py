@@ -47,6 +47,7 @@ from ..archive import detect_compression
 from ..errors import IntegrityError, UsageError
 from ..format import Sizes
 from ..log import Log
+from ..overlap import WriteBehind
 from .decompress import Plain, Raw, producer
 from .limits import Limits
 from .tar import extract_tar
@@ -248,28 +249,36 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlin
 
 def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log,
                   preflight: Preflight | None, declared: Sizes | None, verify: Digests | None) -> dict:
-    raw = Raw(src)
-    head = raw.peek(8)
-    if not head:
-        raise IntegrityError("empty input: not a tar or zip archive")
-    if head[:4] in ZIP_MAGICS:
-        fmt, compression = "zip", "none"
-    else:
-        fmt, compression = "tar", detect_compression(head)
-    log.info("unpack_start", format=fmt, compression=compression)
-    if preflight is not None:
-        preflight(root, compression)
-    tree = Tree(root, limits, allow_symlinks, log, declared, verify)
+    behind = WriteBehind(name="modelseal-tree-writer")
+    raw = Raw(src, behind)
     try:
-        if fmt == "zip":
-            extract_zip(raw, tree)
+        head = raw.peek(8)
+        if not head:
+            raise IntegrityError("empty input: not a tar or zip archive")
+        if head[:4] in ZIP_MAGICS:
+            fmt, compression = "zip", "none"
         else:
-            extract_tar(Plain(producer(raw, compression), limits), tree)
-        tree.finish()
+            fmt, compression = "tar", detect_compression(head)
+        log.info("unpack_start", format=fmt, compression=compression)
+        if preflight is not None:
+            preflight(root, compression)
+        tree = Tree(root, limits, allow_symlinks, log, declared, verify, behind)
+        try:
+            if fmt == "zip":
+                extract_zip(raw, tree)
+            else:
+                extract_tar(Plain(producer(raw, compression), limits), tree)
+            tree.finish()
+        finally:
+            tree.close()
+        # Paranoia: whatever the path, the whole input has been read.
+        if raw.chunk(1):
+            raise IntegrityError("unexpected data after the end of the archive")
+        behind.close()  # every byte written (or the first write error raised) before the rename
+    except BaseException as exc:
+        behind.__exit__(type(exc), exc, None)  # wait for the thread to stop; keep this error
+        raise
     finally:
-        tree.close()
-    # Paranoia: whatever the path, the whole input has been read.
-    if raw.chunk(1):
-        raise IntegrityError("unexpected data after the end of the archive")
+        raw.close()
     return {"files": tree.files, "dirs": tree.dirs, "symlinks": tree.symlinks, "bytes": tree.bytes,
             "format": fmt, "compression": compression}

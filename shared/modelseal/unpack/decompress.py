@@ -14,9 +14,11 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from ..errors import CapacityError, IntegrityError
+from ..overlap import WriteBehind
+from ..streaming import ChunkReader
 from .limits import Limits
 
 CHUNK = 1 << 20  # copy buffer, raw read size and decompressed piece size
@@ -27,56 +29,81 @@ XZ_MEMLIMIT = 128 << 20
 ZSTD_MAX_WINDOW = 1 << 27
 
 
-class Raw:
-    """The source stream, read with one reusable buffer; counts bytes handed out."""
+#: Buffers the raw input cycles through: how far (in chunks or decrypted segments)
+#: the write-behind thread may lag behind the parser.
+RING = 4
 
-    def __init__(self, src: BinaryIO) -> None:
-        self._src = src
-        self._buf = bytearray(CHUNK)
-        self._view = memoryview(self._buf)
-        self._start = self._end = 0
-        self.eof = False
-        self.count = 0
-        self._readinto = getattr(src, "readinto", None)
 
-    def _fill(self, at: int) -> int:
-        target = self._view[at:]
-        if self._readinto is not None:
-            n = self._readinto(target)
+def _read_ring(src: BinaryIO, ring: int) -> Iterator[memoryview]:
+    """A plain stream in views of a ring of CHUNK-sized buffers, one read each."""
+    bufs = [bytearray(CHUNK) for _ in range(ring)]
+    readinto = getattr(src, "readinto", None)
+    i = 0
+    while True:
+        target = memoryview(bufs[i % ring])
+        i += 1
+        if readinto is not None:
+            n = readinto(target)
         else:
-            data = self._src.read(len(target))
+            data = src.read(len(target))
             n = None if data is None else len(data)
             if n:
                 target[:n] = data
         if n is None:
             raise IntegrityError("the input stream returned no data (non-blocking input is not supported)")
         if n == 0:
-            self.eof = True
-        return n
+            return
+        yield target[:n]
+
+
+class Raw:
+    """The source stream in views, without copies; counts bytes handed out.
+
+    A decrypting reader (ChunkReader) hands out its verified segments
+    directly, from its own ring of buffers; any other stream is read into a
+    ring here. A view from chunk() stays valid until the next call and, with
+    a write-behind (`behind`), until every job queued while it was current
+    has run (WriteBehind.paced), so file writes can keep it instead of a copy.
+    """
+
+    def __init__(self, src: BinaryIO, behind: WriteBehind | None = None) -> None:
+        self._source: Iterator[memoryview] = (
+            src.segments(ring=RING) if isinstance(src, ChunkReader) else _read_ring(src, RING))
+        self._views = behind.paced(self._source, RING) if behind is not None else self._source
+        self._cur = memoryview(b"")
+        self.eof = False
+        self.count = 0
+
+    def _next(self) -> memoryview:
+        while not self.eof:
+            view = next(self._views, None)
+            if view is None:
+                self.eof = True
+            elif len(view):  # a decryptor may yield an empty final segment
+                return view
+        return memoryview(b"")
 
     def peek(self, n: int) -> bytes:
         """Up to n bytes from the start of the stream, without consuming them."""
-        while self._end - self._start < n and not self.eof:
-            if self._start:
-                size = self._end - self._start
-                self._view[:size] = self._view[self._start : self._end]
-                self._start, self._end = 0, size
-            self._end += self._fill(self._end)
-        return bytes(self._view[self._start : min(self._end, self._start + n)])
+        while len(self._cur) < n and not self.eof:
+            more = self._next()
+            # Only a first piece shorter than n (a tiny input) is ever joined: a copy we own.
+            self._cur = memoryview(bytes(self._cur) + bytes(more)) if self._cur else more
+        return bytes(self._cur[:n])
 
     def chunk(self, limit: int = CHUNK) -> memoryview:
-        """The next at most `limit` bytes (empty at EOF); valid until the next call."""
-        if self._start == self._end:
-            if self.eof:
-                return memoryview(b"")
-            self._start, self._end = 0, self._fill(0)
-            if self._end == 0:
-                return memoryview(b"")
-        n = min(limit, self._end - self._start)
-        out = self._view[self._start : self._start + n]
-        self._start += n
-        self.count += n
+        """The next at most `limit` bytes (empty at EOF); see the class for how long the view is valid."""
+        if not self._cur:
+            self._cur = self._next()
+        out = self._cur[:limit]
+        self._cur = self._cur[len(out):]
+        self.count += len(out)
         return out
+
+    def close(self) -> None:
+        """Stop the source (a decryptor's read-ahead thread) when the extraction ends early."""
+        for gen in (self._views, self._source):
+            gen.close()  # type: ignore[attr-defined]
 
 
 class PassThrough:

@@ -41,6 +41,7 @@ from ..errors import CapacityError, IntegrityError, ModelsealError, UnsafeError,
 from ..format import Sizes
 from ..log import Log
 from ..untrusted import show  # entry names in messages: quoted, shortened
+from ..overlap import WriteBehind
 from .limits import Limits
 
 NAME_MAX = 255
@@ -108,6 +109,26 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+def _write_piece(fd: int, piece: bytes | memoryview, name: bytes) -> None:
+    try:
+        write_all(fd, piece)
+    except OSError as e:
+        raise fs_error(e, f"writing {show(name)}") from None
+
+
+def _finish_file(fd: int, mode: int | None, mtime: float | None, name: bytes) -> None:
+    """Fixed mode and the archive's mtime (mode None: the extraction failed, only close)."""
+    try:
+        if mode is not None:
+            os.fchmod(fd, 0o755 if mode & 0o111 else 0o644)
+            if mtime is not None and 0 <= mtime < 2**40:
+                os.utime(fd, (mtime, mtime))
+    except OSError as e:
+        raise fs_error(e, f"finishing {show(name)}") from None
+    finally:
+        os.close(fd)
+
+
 class Digests(Protocol):
     """Per-file hashing as files are written (signing.StreamVerifier): no second read."""
 
@@ -121,8 +142,14 @@ class Tree:
     """The staging tree, built only through directory file descriptors."""
 
     def __init__(self, root: int, limits: Limits, allow_symlinks: bool, log: Log,
-                 declared: Sizes | None = None, digests: Digests | None = None) -> None:
+                 declared: Sizes | None = None, digests: Digests | None = None,
+                 behind: WriteBehind | None = None) -> None:
         self.root = root
+        # File data (and each file's fchmod, utime and close) go to the
+        # write-behind thread when there is one: names, limits and creation
+        # stay here, in archive order; a write error comes back at the next
+        # file or at the end, and the whole staging tree goes either way.
+        self.behind = behind
         self.digests = digests
         self.limits = limits
         # What the authenticated .seal header says the archive holds: the
@@ -230,24 +257,28 @@ class Tree:
                 if self.declared.file_bytes is not None and self.bytes > self.declared.file_bytes:
                     raise IntegrityError(f"the archive holds more than the {self.declared.file_bytes} file bytes "
                                          f"its .seal header declares (at {show(name)})")
-                try:
-                    write_all(fd, piece)
-                except OSError as e:
-                    raise fs_error(e, f"writing {show(name)}") from None
+                if self.behind is not None:
+                    self.behind.put(lambda piece=piece: _write_piece(fd, piece, name))
+                else:
+                    _write_piece(fd, piece, name)
                 if sink is not None:
                     sink.update(piece)
                 self.progress.add(n)
             if sink is not None:
                 sink.end()
-            try:
-                os.fchmod(fd, 0o755 if mode & 0o111 else 0o644)
-                if mtime is not None and 0 <= mtime < 2**40:
-                    os.utime(fd, (mtime, mtime))
-            except OSError as e:
-                raise fs_error(e, f"finishing {show(name)}") from None
-        finally:
-            os.close(fd)
+        except BaseException:
+            self._finish(fd, None, None, name)
+            raise
+        self._finish(fd, mode, mtime, name)
         self.files += 1
+
+    def _finish(self, fd: int, mode: int | None, mtime: float | None, name: bytes) -> None:
+        """Close a file, after its queued writes (always queued: the descriptor must not be
+        closed, and its number reused, while a write to it waits)."""
+        if self.behind is not None:
+            self.behind.put(lambda: _finish_file(fd, mode, mtime, name), lambda: os.close(fd), check=mode is not None)
+        else:
+            _finish_file(fd, mode, mtime, name)
 
     def add_symlink(self, parts: tuple[bytes, ...], name: bytes, target: bytes) -> None:
         if not self.allow_symlinks:
