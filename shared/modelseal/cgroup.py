@@ -105,15 +105,15 @@ def _levels(directory: str, mount_point: str) -> list[str]:
     return out
 
 
-def _find(proc: str) -> tuple[int, str, str] | None:
-    """(version, cgroup directory, mount point) of this process's memory cgroup."""
+def _find(proc: str, controller: str = "memory") -> tuple[int, str, str] | None:
+    """(version, cgroup directory, mount point) of this process's cgroup for `controller`."""
     lines = (_read(os.path.join(proc, "cgroup")) or "").splitlines()
     mounts = _mounts(proc)
-    for line in lines:  # v1: "4:memory:/path" (controllers may be combined: "4:cpu,memory:/path")
+    for line in lines:  # v1: "4:memory:/path" (controllers may be combined: "4:cpu,cpuacct:/path")
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if "memory" in controllers.split(","):
+        if controller in controllers.split(","):
             for root, point, fstype, options in mounts:
-                if fstype == "cgroup" and "memory" in options.split(","):
+                if fstype == "cgroup" and controller in options.split(","):
                     return 1, _directory(path, root, point), point
     for line in lines:  # v2: "0::/path"
         if line.startswith("0::"):
@@ -154,3 +154,32 @@ def peak(proc: str = "/proc/self") -> int | None:
         return None
     version, directory, _ = found
     return _int(_read(os.path.join(directory, "memory.peak" if version == 2 else "memory.max_usage_in_bytes")))
+
+
+def _quota(version: int, level: str) -> float | None:
+    """One level's CPU bandwidth limit in CPUs (quota / period), None when unlimited or unreadable."""
+    if version == 2:  # cpu.max: "QUOTA PERIOD" or "max PERIOD"
+        fields = (_read(os.path.join(level, "cpu.max")) or "").split()
+        quota, period = (fields + ["", ""])[:2] if fields else ("", "")
+    else:  # cpu.cfs_quota_us is -1 when unlimited
+        quota = _read(os.path.join(level, "cpu.cfs_quota_us")) or ""
+        period = _read(os.path.join(level, "cpu.cfs_period_us")) or ""
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max", missing, garbage
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def cpu_quota(proc: str = "/proc/self") -> float | None:
+    """The tightest CPU quota over this process, in CPUs (a pod's `limits.cpu: 1500m` is 1.5); None: no quota.
+
+    Read like the memory limit: this cgroup and each level above it that
+    the mount shows (v2 cpu.max; v1 cpu.cfs_quota_us / cpu.cfs_period_us).
+    """
+    found = _find(proc, "cpu")
+    if found is None:
+        return None
+    version, directory, point = found
+    limits = [q for q in (_quota(version, level) for level in _levels(directory, point)) if q is not None]
+    return min(limits) if limits else None

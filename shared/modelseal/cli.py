@@ -88,6 +88,8 @@ def _format(p: argparse.ArgumentParser) -> None:
     _flag(p, "--associated-data", default="", help="associated data for --format tink (text)")
     _flag(p, "--associated-data-hex", default="", help="associated data for --format tink (hex)")
     _flag(p, "--tink-template", default="AES256_GCM_HKDF_1MB", help="parameters for a raw Tink key")
+    _flag(p, "--workers", default="auto", help="processes decrypting segments in parallel (1: in this process; "
+                                             "auto: from the CPU affinity and the cgroup CPU quota)")
 
 
 def _aad(a: argparse.Namespace) -> bytes:
@@ -276,7 +278,8 @@ def _fetch_model(a: argparse.Namespace, log: Log) -> dict:
 def _decrypt(a: argparse.Namespace, log: Log) -> dict:
     return stages.decrypt(a.input, a.output, _keyspec(a), _options(a), log, fmt=a.format,
                           allow_disk=a.allow_disk, delete_key=a.delete_key, delete_input=a.delete_input,
-                          associated_data=_aad(a), tink_template=a.tink_template, preflight=not a.no_preflight)
+                          associated_data=_aad(a), tink_template=a.tink_template, preflight=not a.no_preflight,
+                          workers=_workers(a))
 
 
 def _unpack(a: argparse.Namespace, log: Log) -> dict:
@@ -289,7 +292,13 @@ def _run(a: argparse.Namespace, log: Log) -> dict:
     return stages.run(a.source, a.output, _keyspec(a), _options(a), log, fmt=a.format, sha256=a.sha256,
                       allow_disk=a.allow_disk, allow_symlinks=a.allow_symlinks, limits=_limits_of(a),
                       delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template,
-                      preflight=not a.no_preflight, verify=_verifier(a, log))
+                      preflight=not a.no_preflight, verify=_verifier(a, log), workers=_workers(a))
+
+
+def _workers(a: argparse.Namespace) -> int:
+    from .parallel import parse_workers
+
+    return parse_workers(a.workers)
 
 
 def main(argv: list[str] | None = None) -> int:

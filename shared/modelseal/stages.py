@@ -149,9 +149,9 @@ def tree_need(sizes: sealfmt.Sizes | None, archive_size: int | None, compression
 
 def plaintext(
     input: Input, fmt: str, keys: KeySpec, key_source: KeySource, log: Log,
-    associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
+    associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB", workers: int = 1,
 ) -> Plaintext:
-    """Verified plaintext of a ciphertext stream in any supported format."""
+    """Verified plaintext of a ciphertext stream in any supported format (`workers`: see modelseal.parallel)."""
     if fmt == "seal":
 
         def key_for(header: sealfmt.Header) -> bytes:
@@ -159,18 +159,30 @@ def plaintext(
             return key_source.data_key(header.wrapped_key)
 
         header, reader = sealfmt.open_sealed(input.stream, key_for)
+        reader.workers = workers
+        log.info("decrypting", workers=workers)
         payload = None if input.size is None else input.size - reader.associated_data_size
         size = None if payload is None else sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
         return Plaintext(reader, header, size)
     if fmt == "tink":
         ikm, params = tinkkeyset.load(keys.secret(key_source, fmt), tink_template)
+        log.info("decrypting", workers=workers)
         size = None if input.size is None else params.plaintext_size_of(input.size)
-        return Plaintext(DecryptingReader(input.stream, ikm, associated_data, params), None, size)
+        return Plaintext(DecryptingReader(input.stream, ikm, associated_data, params, workers), None, size)
     if fmt == "openpgp":
         from . import openpgp
 
         return Plaintext(openpgp.DecryptingReader(input.stream, keys.secret(key_source, fmt)))
     raise UsageError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
+
+
+def worker_memory(workers: int) -> int:
+    """What decryption worker processes add to a stage's memory (none in process)."""
+    if workers <= 1:
+        return 0
+    from .parallel import WORKER_MEMORY
+
+    return workers * WORKER_MEMORY
 
 
 def _consume(paths: list[tuple[bool, str | None]], log: Log) -> None:
@@ -422,6 +434,7 @@ def decrypt(
     input: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
     allow_disk: bool = False, delete_key: bool = False, delete_input: bool = False,
     associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB", preflight: bool = True,
+    workers: int = 1,
 ) -> dict:
     key_source = keys.source(options)  # configuration errors first, before touching any input
     key_file = keys.deletable(delete_key)
@@ -430,8 +443,8 @@ def decrypt(
         source = open_input(input, log)
         progress = log.progress("decrypt", source.size)
         with source.stream:
-            plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template)
-            check(f.fd, f.where, plain.file_need())
+            plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template, workers)
+            check(f.fd, f.where, plain.file_need(worker_memory(workers)))
             with BackgroundWriter(f.write) as background:
                 for segment in plain.reader.segments(ring=background.depth + 2):
                     background.write(segment)
@@ -463,7 +476,7 @@ def run(
     source: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
     sha256: str | None = None, allow_disk: bool = False, allow_symlinks: bool = False, limits=None,
     delete_key: bool = False, associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
-    preflight: bool = True, verify=None,
+    preflight: bool = True, verify=None, workers: int = 1,
 ) -> dict:
     """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored.
 
@@ -476,10 +489,11 @@ def run(
     with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
         input = open_ciphertext(source, options, sha256, log)
         with input.stream:
-            plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template)
+            plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template, workers)
+            buffers = input.buffers + worker_memory(workers)
             stats = dest.extract(
                 plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
-                preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, input.buffers)),
+                preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, buffers)),
                 declared=plain.header.sizes if plain.header is not None else None, verify=verify)
     _consume([(delete_key, key_file)], log)
     log.info("unpacked", path=out, **stats)

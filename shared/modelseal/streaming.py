@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
@@ -94,9 +95,13 @@ class Params:
 AES256_GCM_HKDF_1MB = Params()
 
 
-def _segment_key(ikm: bytes, salt: bytes, aad: bytes, params: Params) -> AESGCM:
+def _derive(ikm: bytes, salt: bytes, aad: bytes, params: Params) -> bytes:
     hkdf = HKDF(algorithm=_HASHES[params.hkdf_hash](), length=params.key_size, salt=salt, info=aad)
-    return AESGCM(hkdf.derive(ikm))
+    return hkdf.derive(ikm)
+
+
+def _segment_key(ikm: bytes, salt: bytes, aad: bytes, params: Params) -> AESGCM:
+    return AESGCM(_derive(ikm, salt, aad, params))
 
 
 def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
@@ -244,17 +249,19 @@ class DecryptingReader(ChunkReader):
         ikm: bytes,
         associated_data: bytes,
         params: Params = AES256_GCM_HKDF_1MB,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         self._src = src
         self._params = params
+        self.workers = workers  # > 1: that many worker processes decrypt (modelseal.parallel)
         self._ikm = ikm
         self._aad = associated_data
         self.associated_data_size = len(associated_data)
         self.plaintext_bytes = 0
         self.segments_read = 0
 
-    def _header(self) -> tuple[AESGCM, bytes]:
+    def _header(self) -> tuple[AESGCM, bytes, bytes]:
         p = self._params
         head = bytearray(p.header_size)
         n = _read_full(self._src, memoryview(head))
@@ -266,17 +273,17 @@ class DecryptingReader(ChunkReader):
             raise IntegrityError("truncated: input ends inside the streaming header")
         salt = bytes(head[1 : 1 + p.key_size])
         prefix = bytes(head[1 + p.key_size :])
-        return _segment_key(self._ikm, salt, self._aad, p), prefix
+        key = _derive(self._ikm, salt, self._aad, p)
+        return AESGCM(key), key, prefix
 
-    def _ciphertext_segments(self, ring: int) -> Iterator[memoryview]:
-        """Raw segments as read, each a view into a ring of `ring` buffers; the
-        final one is the first that comes back short (or the last before EOF)."""
+    def _ciphertext_segments(self, bufs: list[memoryview]) -> Iterator[memoryview]:
+        """Raw segments as read, each a view into the next of `bufs` (segment-sized,
+        used in turn); the final one is the first that comes back short (or the last before EOF)."""
         p = self._params
-        bufs = [bytearray(p.segment_size) for _ in range(ring)]
         cap = p.segment_size - p.header_size
         index = 0
         while True:
-            view = memoryview(bufs[index % ring])[:cap]
+            view = bufs[index % len(bufs)][:cap]
             n = _read_full(self._src, view)
             if n == 0 and index > 0:
                 return
@@ -296,14 +303,17 @@ class DecryptingReader(ChunkReader):
         A view stays valid until `ring` more segments have been yielded, so a
         consumer may hand `ring - 1` of them to a background writer. With
         `read_ahead` > 0 the ciphertext is read that many segments ahead in a
-        thread (reads release the GIL; AES-GCM does not).
+        thread (reads release the GIL; AES-GCM does not). With `workers` > 1
+        the segments are decrypted by that many worker processes
+        (modelseal.parallel), released in order.
         """
         p = self._params
-        aead, prefix = self._header()
+        aead, key, prefix = self._header()
+        if self.workers > 1:
+            yield from self._parallel(aead, key, prefix, max(1, ring), read_ahead)
+            return
         outs = [bytearray(p.plaintext_size) for _ in range(max(1, ring))]
-        raw: Iterator[memoryview] = self._ciphertext_segments(read_ahead + 3)
-        if read_ahead > 0:
-            raw = overlap.read_ahead(raw, read_ahead)
+        raw = self._read(read_ahead, [memoryview(bytearray(p.segment_size)) for _ in range(read_ahead + 3)])
         index = 0
         try:
             held = next(raw, None)  # one segment of look-ahead decides the last flag
@@ -327,6 +337,53 @@ class DecryptingReader(ChunkReader):
             for out in outs:
                 out[:] = bytes(len(out))
             raise
+        finally:
+            raw.close()  # type: ignore[attr-defined]
+
+    def _read(self, read_ahead: int, bufs: list[memoryview]) -> Iterator[memoryview]:
+        raw: Iterator[memoryview] = self._ciphertext_segments(bufs)
+        return overlap.read_ahead(raw, read_ahead) if read_ahead > 0 else raw
+
+    def _parallel(self, aead: AESGCM, key: bytes, prefix: bytes, ring: int, read_ahead: int) -> Iterator[memoryview]:
+        """segments() with worker processes: N segments in flight, released in order once verified.
+
+        Slot s of the shared memory holds segment i = s (mod slots). Slots
+        cover what may be alive at once: `read_ahead` + 3 segments read but not
+        yet handed out, N in the workers, and the `ring` the consumer holds.
+        """
+        from . import parallel
+
+        p = self._params
+        n = self.workers
+        slots = n + ring + read_ahead + 3
+        pool = parallel.Pool(n, slots, p.segment_size, key, prefix)
+        raw = self._read(read_ahead, [pool.ciphertext(s) for s in range(slots)])
+        failed = True
+        try:
+            inflight: deque[tuple[int, bool, memoryview]] = deque()  # (index, last, ciphertext view)
+            held = next(raw, None)
+            index = 0
+            while held is not None or inflight:
+                while held is not None and len(inflight) < n:
+                    following = next(raw, None)
+                    last = following is None
+                    pool.submit(index % slots, index, last, len(held))
+                    inflight.append((index, last, held))
+                    held = following
+                    index += 1
+                i, last, ct = inflight.popleft()
+                if not pool.result(i):
+                    raise IntegrityError(self._explain(aead, prefix, i, last, ct))
+                plain = pool.plaintext(i % slots, len(ct) - TAG_SIZE)
+                self.segments_read += 1
+                self.plaintext_bytes += len(plain)
+                yield plain
+            failed = False
+        finally:
+            raw.close()  # type: ignore[attr-defined]
+            pool.close(failed=failed)
+            if failed:  # an error or an abandoned read: nothing decrypted stays in memory
+                pool.scrub()
 
     @staticmethod
     def _explain(aead: AESGCM, prefix: bytes, index: int, last: bool, ct: memoryview) -> str:
