@@ -463,3 +463,29 @@ def test_https_open_connects_and_knows_the_size(web, pki, blob):
     stream.close()
     with pytest.raises(DeniedError):  # a missing object fails at open(), before any read
         open_source(web.url + "/missing", fast(ca=pki.ca)).open()
+
+
+def test_s3_body_with_content_encoding_is_read_through_the_decoding_layers():
+    """The socket-to-buffer fast path skips urllib3's decoding: an encoded body must not take it."""
+    import http.client
+    import io
+
+    from modelseal.sources.s3 import _reader
+
+    class Raw:
+        def __init__(self, encoding):
+            self.headers = {"content-encoding": encoding} if encoding else {}
+            self._fp = http.client.HTTPResponse.__new__(http.client.HTTPResponse)
+
+    class Body(io.BytesIO):
+        def __init__(self, data, encoding):
+            super().__init__(data)
+            self._raw_stream = Raw(encoding)
+
+    plain = Body(b"abc", None)
+    assert _reader(plain) == plain._raw_stream._fp.readinto  # identity: straight into our buffer
+    encoded = Body(b"decoded bytes", "gzip")
+    buf = memoryview(bytearray(32))
+    n = _reader(encoded)(buf)
+    assert bytes(buf[:n]) == b"decoded bytes"  # through body.read, which decodes
+    assert _reader(io.BytesIO(b"xyz"))(buf) == 3 and bytes(buf[:3]) == b"xyz"  # not botocore's layers at all
