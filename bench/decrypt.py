@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from measure import Contender, fill, interleave, rm, table
+from measure import Contender, fill, interleave, record_group, rm, table
 
 SHM = os.environ.get("BENCH_DIR", "/dev/shm")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -48,6 +48,10 @@ def run(size_gib: int, with_others: bool) -> list[list[str]]:
             Contender("modelseal decrypt", ["modelseal", "decrypt", "--in", sealed, "--key", key, "-o", out],
                       setup=rm(out)),
         ]
+        if with_others:  # the worker processes (modelseal.parallel) side by side with the default
+            contenders += [Contender(f"modelseal decrypt --workers {n}",
+                                     ["modelseal", "decrypt", "--in", sealed, "--key", key, "-o", out,
+                                      "--workers", str(n)], setup=rm(out)) for n in (2, 3)]
         if with_others:
             gpg_home, gpg_file, phrase = os.path.join(d, "gnupg"), os.path.join(d, "m.gpg"), os.path.join(d, "pass")
             os.mkdir(gpg_home, 0o700)
@@ -68,6 +72,9 @@ def run(size_gib: int, with_others: bool) -> list[list[str]]:
         interleave(contenders, ROUNDS)
         base = contenders[0]
         ours = contenders[1]
+        record_group(f"decrypt {size_gib} GiB tmpfs -> tmpfs", contenders, base, size_gib << 30,
+                     goals={"modelseal decrypt": 0.9},
+                     notes={"modelseal decrypt": "default --workers (auto: 1 here)"})
         rows = []
         for c in contenders:
             gbps = (size_gib << 30) / c.median / 1e9

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import shutil
@@ -12,6 +13,12 @@ from dataclasses import dataclass, field
 
 
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin") or "/usr/bin/time"
+
+# The images ship compiled bytecode (images/base/strip.sh); a developer shell often
+# sets PYTHONDONTWRITEBYTECODE, which would make every modelseal process here
+# compile the library first (~0.1 s per command). The warm-up round fills a cache.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "modelseal-bench-pycache"))
 
 
 @dataclass
@@ -91,3 +98,28 @@ def rm(*paths: str):
                 if os.path.exists(q):
                     os.unlink(q)
     return clean
+
+
+def record(bench: str, contender: str, seconds: float, *, rss_mib: float | None = None, size: int | None = None,
+           vs: str = "", ratio: float | None = None, goal: float | None = None, note: str = "") -> None:
+    """One row of `make bench`'s table (bench/all.py), appended to $BENCH_RESULTS when it is set.
+
+    `ratio` is the baseline's time over this one's (above 1: faster than `vs`);
+    `goal` the ratio this row should reach (the issue's targets), shown as met or not.
+    """
+    path = os.environ.get("BENCH_RESULTS")
+    if not path:
+        return
+    row = {"bench": bench, "contender": contender, "seconds": seconds, "rss_mib": rss_mib,
+           "mib_s": size / seconds / 2**20 if size and seconds else None, "vs": vs, "ratio": ratio,
+           "goal": goal, "note": note, "load": os.getloadavg()[0]}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def record_group(bench: str, contenders: list["Contender"], base: "Contender", size: int | None = None,
+                 goals: dict[str, float] | None = None, notes: dict[str, str] | None = None) -> None:
+    """record() each contender of one side-by-side comparison against `base`."""
+    for c in contenders:
+        record(bench, c.name, c.median, rss_mib=c.rss_mib, size=size, vs=base.name,
+               ratio=base.median / c.median, goal=(goals or {}).get(c.name), note=(notes or {}).get(c.name, ""))

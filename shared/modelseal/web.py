@@ -18,6 +18,7 @@ the decrypt and unpack images do not ship it.
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import ipaddress
 import os
@@ -300,3 +301,28 @@ def request_small(client: Client, method: str, url: str, what: str, *,
             resp.close()
 
     return retry.call(what, client.options, once)
+
+
+def direct_readinto(raw: Any) -> Any:
+    """readinto straight from the socket into the caller's buffer, for a urllib3 response body; None when unsafe.
+
+    urllib3's read/read1/readinto each read into a new bytes object (read1:
+    one TLS record, ~16 KiB, per call) and copy it; the http.client response
+    under it reads into the buffer it is given, a whole buffer per call.
+    Measured: the difference between 0.3x and about curl's speed from nginx,
+    and the top user-space cost of fetch-model from S3. Taken only for a body
+    without Content-Encoding that urllib3 has not started to read, through
+    the layers as urllib3 2.x builds them; callers check lengths themselves.
+    """
+    fp = getattr(raw, "_fp", None)
+    headers = getattr(raw, "headers", None)
+    if not isinstance(fp, http.client.HTTPResponse) or headers is None:
+        return None
+    if (headers.get("content-encoding") or "identity").strip().lower() != "identity":
+        return None
+    if getattr(raw, "_fp_bytes_read", 0) or getattr(raw, "_has_decoded_content", False):
+        return None
+    buffered = getattr(raw, "_decoded_buffer", None)
+    if buffered is not None and len(buffered):
+        return None
+    return fp.readinto

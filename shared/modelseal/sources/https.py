@@ -40,6 +40,8 @@ from . import Source
 SCHEMES = ("https", "http")
 
 _SKIP_CHUNK = 1 << 20
+#: The most one read takes from the socket: a stall or drop mid-read costs at most this much again.
+READ_PIECE = 256 << 10
 
 
 def _validator(headers: Any) -> str | None:
@@ -142,6 +144,7 @@ class HttpStream(io.RawIOBase):
         self.resent = 0  # bytes the server sent again because it ignored Range
         self.reconnects = 0
         self._resp: Any = None
+        self._direct: Any = None
         self._eof = False
 
     def readable(self) -> bool:
@@ -154,6 +157,7 @@ class HttpStream(io.RawIOBase):
             except Exception:  # noqa: BLE001 - a broken connection may fail to close
                 pass
             self._resp = None
+            self._direct = None
 
     def _connect(self) -> None:
         headers: dict[str, str] = {}
@@ -202,6 +206,7 @@ class HttpStream(io.RawIOBase):
             resp.close()
             raise
         self._resp = resp
+        self._direct = web.direct_readinto(resp.raw)
 
     def _skip(self, resp: Any, n: int) -> None:
         left = n
@@ -219,18 +224,21 @@ class HttpStream(io.RawIOBase):
                 return 0
             self._connect()
         try:
-            data = self._resp.raw.read1(len(buf), decode_content=False)
+            if self._direct is not None:  # straight into buf (web.direct_readinto)
+                n = self._direct(buf[:READ_PIECE])
+            else:
+                data = self._resp.raw.read1(len(buf), decode_content=False)
+                n = len(data)
+                buf[:n] = data
         except BaseException:
             self._drop()
             raise
-        n = len(data)
         if n == 0:
             self._drop()
             if self.total is not None and self.pos < self.total:
                 raise retry.TransientError(f"body ended early at byte {self.pos} of {self.total}")
             self._eof = True
             return 0
-        buf[:n] = data
         self.pos += n
         return n
 

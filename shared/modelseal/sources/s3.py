@@ -28,7 +28,6 @@ truncated object behind. Objects smaller than one part go up in one PutObject.
 
 from __future__ import annotations
 
-import http.client
 import io
 import re
 import threading
@@ -36,7 +35,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable
 
-from .. import aws, retry, untrusted
+from .. import aws, retry, untrusted, web
 from ..errors import IntegrityError, UsageError
 from . import Source
 
@@ -47,7 +46,7 @@ MIN_PART_SIZE = 64 << 10  # for reads; S3 itself sets no minimum on ranges
 MIN_UPLOAD_PART = 5 << 20  # S3's minimum for every multipart part but the last
 MAX_UPLOAD_PART = 512 << 20  # our memory cap (S3 allows 5 GiB)
 MAX_PARTS = 10000
-READ_CHUNK = 1 << 20  # a part is read in pieces of this size, so a cancel is seen between them
+READ_CHUNK = 256 << 10  # a part is read in pieces of this size: a cut costs at most one again
 
 MAX_OBJECT = 1 << 56  # far beyond any store's object size limit (S3: 50 TB)
 
@@ -176,22 +175,11 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
 
 
 def _reader(body: Any) -> Callable[[memoryview], int]:
-    """readinto for a GetObject body: straight from the socket into our buffer when we can.
-
-    botocore's StreamingBody.read and urllib3's HTTPResponse.readinto each
-    read into a new bytes object and copy it (measured: memmove was the top
-    user-space cost of fetch-model, with the allocator churn of 8 streams);
-    the http.client response under them reads into the buffer it is given.
-    That path is taken only for a body without Content-Encoding, through the
-    layers as botocore 1.x and urllib3 2.x build them; lengths are checked
-    here either way (Content-Range above, and the part must fill).
-    """
-    raw = getattr(body, "_raw_stream", None)
-    fp = getattr(raw, "_fp", None)
-    headers = getattr(raw, "headers", None)
-    encoded = headers is None or headers.get("content-encoding", "identity").lower() != "identity"
-    if isinstance(fp, http.client.HTTPResponse) and not encoded and not getattr(raw, "_has_decoded_content", False):
-        return fp.readinto
+    """readinto for a GetObject body: straight from the socket into our buffer when we can
+    (web.direct_readinto; botocore's StreamingBody adds a copy of its own), else through body.read."""
+    direct = web.direct_readinto(getattr(body, "_raw_stream", None))
+    if direct is not None:
+        return direct
 
     def readinto(view: memoryview) -> int:
         chunk = body.read(len(view))
