@@ -47,13 +47,8 @@ test: setup images  ## the whole suite, container tests included
 test-fast: setup  ## everything but the container tests
 	$(PY) -m pytest -q $(PYTEST_ARGS) --ignore=tests/containers tests
 
-bench: setup  ## benchmarks: printed tables of ratios measured side by side
-	$(PY) bench/decrypt.py
-	$(PY) bench/run.py
-	$(PY) bench/openpgp.py
-	$(PY) bench/s2k.py
-	$(PY) bench/fetch.py
-	$(PY) bench/verify.py
+bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k), then one table of ratios
+	$(PY) bench/all.py
 
 lint: setup
 	$(PY) -m compileall -q shared/modelseal tests bench

@@ -25,7 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from measure import Contender, fill, interleave, table  # noqa: E402
+from measure import Contender, fill, interleave, record_group, table  # noqa: E402
 from registries import Registry  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -116,6 +116,7 @@ def main() -> None:
         for title, group in ((f"push a {gib:g} GiB model to the registry (tmpfs storage)", pushes),
                              (f"pull the same {gib:g} GiB sealed blob into tmpfs", pulls)):
             base = group[0]
+            record_group(title, group, base, SIZE)
             rows = [[c.name, f"{c.median:.2f}", f"{SIZE / c.median / 2**20:.0f}", f"{base.median / c.median:.2f}",
                      f"{c.rss_mib:.0f}"] for c in group]
             print(table(f"{title}; docker-registry on 127.0.0.1, median of {ROUNDS} rounds", rows,

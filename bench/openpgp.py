@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 
-from measure import GNU_TIME, Contender, Sample, fill, interleave, rm, table
+from measure import GNU_TIME, Contender, Sample, fill, interleave, record_group, rm, table
 
 SHM = os.environ.get("BENCH_DIR", "/dev/shm")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -151,6 +151,8 @@ def run(variant: str, d: str, gpg: list[str], phrase: str, use_cli: bool) -> lis
         raise SystemExit(f"{variant}: modelseal's output differs from the plaintext")
     rm(out, enc)()
     gpg_d = contenders[1]
+    record_group(f"openpgp: gpg -c file ({variant} compression), {size / 2**30:.2f} GiB", contenders, gpg_d, size,
+                 notes={c.name: f"CPU {sorted(c.cpu)[len(c.cpu) // 2]:.2f} s" for c in contenders})
     rows = []
     for c in contenders:
         rows.append([variant, c.name, f"{c.median:.2f}", f"{size / c.median / 1e9:.2f}",
