@@ -351,7 +351,7 @@ def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -
     single, four = doc["single-stage"], doc["four-stage"]
     assert to_bytes(single["volumes"]["models"]["emptyDir"]["sizeLimit"]) >= tree
     run_mem = to_bytes(single["initContainers"]["modelseal"]["resources"]["limits"]["memory"])
-    assert run_mem >= tree + 256 * MIB
+    assert run_mem >= tree + 128 * MIB  # run from s3:// peaks at ~121 MiB RSS (bench/fetch.py, sizing.S3_READER)
     tar = json.loads(modelseal("inspect", str(seal)).stdout)["plaintext_bytes"]
     assert to_bytes(four["volumes"]["plaintext"]["emptyDir"]["sizeLimit"]) >= tar
     assert to_bytes(four["initContainers"]["decrypt"]["resources"]["limits"]["memory"]) >= tar + 64 * MIB

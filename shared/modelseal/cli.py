@@ -59,7 +59,7 @@ def _connection(p: argparse.ArgumentParser) -> None:
     _flag(g, "--endpoint-url", help="S3/KMS-compatible endpoint")
     _flag(g, "--allow-http", action="store_true", help="allow plain http:// (warned)")
     _flag(g, "--retries", type=int, default=6, help="attempts on transient errors")
-    _flag(g, "--concurrency", type=int, default=8, help="parallel ranged reads")
+    _flag(g, "--concurrency", type=int, default=4, help="parallel ranged reads (S3: each holds one part, 8 MiB)")
     _flag(g, "--cdh-url", default="http://127.0.0.1:8006", help="Confidential Data Hub for kbs:///")
     _flag(g, "--role", help="Vault Kubernetes-auth role")
 

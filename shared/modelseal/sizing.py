@@ -20,9 +20,7 @@ from .capacity import PAGE, mib, quantity
 MIB = 1 << 20
 #: Working sets (memory beyond the tmpfs pages a stage writes), from the
 #: peaks tests/containers/test_sizing.py measures with a 1 GiB model: peak RSS
-#: 33-65 MiB for fetch-key, decrypt and unpack; 190-195 MiB for fetch-model
-#: and run reading S3, which hold `concurrency` (8) parts of `part_size`
-#: (8 MiB) in flight on boto3's threads. Rounded up with headroom.
+#: 33-65 MiB for fetch-key, decrypt and unpack. Rounded up with headroom.
 WORKING_SET = {
     "fetch-key": 128 * MIB,
     "fetch-model": 96 * MIB,
@@ -30,8 +28,13 @@ WORKING_SET = {
     "unpack": 96 * MIB,
     "run": 96 * MIB,
 }
-#: What reading from s3:// adds to fetch-model and run.
-S3_READER = 288 * MIB
+#: What reading from s3:// adds to fetch-model and run: botocore's client and
+#: `concurrency` (4) parts of `part_size` (8 MiB) in flight plus the one being
+#: read, into reused buffers (sources/s3.py). Measured by bench/fetch.py from
+#: s3rver, 1 GiB: peak RSS 111 MiB for fetch-model, 121 MiB for run (145 and
+#: 154 MiB at concurrency 8; 229 MiB before the buffers were reused). Raising
+#: --concurrency adds 8 MiB per part to this.
+S3_READER = 96 * MIB
 
 
 def _tree_bytes(content: dict[str, Any], plaintext: int | None) -> tuple[int | None, str]:

@@ -75,7 +75,7 @@ class Options:
     endpoint_url: str | None = None
     allow_http: bool = False
     retries: int = 6
-    concurrency: int = 8
+    concurrency: int = 4  # S3 parts in flight: (concurrency + 1) x part_size of memory
     cdh_url: str = "http://127.0.0.1:8006"
     role: str | None = None  # Vault Kubernetes-auth role
     extra: dict[str, str] = field(default_factory=dict)
