@@ -493,3 +493,24 @@ def test_s3_body_with_content_encoding_is_read_through_the_decoding_layers():
     n = _reader(encoded)(buf)
     assert bytes(buf[:n]) == b"decoded bytes"  # through body.read, which decodes
     assert _reader(io.BytesIO(b"xyz"))(buf) == 3 and bytes(buf[:3]) == b"xyz"  # not botocore's layers at all
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_s3_fetch_model_writes_from_the_part_buffers_and_checks_the_pin(s3, moto, shm_dir, good):
+    """fetch-model writes S3 parts without a copy (read_view), through the --sha256 pin."""
+    from conftest import modelseal
+
+    client, bucket = s3
+    data = pattern(20 * MiB + 12345, seed=3)
+    client.put_object(Bucket=bucket, Key="m.seal", Body=data)
+    out = os.path.join(shm_dir, "m.seal")
+    pin = digest(data) if good else digest(data + b"x")
+    r = modelseal("fetch-model", "--source", f"s3://{bucket}/m.seal?part_size=4MiB", "-o", out,
+                  "--endpoint-url", moto.url, "--sha256", pin)
+    if good:
+        assert r.code == 0, r.stderr
+        with open(out, "rb") as f:
+            assert f.read() == data
+    else:
+        assert r.code == 4 and "sha256 mismatch" in r.error()
+        assert os.listdir(shm_dir) == []

@@ -36,17 +36,29 @@ class DigestReader(io.RawIOBase):
         self._size = size
         self._seen = 0
         self._what = f"{what}: " if what else ""
+        if callable(getattr(src, "read_view", None)):  # the source hands out views: so do we
+            self.read_view = self._read_view
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:  # type: ignore[override]
         n = self._src.readinto(buf)
+        self._account(memoryview(buf)[:n or 0])
+        return n or 0
+
+    def _read_view(self, n: int) -> memoryview:
+        view = self._src.read_view(n)
+        self._account(view)
+        return view
+
+    def _account(self, view: memoryview) -> None:
+        n = len(view)
         if n:
             self._seen += n
             if self._size is not None and self._seen > self._size:
                 raise IntegrityError(f"{self._what}more than the {self._size} bytes expected")
-            self._hash.update(memoryview(buf)[:n])
+            self._hash.update(view)
         elif not self._checked:
             self._checked = True
             if self._size is not None and self._seen != self._size:
@@ -54,7 +66,6 @@ class DigestReader(io.RawIOBase):
             got = self._hash.hexdigest()
             if not hmac.compare_digest(got, self._expected):
                 raise IntegrityError(f"{self._what}sha256 mismatch: expected {self._expected}, got {got}")
-        return n or 0
 
     def close(self) -> None:
         if not self.closed:

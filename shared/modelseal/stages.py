@@ -421,10 +421,16 @@ def fetch_model(source: str, out: str, options: Options, log: Log, sha256: str |
     input = open_ciphertext(source, options, sha256, log)
     progress = log.progress("fetch", input.size)
     with input.stream, PartialFile(out, 0o644) as f:
-        buf = bytearray(1 << 20)
-        while n := input.stream.readinto(buf):
-            f.write(memoryview(buf)[:n])
-            progress.add(n)
+        read_view = getattr(input.stream, "read_view", None)  # S3: write straight from the part buffers
+        if callable(read_view):
+            while view := read_view(1 << 20):
+                f.write(view)
+                progress.add(len(view))
+        else:
+            buf = bytearray(1 << 20)
+            while n := input.stream.readinto(buf):
+                f.write(memoryview(buf)[:n])
+                progress.add(n)
         f.commit()
     log.info("fetched", path=out, **progress.summary())
     return progress.summary()

@@ -223,15 +223,13 @@ class S3Stream(io.RawIOBase):
             self._pending.append((self._pool.submit(
                 fetch_range, self.b, start, end, self.size, self._etag, self._version, self._cancel, buf), buf))
 
-    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+    def read_view(self, n: int) -> memoryview:
+        """Up to n bytes (empty at the end) as a view of the current part, no copy: valid until the next read."""
         if self.closed:
             raise ValueError("read from a closed stream")
-        out = memoryview(buf).cast("B")
-        if not len(out):
-            return 0
         while self._off >= len(self._cur):
             if not self._pending:
-                return 0
+                return memoryview(b"")
             fut, buf = self._pending.popleft()
             self._cur = memoryview(b"")
             if self._held is not None:  # the consumed part's buffer takes the next range
@@ -244,11 +242,19 @@ class S3Stream(io.RawIOBase):
                 self.close()
                 raise
             self._cur, self._off = part, 0
-        n = min(len(out), len(self._cur) - self._off)
-        out[:n] = self._cur[self._off:self._off + n]
-        self._off += n
-        self.pos += n
-        return n
+        k = min(n, len(self._cur) - self._off)
+        out = self._cur[self._off:self._off + k]
+        self._off += k
+        self.pos += k
+        return out
+
+    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+        out = memoryview(buf).cast("B")
+        if not len(out):
+            return 0
+        view = self.read_view(len(out))
+        out[:len(view)] = view
+        return len(view)
 
     def close(self) -> None:
         if not self.closed:
