@@ -139,6 +139,24 @@ def test_run_single_pass_on_tmpfs(box: Path, sealed: tuple[Path, Path, Path]) ->
     assert sorted(p.name for p in (box / "models").iterdir()) == ["tiny"]
 
 
+@pytest.mark.parametrize("name", ["decrypt", "run"])
+def test_worker_processes_run_in_the_hardened_images(box: Path, sealed: tuple[Path, Path, Path], name: str) -> None:
+    """--workers 3: spawned workers and their memfd work read-only, capabilities dropped, as uid 65532."""
+    model, key, seal = sealed
+    if name == "decrypt":
+        out = box / "cache" / "model.tar"
+        r = run("decrypt", "--in", str(seal), "--key", str(key), "-o", str(out), "--workers", "3", mounts=(box,))
+        assert r.returncode == 0, r.stderr
+        expected = modelseal("decrypt", "--in", str(seal), "--key", str(key), "-o", "-")
+        assert out.read_bytes() == expected.stdout
+    else:
+        r = run("run", "--source", f"file://{seal}", "--key", str(key), "-o", f"{box}/models/tiny",
+                "--workers", "3", mounts=(box,))
+        assert r.returncode == 0, r.stderr
+        assert same_tree(model, box / "models" / "tiny")
+    assert any('"workers":3' in line.replace(" ", "") for line in r.stderr.splitlines())
+
+
 def test_sizes_within_budget() -> None:
     """Each image <=150 MB uncompressed; the four stages <=200 MB of distinct layers."""
     out = subprocess.run([str(REPO / "images" / "sizes.sh")], capture_output=True, text=True,
