@@ -8,8 +8,9 @@ file (measure.record), from which the single table below is printed. A
 benchmark that fails shows as a row saying so; the others still run.
 
 Other sessions may share the machine: the load average is printed before
-each benchmark and with every row (BENCH_MAX_LOAD, when set, waits up to ten
-minutes for the 1-minute load to fall below it first). BENCH_ONLY="decrypt
+each benchmark and in its rows: the load when it started, before its own
+processes raised it (BENCH_MAX_LOAD, when set, waits up to ten minutes for
+the 1-minute load to fall below it first). BENCH_ONLY="decrypt
 run" picks benchmarks.
 """
 
@@ -57,7 +58,7 @@ def main() -> int:
             log.flush()
             started = time.monotonic()
             proc = subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py")], stdout=log,
-                                  stderr=subprocess.STDOUT, env=env, cwd=HERE)
+                                  stderr=subprocess.STDOUT, env=dict(env, BENCH_START_LOAD=f"{load:.2f}"), cwd=HERE)
             print(f"#   {'ok' if proc.returncode == 0 else f'FAILED ({proc.returncode})'} "
                   f"in {time.monotonic() - started:.0f} s", flush=True)
             if proc.returncode != 0:
@@ -78,14 +79,15 @@ def main() -> int:
                 rows.append([bench, r["contender"], f"{r['seconds']:.2f}",
                              "" if r["mib_s"] is None else f"{r['mib_s']:.0f}",
                              f"{ratio} {'x ' + vs if vs else ''}".strip() if ratio else "",
-                             goal, "" if r["rss_mib"] is None else f"{r['rss_mib']:.0f}", f"{r['load']:.2f}",
+                             goal, "" if r["rss_mib"] is None else f"{r['rss_mib']:.0f}",
+                             f"{r.get('start_load', r['load']):.2f}",
                              r["note"]])
     for name in failed:
         rows.append([f"bench/{name}.py", "FAILED: see the log", "", "", "", "", "", "", ""])
     print()
     print(f"make bench: medians of interleaved rounds, {len(os.sched_getaffinity(0))} cores "
           "(ratio: the named baseline's time / this one's; above 1 is faster)\n")
-    print(markdown(rows, ["benchmark", "contender", "seconds", "MiB/s", "ratio", "goal", "peak RSS MiB", "load",
+    print(markdown(rows, ["benchmark", "contender", "seconds", "MiB/s", "ratio", "goal", "peak RSS MiB", "load at start",
                           "note"]))
     print(f"\ndetails: {log_path}\nrows: {results}")
     return 1 if failed else 0

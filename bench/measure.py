@@ -113,6 +113,8 @@ def record(bench: str, contender: str, seconds: float, *, rss_mib: float | None 
     row = {"bench": bench, "contender": contender, "seconds": seconds, "rss_mib": rss_mib,
            "mib_s": size / seconds / 2**20 if size and seconds else None, "vs": vs, "ratio": ratio,
            "goal": goal, "note": note, "load": os.getloadavg()[0]}
+    if os.environ.get("BENCH_START_LOAD"):  # bench/all.py: the load before this benchmark started
+        row["start_load"] = float(os.environ["BENCH_START_LOAD"])
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 

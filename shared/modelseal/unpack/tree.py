@@ -47,6 +47,7 @@ from .limits import Limits
 NAME_MAX = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+SMALL_FILE = 64 << 10  # files up to this size are written on the parsing thread (Tree.add_file)
 
 
 def parts_of(raw: bytes, limits: Limits, what: str = "entry") -> tuple[bytes, ...]:
@@ -243,6 +244,10 @@ class Tree:
             if e.errno == errno.EEXIST:
                 raise UnsafeError(f"refusing file {show(name)}: duplicate entry, or over an existing name") from None
             raise fs_error(e, f"creating {show(name)}") from None
+        # A small file is written here, at once: handing it to the thread costs more than the
+        # write (two hand-offs, ~1000 of them in a model's vocabulary files) and it has no
+        # order to keep with the large file the thread may still be writing.
+        behind = self.behind if declared > SMALL_FILE else None
         try:
             sink = self.digests.file(parts, declared) if self.digests is not None else None
             size = 0
@@ -257,8 +262,8 @@ class Tree:
                 if self.declared.file_bytes is not None and self.bytes > self.declared.file_bytes:
                     raise IntegrityError(f"the archive holds more than the {self.declared.file_bytes} file bytes "
                                          f"its .seal header declares (at {show(name)})")
-                if self.behind is not None:
-                    self.behind.put(lambda piece=piece: _write_piece(fd, piece, name))
+                if behind is not None:
+                    behind.put(lambda piece=piece: _write_piece(fd, piece, name))
                 else:
                     _write_piece(fd, piece, name)
                 if sink is not None:
@@ -267,16 +272,17 @@ class Tree:
             if sink is not None:
                 sink.end()
         except BaseException:
-            self._finish(fd, None, None, name)
+            self._finish(fd, None, None, name, behind)
             raise
-        self._finish(fd, mode, mtime, name)
+        self._finish(fd, mode, mtime, name, behind)
         self.files += 1
 
-    def _finish(self, fd: int, mode: int | None, mtime: float | None, name: bytes) -> None:
-        """Close a file, after its queued writes (always queued: the descriptor must not be
-        closed, and its number reused, while a write to it waits)."""
-        if self.behind is not None:
-            self.behind.put(lambda: _finish_file(fd, mode, mtime, name), lambda: os.close(fd), check=mode is not None)
+    def _finish(self, fd: int, mode: int | None, mtime: float | None, name: bytes,
+                behind: WriteBehind | None) -> None:
+        """Close a file, after its queued writes (always queued when they were: the descriptor
+        must not be closed, and its number reused, while a write to it waits)."""
+        if behind is not None:
+            behind.put(lambda: _finish_file(fd, mode, mtime, name), lambda: os.close(fd), check=mode is not None)
         else:
             _finish_file(fd, mode, mtime, name)
 
