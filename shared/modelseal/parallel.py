@@ -19,9 +19,9 @@ cryptography), never forked: by the time the header is read the process may
 have threads inside OpenSSL (S3 and https sources), and a forked child could
 inherit their locks held.
 
-Each worker costs a Python interpreter (about 10 MiB, measured by
-bench/decrypt.py and tests/test_parallel.py) and two segments of shared
-memory, and its start (about 40 ms); on a machine where one core decrypts
+Each worker costs a Python interpreter (8.7 MiB of private memory,
+measured), two segments of shared memory, and its start (about 60 ms of
+CPU, bench/scaling.py); on a machine where one core decrypts
 much faster than tmpfs takes the writes (AES-GCM at 8-11 GB/s here, tmpfs at
 about 3 GB/s) the gain is nil, so the default stays in process until enough
 cores are free for the reader, the writer and at least two workers.
@@ -44,8 +44,18 @@ from .errors import ModelsealError, UsageError
 #: Most workers by default: one writer takes at most ~3 GB/s into tmpfs, and
 #: even a slow core decrypts over 1 GB/s, so more cores than this only cost memory.
 MAX_DEFAULT_WORKERS = 8
-#: Memory one worker adds (interpreter and its slots), for sizing.
+#: Memory one worker adds, for sizing: measured 8.7 MiB of private memory per
+#: worker (RssAnon; its libraries are the parent's page cache) plus its two
+#: slots of shared memory (4 MiB), rounded up.
 WORKER_MEMORY = 16 << 20
+#: The shared slots every pool has whatever its size (the consumer's ring,
+#: the read-ahead and the look-ahead: 9 segments of ciphertext + plaintext).
+POOL_MEMORY = 9 * 2 * (1 << 20)
+
+
+def memory(workers: int) -> int:
+    """What `workers` decryption workers add to a stage's memory (none in process)."""
+    return 0 if workers <= 1 else POOL_MEMORY + workers * WORKER_MEMORY
 
 _CMD = struct.Struct(">IIBI")  # slot, segment index, last flag, ciphertext length
 _RESULT = struct.Struct(">IB")  # segment index, 1 = tag verified

@@ -180,9 +180,9 @@ def worker_memory(workers: int) -> int:
     """What decryption worker processes add to a stage's memory (none in process)."""
     if workers <= 1:
         return 0
-    from .parallel import WORKER_MEMORY
+    from . import parallel
 
-    return workers * WORKER_MEMORY
+    return parallel.memory(workers)
 
 
 def _consume(paths: list[tuple[bool, str | None]], log: Log) -> None:
