@@ -76,7 +76,7 @@ def main() -> int:
                 if r["goal"] is not None and r["ratio"] is not None:
                     goal = f"{r['goal']:.2f}: {'met' if r['ratio'] >= r['goal'] else 'NOT MET'}"
                 vs = r["vs"] if r["ratio"] is not None and r["vs"] != r["contender"] else ""
-                rows.append([bench, r["contender"], f"{r['seconds']:.2f}",
+                rows.append([bench, r["contender"], f"{r['seconds']:.2f}" if r["seconds"] else "",
                              "" if r["mib_s"] is None else f"{r['mib_s']:.0f}",
                              f"{ratio} {'x ' + vs if vs else ''}".strip() if ratio else "",
                              goal, "" if r["rss_mib"] is None else f"{r['rss_mib']:.0f}",

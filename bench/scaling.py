@@ -2,6 +2,9 @@
 """Parallel segment decryption (issue 14): what bounds each stage, the scaling here, a projection for 16 cores.
 
 Measured in this process, on one 1 GiB `.seal` on tmpfs (best of BENCH_ROUNDS):
+- whether AESGCM.decrypt_into releases the GIL: CPU seconds per wall second
+  of two threads calling it at once, next to two threads hashing (hashlib
+  releases it), which is why modelseal.parallel uses processes;
 - the single-core rate of each stage on its own: reading the ciphertext from
   tmpfs (1 MiB reads), AES-GCM decrypt_into of 1 MiB segments, writing 1 GiB
   into a new tmpfs file (page allocation + copy), and memcpy for scale;
@@ -77,12 +80,11 @@ def main() -> None:
         aead, nonce = AESGCM(os.urandom(32)), os.urandom(12)
         ct = aead.encrypt(nonce, bytes(P.plaintext_size), None)
         pt = bytearray(P.plaintext_size)
+        data = memoryview(bytearray(os.urandom(1 << 20)))
 
         def decrypt() -> None:
             for _ in range(1024):
                 aead.decrypt_into(nonce, ct, None, pt)
-
-        data = memoryview(bytearray(os.urandom(1 << 20)))
 
         def write() -> None:
             path = os.path.join(d, "w")
@@ -97,6 +99,39 @@ def main() -> None:
         def memcpy() -> None:
             for _ in range(1024):
                 other[:] = data
+
+        # Does AESGCM.decrypt_into release the GIL (in the installed cryptography)? Two threads
+        # decrypting use ~1 CPU-second per wall second if it does not; hashlib (which does) ~2.
+        import hashlib
+        import threading
+
+        import cryptography
+
+        def parallelism(work) -> float:
+            threads = [threading.Thread(target=work) for _ in range(2)]
+            c0, t0 = time.process_time(), time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return (time.process_time() - c0) / (time.perf_counter() - t0)
+
+        def aes_loop() -> None:
+            out = bytearray(P.plaintext_size)
+            for _ in range(1024):
+                aead.decrypt_into(nonce, ct, None, out)
+
+        def sha_loop() -> None:
+            for _ in range(256):
+                hashlib.sha256(data).digest()
+
+        gil = {f"AESGCM.decrypt_into (cryptography {cryptography.__version__})": parallelism(aes_loop),
+               "hashlib.sha256 (releases the GIL)": parallelism(sha_loop)}
+        for name, ratio in gil.items():
+            record("two threads: CPU seconds per wall second (2.0: in parallel; 1.0: the GIL is held)", name,
+                   0.0, note=f"{ratio:.2f} CPU s per wall s")
+        print(table("two threads at once", [[k, f"{v:.2f}"] for k, v in gil.items()], ["call", "CPU s / wall s"]))
+        print()
 
         stages = {"read ciphertext from tmpfs": best(read), "AES-GCM decrypt_into, 1 core": best(decrypt),
                   "write into a new tmpfs file": best(write), "memcpy (for scale)": best(memcpy)}
