@@ -247,7 +247,7 @@ def make_pki(directory: str) -> PKI:
 class Fault:
     """One scripted fault, applied to the next `times` requests that match."""
 
-    kind: str  # "status" | "cut" | "stall" | "tamper"
+    kind: str  # "status" | "cut" | "stall" | "tamper" | "short" (a clean, short body) | "offset" (a 206 elsewhere)
     status: int = 503
     after: int = 0  # body bytes sent before a cut or stall
     seconds: float = 0.0
@@ -348,6 +348,11 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         self.send_response(status)
         headers = dict(headers or {})
+        if fault is not None and fault.kind == "short":
+            # A well-formed answer that ends cleanly after `after` bytes: Content-Length
+            # says so, the connection stays open; only a length known otherwise tells.
+            body = body[: fault.after]
+            headers["Content-Length"] = str(len(body))
         headers.setdefault("Content-Length", str(len(body) if length is None else length))
         for k, v in headers.items():
             self.send_header(k, v)
@@ -536,6 +541,8 @@ class ObjectServer(Server):
                 if start >= len(data):
                     h.respond(416, b"", {"Content-Range": f"bytes */{len(data)}"})
                     return
+                if fault is not None and fault.kind == "offset":
+                    start = max(0, start - fault.after)  # a 206 that starts before the byte asked for
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 h.respond(206, data[start:end + 1], headers, fault)
                 return

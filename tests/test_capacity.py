@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SHM, modelseal, need
+from conftest import SHM, modelseal, need, open_fifo_writer
 from modelseal import archive, capacity, cgroup, format as sealfmt
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 
@@ -372,7 +372,7 @@ def test_killed_mid_way_then_retried_succeeds(shm: Path, model, stage: str) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
     proc = subprocess.Popen([sys.executable, "-m", "modelseal", *args], stderr=subprocess.DEVNULL, env=env)
     data = seal.read_bytes()
-    with open(fifo, "wb") as f:
+    with open_fifo_writer(fifo, proc) as f:
         f.write(data[: len(data) // 2])  # half of it: then the writer stalls
         f.flush()
         deadline = time.monotonic() + 60
