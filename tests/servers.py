@@ -85,6 +85,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a server child: SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MotoServer:
     """`python -m moto.server` on 127.0.0.1 as a child process (dies with us)."""
 
@@ -111,13 +122,7 @@ class MotoServer:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 _moto: MotoServer | None = None
