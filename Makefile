@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast bench lint clean
+.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,6 +46,9 @@ test: setup images  ## the whole suite, container tests included
 
 test-fast: setup  ## everything but the container tests
 	$(PY) -m pytest -q $(PYTEST_ARGS) --ignore=tests/containers tests
+
+mutants: setup  ## plant each curated bug (tools/mutants.toml) in a copy of the library; fail if a test misses one
+	$(PY) tools/mutants.py
 
 bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k), then one table of ratios
 	$(PY) bench/all.py

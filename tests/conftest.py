@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +74,24 @@ def modelseal(*args: str, env: dict | None = None, stdin: bytes | None = None, t
 @pytest.fixture
 def cli():
     return modelseal
+
+
+def open_fifo_writer(fifo: Path, proc: subprocess.Popen, timeout: float = 60):
+    """The writing end of `fifo`, once `proc` (the stage) has opened its reading end.
+
+    A plain open() would block forever if the stage exited before opening it (a
+    bug under test, a mutant): this fails the test instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until a reader has it open
+            break
+        except OSError:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise AssertionError(f"the stage exited ({proc.returncode}) before reading its input: {err[-1000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("the stage never opened its input")
+            time.sleep(0.02)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb")

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from servers import LOCAL, PKI, FaultProxy, ObjectServer, Server, _die_with_parent, free_port, write_file
+from servers import LOCAL, PKI, FaultProxy, ObjectServer, Server, _die_with_parent, free_port, stop_process, write_file
 
 REQUIRE = os.environ.get("MODELSEAL_REQUIRE_IMAGES") == "1"
 
@@ -257,13 +257,7 @@ class Registry:
         return os.path.join(self.data, "docker/registry/v2/blobs/sha256", hexd[:2], hexd, "data")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import LOCAL, _die_with_parent, free_port
+from servers import LOCAL, _die_with_parent, free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 S3RVER = REPO / "tools" / "s3rver" / "node_modules" / ".bin" / "s3rver"
@@ -34,13 +34,7 @@ class S3rver:
     data: str
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.data, ignore_errors=True)
 
 

@@ -85,6 +85,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a server child: SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MotoServer:
     """`python -m moto.server` on 127.0.0.1 as a child process (dies with us)."""
 
@@ -111,13 +122,7 @@ class MotoServer:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 _moto: MotoServer | None = None
@@ -247,7 +252,7 @@ def make_pki(directory: str) -> PKI:
 class Fault:
     """One scripted fault, applied to the next `times` requests that match."""
 
-    kind: str  # "status" | "cut" | "stall" | "tamper"
+    kind: str  # "status" | "cut" | "stall" | "tamper" | "short" (a clean, short body) | "offset" (a 206 elsewhere)
     status: int = 503
     after: int = 0  # body bytes sent before a cut or stall
     seconds: float = 0.0
@@ -348,6 +353,11 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         self.send_response(status)
         headers = dict(headers or {})
+        if fault is not None and fault.kind == "short":
+            # A well-formed answer that ends cleanly after `after` bytes: Content-Length
+            # says so, the connection stays open; only a length known otherwise tells.
+            body = body[: fault.after]
+            headers["Content-Length"] = str(len(body))
         headers.setdefault("Content-Length", str(len(body) if length is None else length))
         for k, v in headers.items():
             self.send_header(k, v)
@@ -536,6 +546,8 @@ class ObjectServer(Server):
                 if start >= len(data):
                     h.respond(416, b"", {"Content-Range": f"bytes */{len(data)}"})
                     return
+                if fault is not None and fault.kind == "offset":
+                    start = max(0, start - fault.after)  # a 206 that starts before the byte asked for
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 h.respond(206, data[start:end + 1], headers, fault)
                 return

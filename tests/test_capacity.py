@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SHM, modelseal, need
+from conftest import SHM, modelseal, need, open_fifo_writer
 from modelseal import archive, capacity, cgroup, format as sealfmt
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
+from models import make_model
 
 MIB = 1 << 20
 
@@ -145,29 +146,13 @@ def test_tree_need_rounds_every_file_up_to_pages() -> None:
 
 # ---- real limits --------------------------------------------------------------------
 
-def big_model(root: Path, size: int, small_files: int = 50) -> Path:
-    """Shards of random bytes plus small files: what a real model directory looks like."""
-    (root / "variables").mkdir(parents=True)
-    shard = (size - small_files * 3000) // 2
-    for i in range(2):
-        with open(root / "variables" / f"variables.data-0000{i}-of-00002", "wb") as f:
-            left = shard
-            while left:
-                n = min(left, 8 * MIB)
-                f.write(os.urandom(n))
-                left -= n
-    for i in range(small_files):
-        (root / f"asset-{i:03d}.json").write_bytes(os.urandom(3000))
-    return root
-
-
 @pytest.fixture(scope="module")
 def model() -> tuple[Path, Path, Path]:
     """A 256 MiB model, its key and its .seal (zstd), made once on tmpfs for this module."""
     base = SHM / f"modelseal-cap-{uuid.uuid4().hex[:8]}"
     base.mkdir()
     try:
-        src = big_model(base / "src", 256 * MIB)
+        src = make_model(base / "src", 256 * MIB, shards=2, small=50)
         key = base / "key"
         key.write_bytes(os.urandom(32))
         r = modelseal("seal", str(src), "-o", str(base / "m.seal"), "--key", str(key), "--compress", "zstd")
@@ -372,7 +357,7 @@ def test_killed_mid_way_then_retried_succeeds(shm: Path, model, stage: str) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
     proc = subprocess.Popen([sys.executable, "-m", "modelseal", *args], stderr=subprocess.DEVNULL, env=env)
     data = seal.read_bytes()
-    with open(fifo, "wb") as f:
+    with open_fifo_writer(fifo, proc) as f:
         f.write(data[: len(data) // 2])  # half of it: then the writer stalls
         f.flush()
         deadline = time.monotonic() + 60

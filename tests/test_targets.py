@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import modelseal
+from conftest import modelseal, open_fifo_writer
 
 KEY_BYTES = bytes(range(32))
 
@@ -60,11 +60,13 @@ def test_dotdot_through_a_symlink_to_disk_is_refused(shm, disk_dir, sealed):
     (shm / "x").mkdir()
     (disk_dir / "deep").mkdir()
     (shm / "x" / "link").symlink_to(disk_dir / "deep")
+    before = disk_dir.stat().st_mtime_ns
     # abspath() turns /dev/shm/x/link/../plain.tar into /dev/shm/x/plain.tar; the kernel goes to disk_dir.
     r = modelseal("decrypt", "--in", str(seal), "--key", str(key), "-o", f"{shm}/x/link/../plain.tar")
     assert r.code == 7, r.stderr
     assert "refusing to write plaintext" in r.error() and "tmpfs" in r.error()
     assert listing(disk_dir) == ["deep"]
+    assert disk_dir.stat().st_mtime_ns == before  # refused on the directory: not even an empty .partial came and went
 
 
 def test_fetch_key_through_a_symlink_to_disk_is_refused(shm, disk_dir):
@@ -103,14 +105,22 @@ def test_planted_partial_symlink_is_replaced_not_followed(shm, disk_dir, sealed)
     assert not out.is_symlink() and out.read_bytes() == data
 
 
+def feed_fifo(fifo: Path, payload: bytes, proc: subprocess.Popen) -> None:
+    """Write `payload` into `fifo` once the stage opens it; nothing if the stage exits first (its exit code tells)."""
+    try:
+        with open_fifo_writer(fifo, proc) as f:
+            f.write(payload)
+    except (AssertionError, BrokenPipeError):
+        pass
+
+
 def _swap_for_symlink_while_blocked(proc: subprocess.Popen, fifo: Path, payload: bytes, place: Path,
                                     disk: Path) -> None:
     """With the stage blocked opening its FIFO input, move `place` aside and put a symlink to disk there."""
     time.sleep(0.5)  # the stage has opened its output and is waiting for the FIFO's writer
     place.rename(place.with_name(place.name + ".moved"))
     place.symlink_to(disk)
-    with open(fifo, "wb") as f:
-        f.write(payload)
+    feed_fifo(fifo, payload, proc)
 
 
 @pytest.mark.parametrize("stage", ["decrypt", "unpack", "run"])
@@ -151,6 +161,7 @@ def test_target_that_does_not_exist_yet_on_disk(shm, disk_dir, model_seal):
     """run and unpack create missing parents: on disk that is refused before anything is made."""
     key, seal = model_seal
     target = disk_dir / "NEW" / "models" / "resnet" / "1"
+    before = disk_dir.stat().st_mtime_ns
     r = modelseal("run", "--source", str(seal), "--key", str(key), "-o", str(target))
     assert r.code == 7 and "refusing to write plaintext" in r.error(), r.stderr
     r = modelseal("decrypt", "--in", str(seal), "--key", str(key), "-o", str(shm / "m.tar"))
@@ -158,6 +169,7 @@ def test_target_that_does_not_exist_yet_on_disk(shm, disk_dir, model_seal):
     r = modelseal("unpack", "--in", str(shm / "m.tar"), "-o", str(target))
     assert r.code == 7, r.stderr
     assert listing(disk_dir) == []  # not even the parents
+    assert disk_dir.stat().st_mtime_ns == before  # decided on the nearest existing directory: nothing made, then removed
 
 
 def test_target_whose_parent_is_a_symlink_to_disk(shm, disk_dir, model_seal):

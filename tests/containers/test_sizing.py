@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -34,12 +33,12 @@ import harness
 import s3server
 from conftest import SHM, modelseal
 from harness import Pod, digests_of, load_example, need, pod_spec, quantity_bytes
+from models import make_model
 
 SPEC_OBJECT = "s3://models/resnet/1.seal"
 SPEC_KEY = "aws-kms://alias/models"
 PLACEHOLDER_PIN = "0" * 64
 MIB = 1 << 20
-PAGE = 4096
 
 
 @pytest.fixture(autouse=True)
@@ -50,26 +49,6 @@ def _images() -> None:
 def size_limit(doc: dict, volume: str) -> int:
     v = next(v for v in pod_spec(doc)["volumes"] if v["name"] == volume)
     return quantity_bytes(v["emptyDir"]["sizeLimit"])
-
-
-def make_model(root: Path, tree_bytes: int, small: int = 1000) -> Path:
-    """4 shards and `small` 3000-byte files whose page-rounded total is `tree_bytes` (within a page per shard)."""
-    (root / "variables").mkdir(parents=True)
-    (root / "assets").mkdir()
-    shard = (tree_bytes - small * PAGE) // 4 // PAGE * PAGE
-    for i in range(4):
-        with open(root / "variables" / f"variables.data-0000{i}-of-00004", "wb") as f:
-            left = shard
-            while left:
-                n = min(left, 16 * MIB)
-                f.write(os.urandom(n))
-                left -= n
-    for i in range(small):
-        (root / "assets" / f"vocab-{i:04d}.txt").write_bytes(os.urandom(3000))
-    (root / "saved_model.pb").write_bytes(os.urandom(3000))
-    for p in [root, *root.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return root
 
 
 @dataclass

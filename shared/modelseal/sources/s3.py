@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Callable
 
 from .. import aws, retry, untrusted, web
 from ..errors import IntegrityError, UsageError
+from ..upload import Upload
 from . import Source
 
 SCHEMES = ("s3",)
@@ -281,7 +282,7 @@ def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum:
     return part
 
 
-class S3Writer(io.RawIOBase):
+class S3Writer(Upload):
     """Multipart upload in the same streaming pass as the writer producing the bytes.
 
     Part size starts at `part_size` (at least 5 MiB) and doubles every 1000
@@ -304,9 +305,6 @@ class S3Writer(io.RawIOBase):
         self._cancel = threading.Event()
         self._state = "open"
         self.bytes_written = 0
-
-    def writable(self) -> bool:
-        return True
 
     @property
     def parts(self) -> int:
@@ -408,19 +406,3 @@ class S3Writer(io.RawIOBase):
             except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
         super().close()
-
-    def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
-        return False
-
-    def __del__(self) -> None:
-        # Never complete an upload nobody closed: IOBase.__del__ would call close().
-        try:
-            if getattr(self, "_state", None) == "open":
-                self.abort()
-        except Exception:  # noqa: BLE001
-            pass
-        super().__del__()

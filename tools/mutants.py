@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Plant each curated bug (tools/mutants.toml) in a copy of the library, one at a time, and check a test catches it.
+
+    tools/mutants.py                 # every mutant; exit 1 if one survives or no longer applies
+    tools/mutants.py ID...           # only these
+    MUTANT_JOBS=1 tools/mutants.py   # one at a time (default: one per CPU, at most 2)
+
+A mutant is a snippet of shared/modelseal that occurs exactly once and its
+replacement: a small, realistic bug in a promise the README makes (a check
+dropped, a bound off by one, a message that quotes a secret). Each runs the
+tests it names against a copy of the library with that one change, put
+first on PYTHONPATH, so the CLI subprocesses the tests start run it too. The
+mutant is killed when a test fails; it survives when they all pass, which
+means the promise is unguarded. A snippet that is no longer in the code
+is reported as stale (the list must follow the code), and the tests are
+first run once without any mutant: they must pass there.
+
+Why a curated list and not mutmut: the promises are security properties
+spread over a few lines each, and the tests that guard them start real
+servers and subprocesses; a generated mutant per operator would take hours
+and mostly test nothing that matters, while this list runs in minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRARY = REPO / "shared" / "modelseal"
+LIST = Path(__file__).with_suffix(".toml")
+PYTHON = os.environ.get("PYTHON", str(REPO / ".venv" / "bin" / "python"))
+
+
+@dataclass
+class Mutant:
+    id: str
+    file: str
+    old: str | list[str]  # one snippet, or several changed together (one bug spread over two places)
+    new: str | list[str]
+    tests: list[str]
+    why: str
+
+    def changes(self) -> list[tuple[str, str]]:
+        olds = [self.old] if isinstance(self.old, str) else self.old
+        news = [self.new] if isinstance(self.new, str) else self.new
+        if len(olds) != len(news):
+            raise SystemExit(f"mutants: {self.id}: old and new differ in length")
+        return list(zip(olds, news))
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant
+    status: str  # killed | SURVIVED | STALE | baseline
+    seconds: float
+    detail: str = ""
+
+
+def load() -> list[Mutant]:
+    with open(LIST, "rb") as f:
+        data = tomllib.load(f)
+    mutants = [Mutant(**m) for m in data["mutant"]]
+    ids = [m.id for m in mutants]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        sys.exit(f"mutants: duplicate ids in {LIST.name}: {', '.join(sorted(dupes))}")
+    return mutants
+
+
+def _env(site: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _pytest(site: str, tests: list[str], timeout: float = 900) -> tuple[int, str]:
+    cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-rfE", *tests]
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=_env(site), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, "timed out"
+    lines = [x for x in p.stdout.splitlines() if x.strip()]
+    failed = next((x for x in lines if x.startswith(("FAILED", "ERROR"))), lines[-1] if lines else "")
+    return p.returncode, failed
+
+
+def _copy(mutant: Mutant | None) -> tuple[str, str]:
+    """A copy of the library (with the mutant applied); returns (site dir, problem)."""
+    site = tempfile.mkdtemp(prefix="modelseal-mutant-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    shutil.copytree(LIBRARY, os.path.join(site, "modelseal"), ignore=shutil.ignore_patterns("__pycache__"))
+    if mutant is None:
+        return site, ""
+    path = Path(site) / "modelseal" / mutant.file
+    if not path.is_file():
+        return site, f"no file modelseal/{mutant.file}"
+    text = path.read_text()
+    for old, new in mutant.changes():
+        count = text.count(old)
+        if count != 1:
+            return site, f"a snippet occurs {count} times in {mutant.file}"
+        text = text.replace(old, new)
+    path.write_text(text)
+    return site, ""
+
+
+def run(mutant: Mutant) -> Outcome:
+    started = time.monotonic()
+    site, problem = _copy(mutant)
+    try:
+        if problem:
+            return Outcome(mutant, "STALE", 0.0, problem)
+        code, failed = _pytest(site, mutant.tests)
+        status = "SURVIVED" if code == 0 else "killed"
+        return Outcome(mutant, status, time.monotonic() - started, failed if code else "all its tests passed")
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    mutants = load()
+    if argv:
+        unknown = set(argv) - {m.id for m in mutants}
+        if unknown:
+            sys.exit(f"mutants: unknown ids: {', '.join(sorted(unknown))}")
+        mutants = [m for m in mutants if m.id in argv]
+    tests = sorted({t for m in mutants for t in m.tests})
+    started = time.monotonic()
+    site, _ = _copy(None)
+    try:
+        code, failed = _pytest(site, tests, timeout=1800)
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+    if code != 0:
+        print(f"mutants: the tests fail without any mutant: {failed}", file=sys.stderr)
+        return 1
+    print(f"baseline: the {len(tests)} test selections pass unmutated ({time.monotonic() - started:.0f} s)")
+    jobs = int(os.environ.get("MUTANT_JOBS") or min(2, len(os.sched_getaffinity(0))))
+    print(f"{'mutant':34} {'module':22} {'result':9} {'s':>5}  caught by / why")
+    outcomes = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for o in pool.map(run, mutants):
+            outcomes.append(o)
+            detail = o.detail if o.status != "killed" else o.detail.removeprefix("FAILED ").split(" - ")[0]
+            print(f"{o.mutant.id:34} {o.mutant.file:22} {o.status:9} {o.seconds:5.1f}  {detail}", flush=True)
+    bad = [o for o in outcomes if o.status != "killed"]
+    total = time.monotonic() - started
+    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed in {total:.0f} s")
+    for o in bad:
+        print(f"  {o.status}: {o.mutant.id} ({o.mutant.file}): {o.mutant.why}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
