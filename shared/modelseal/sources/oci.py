@@ -334,55 +334,37 @@ class BlobUpload(upload.Upload):
         except IntegrityError as exc:
             raise UsageError(f"{self.what}: only a .seal can be pushed as a sealed model ({exc})") from None
 
-    def close(self) -> None:
-        """Finish the blob, then the config, then the manifest (the tag); on any failure, abort."""
-        if self._state != "open":
-            super().close()
-            return
-        try:
-            header = self._check_head()
-            if self._location is None:
-                self._start()
-            self._wait()
-            self._hash.update(self._buf)
-            digest = "sha256:" + self._hash.hexdigest()
-            self._finish(bytes(self._buf), digest)
-            self._buf = bytearray()
-            self._put_config()
-            layer = manifest.Descriptor(manifest.SEAL_LAYER, digest, self.size, {manifest.TITLE: manifest.LAYER_TITLE})
-            notes = {"org.opencontainers.image.created": header.created,
-                     "org.opencontainers.image.title": header.name, "org.opencontainers.image.version": header.version}
-            self.digest = self._put_manifest(manifest.build(layer, {k: v for k, v in notes.items() if v}))
-            self._state = "done"
-            retry.log().info("pushed", what=self.what, digest=self.digest, pinned=self.b.ref.pinned(self.digest),
-                             layer=digest, bytes=self.size)
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            super().close()
+    def _complete(self) -> None:
+        """Finish the blob, then the config, then the manifest (the tag)."""
+        header = self._check_head()
+        if self._location is None:
+            self._start()
+        self._wait()
+        self._hash.update(self._buf)
+        digest = "sha256:" + self._hash.hexdigest()
+        self._finish(bytes(self._buf), digest)
+        self._buf = bytearray()
+        self._put_config()
+        layer = manifest.Descriptor(manifest.SEAL_LAYER, digest, self.size, {manifest.TITLE: manifest.LAYER_TITLE})
+        notes = {"org.opencontainers.image.created": header.created,
+                 "org.opencontainers.image.title": header.name, "org.opencontainers.image.version": header.version}
+        self.digest = self._put_manifest(manifest.build(layer, {k: v for k, v in notes.items() if v}))
+        retry.log().info("pushed", what=self.what, digest=self.digest, pinned=self.b.ref.pinned(self.digest),
+                         layer=digest, bytes=self.size)
 
-    def abort(self) -> None:
+    def _discard(self) -> None:
         """Cancel the upload session: the registry keeps no blob, and no tag was written."""
-        if self._state in ("done", "aborted"):
-            return
-        self._state = "aborted"
         try:
             self._wait()
         except BaseException:  # noqa: BLE001 - the failure being aborted for
             pass
         self._buf = bytearray()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
         if self._location is not None:
             try:
                 resp = self.reg.request("DELETE", self._location, self.what)
                 resp.close()
             except Exception as exc:  # noqa: BLE001 - best effort; registries purge stale uploads
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
-        super().close()
 
 
 def _same_digest(resp: Any, digest: str, what: str) -> None:

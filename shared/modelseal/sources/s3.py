@@ -353,40 +353,25 @@ class S3Writer(Upload):
         self._inflight.append(self._pool.submit(_upload_part, self.b, self._upload_id, self._number, data,
                                                 self._checksum, self._cancel))
 
-    def close(self) -> None:
-        """Upload what is left and complete the object; on any failure, abort and raise."""
-        if self._state != "open":
-            super().close()
-            return
-        try:
-            if self._upload_id is None:
-                data = bytes(self._buf)
-                aws.call(self.what, self.b.options, self.b.client.put_object,
-                         Bucket=self.b.bucket, Key=self.b.key, Body=data)
-            else:
-                if self._buf or self._number == 0:
-                    self._start_part(bytes(self._buf))
-                while self._inflight:
-                    self._done.append(self._inflight.popleft().result())
-                parts = sorted(self._done, key=lambda p: p["PartNumber"])
-                aws.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
-                         Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
-                         MultipartUpload={"Parts": parts})
-            self._buf = bytearray()
-            self._state = "done"
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            super().close()
+    def _complete(self) -> None:
+        """Upload what is left and complete the object."""
+        if self._upload_id is None:
+            data = bytes(self._buf)
+            aws.call(self.what, self.b.options, self.b.client.put_object,
+                     Bucket=self.b.bucket, Key=self.b.key, Body=data)
+        else:
+            if self._buf or self._number == 0:
+                self._start_part(bytes(self._buf))
+            while self._inflight:
+                self._done.append(self._inflight.popleft().result())
+            parts = sorted(self._done, key=lambda p: p["PartNumber"])
+            aws.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
+                     Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
+                     MultipartUpload={"Parts": parts})
+        self._buf = bytearray()
 
-    def abort(self) -> None:
+    def _discard(self) -> None:
         """Drop the upload: no object is created, uploaded parts are deleted."""
-        if self._state in ("done", "aborted"):
-            return
-        self._state = "aborted"
         self._cancel.set()
         for fut in self._inflight:
             fut.cancel()
@@ -397,12 +382,9 @@ class S3Writer(Upload):
                 pass
         self._inflight.clear()
         self._buf = bytearray()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
         if self._upload_id is not None:
             try:
                 aws.call(self.what, self.b.options, self.b.client.abort_multipart_upload,
                          Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id)
             except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
-        super().close()
