@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cgroups import fake_cgroup, real_cgroup
 from conftest import SHM, modelseal, need, open_fifo_writer
 from modelseal import archive, capacity, cgroup, format as sealfmt
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
@@ -76,24 +77,7 @@ def test_header_sizes_round_trip_and_malformed_sizes_are_integrity_errors() -> N
 
 def _cgroup_tree(tmp: Path, version: int, levels: dict[str, dict[str, str]], own: str, mount_root: str = "/",
                  ) -> Path:
-    """A /proc/self and a cgroup mount laid out as the kernel does, in `tmp`."""
-    mnt = tmp / "cgroup"
-    for rel, files in levels.items():
-        d = mnt / rel.strip("/") if rel.strip("/") else mnt
-        d.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (d / name).write_text(text)
-    proc = tmp / "proc"
-    proc.mkdir()
-    if version == 1:
-        (proc / "cgroup").write_text(f"5:cpu,cpuacct:/x\n4:memory:{own}\n1:name=systemd:/x\n")
-        (proc / "mountinfo").write_text(
-            f"30 25 0:27 {mount_root} {mnt} rw,nosuid - cgroup cgroup rw,memory\n"
-            f"31 25 0:28 / {tmp}/cpu rw - cgroup cgroup rw,cpu,cpuacct\n")
-    else:
-        (proc / "cgroup").write_text(f"0::{own}\n")
-        (proc / "mountinfo").write_text(f"30 25 0:27 {mount_root} {mnt} rw,nosuid - cgroup2 cgroup2 rw\n")
-    return proc
+    return fake_cgroup(tmp, version, levels, own, "memory", mount_root)
 
 
 def test_cgroup_v2_tightest_level_wins_and_file_cache_is_reclaimable(tmp_path: Path) -> None:
@@ -210,41 +194,10 @@ def test_inode_limit_is_checked_too(shm: Path) -> None:
         assert os.listdir(vol) == []
 
 
-@contextmanager
 def memory_cgroup(limit: int):
-    """A real memory cgroup with `limit`; yields a preexec_fn that moves a child process into it."""
-    if os.geteuid() != 0:
-        need("creating a memory cgroup needs root")
-    own = Path("/proc/self/cgroup").read_text()
-    name = f"modelseal-test-{uuid.uuid4().hex[:8]}"
-    if any(":memory:" in line for line in own.splitlines()):
-        path = Path("/sys/fs/cgroup/memory") / name
-        files = {"memory.limit_in_bytes": str(limit)}
-    else:
-        path = Path("/sys/fs/cgroup") / name
-        files = {"memory.max": str(limit), "memory.swap.max": "0"}
-    try:
-        path.mkdir()
-    except OSError as exc:
-        need(f"cannot create a memory cgroup at {path}: {exc}")
-    try:
-        for f, v in files.items():
-            if (path / f).exists():
-                (path / f).write_text(v)
-        procs = str(path / "cgroup.procs")
-
-        def enter() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
-        yield enter
-    finally:
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+    """A real memory cgroup with `limit` (and no swap); yields a preexec_fn that moves a child into it."""
+    return real_cgroup("memory", {"memory.limit_in_bytes": str(limit)},
+                       {"memory.max": str(limit), "memory.swap.max": "0"})
 
 
 def cli_in(enter, *args: str) -> tuple[int, list[dict], str]:

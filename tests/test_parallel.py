@@ -14,15 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
-import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import need
+from cgroups import fake_cgroup, real_cgroup
 from modelseal import cgroup, parallel
 from modelseal.errors import IntegrityError
 from modelseal.streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, Params
@@ -247,21 +243,7 @@ def test_default_workers_leave_a_core_each_to_the_reader_and_the_writer(cpus: fl
 
 
 def _cpu_tree(tmp: Path, version: int, levels: dict[str, dict[str, str]], own: str) -> str:
-    mnt = tmp / "cgroup"
-    for rel, files in levels.items():
-        d = mnt / rel.strip("/") if rel.strip("/") else mnt
-        d.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (d / name).write_text(text)
-    proc = tmp / "proc"
-    proc.mkdir()
-    if version == 1:
-        (proc / "cgroup").write_text(f"6:memory:/m\n5:cpu,cpuacct:{own}\n")
-        (proc / "mountinfo").write_text(f"31 25 0:28 / {mnt} rw - cgroup cgroup rw,cpu,cpuacct\n")
-    else:
-        (proc / "cgroup").write_text(f"0::{own}\n")
-        (proc / "mountinfo").write_text(f"30 25 0:27 / {mnt} rw,nosuid - cgroup2 cgroup2 rw\n")
-    return str(proc)
+    return str(fake_cgroup(tmp, version, levels, own, "cpu"))
 
 
 def test_cpu_quota_v2_tightest_level_wins(tmp_path: Path) -> None:
@@ -282,38 +264,10 @@ def test_cpu_quota_v1_and_unlimited(tmp_path: Path) -> None:
     assert cgroup.cpu_quota(proc) is None
 
 
-@contextmanager
 def cpu_cgroup(quota: int, period: int = 100000):
     """A real CPU cgroup with a CFS quota; yields a preexec_fn that moves a child into it."""
-    if os.geteuid() != 0:
-        need("creating a cpu cgroup needs root")
-    own = Path("/proc/self/cgroup").read_text()
-    name = f"modelseal-test-{uuid.uuid4().hex[:8]}"
-    v1 = any(line.split(":")[1:2] and "cpu" in line.split(":")[1].split(",") for line in own.splitlines())
-    path = Path("/sys/fs/cgroup/cpu" if v1 else "/sys/fs/cgroup") / name
-    try:
-        path.mkdir()
-    except OSError as exc:
-        need(f"cannot create a cpu cgroup at {path}: {exc}")
-    try:
-        if v1:
-            (path / "cpu.cfs_period_us").write_text(str(period))
-            (path / "cpu.cfs_quota_us").write_text(str(quota))
-        else:
-            (path / "cpu.max").write_text(f"{quota} {period}")
-
-        def enter() -> None:
-            with open(path / "cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
-        yield enter
-    finally:
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+    return real_cgroup("cpu", {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)},
+                       {"cpu.max": f"{quota} {period}"})
 
 
 def _available(preexec) -> str:
