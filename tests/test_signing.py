@@ -35,6 +35,16 @@ def signed(shm: Path):
     return model, private, public
 
 
+def seal_then_run(shm: Path, model: Path, public: Path):
+    """Seal `model` (with the signature it holds) and deliver it with `run --verify-key`."""
+    key = shm / "data.key"
+    assert modelseal("keygen", "-o", str(key)).code == 0
+    assert modelseal("seal", str(model), "-o", str(shm / "m.seal"), "--key", str(key)).code == 0
+    dest = shm / "out"
+    return modelseal("run", "--source", f"file://{shm / 'm.seal'}", "--key", str(key), "-o", str(dest),
+                     "--verify-key", str(public)), dest
+
+
 def unpack(tar: Path, dest: Path, *flags: str | Path):
     return modelseal("unpack", "--in", str(tar), "-o", str(dest), *map(str, flags))
 
@@ -59,12 +69,7 @@ def test_key_signature_from_model_signing_verifies(shm: Path, curve: str):
 
 def test_run_verifies_in_the_same_pass(shm: Path, signed):
     model, _, public = signed
-    key = shm / "data.key"
-    assert modelseal("keygen", "-o", str(key)).code == 0
-    assert modelseal("seal", str(model), "-o", str(shm / "m.seal"), "--key", str(key)).code == 0
-    dest = shm / "out"
-    r = modelseal("run", "--source", f"file://{shm / 'm.seal'}", "--key", str(key), "-o", str(dest),
-                  "--verify-key", str(public))
+    r, dest = seal_then_run(shm, model, public)
     assert r.code == 0, r.error()
     assert files(dest) == files(model)
 
@@ -370,12 +375,7 @@ def test_each_failure_exits_4_names_it_and_leaves_nothing(shm: Path, signed, bre
 def test_a_failure_in_run_leaves_nothing(shm: Path, signed):
     model, _, public = signed
     (model / "config.json").write_text('{"layers": 4}')
-    key = shm / "data.key"
-    assert modelseal("keygen", "-o", str(key)).code == 0
-    assert modelseal("seal", str(model), "-o", str(shm / "m.seal"), "--key", str(key)).code == 0
-    dest = shm / "out"
-    r = modelseal("run", "--source", f"file://{shm / 'm.seal'}", "--key", str(key), "-o", str(dest),
-                  "--verify-key", str(public))
+    r, dest = seal_then_run(shm, model, public)
     assert r.code == 4 and "'config.json' was changed" in r.error()
     assert nothing_left(dest)
 
