@@ -91,6 +91,22 @@ def test_trailing_slash_is_a_usage_error_and_writes_nothing(shm, disk_dir, seale
     assert listing(disk_dir) == [] and not (shm / ".partial").exists()
 
 
+def test_a_failed_rename_leaves_no_partial_file(shm):
+    """commit() can fail after the data is written (the target became a directory, a mount point):
+    the whole plaintext sits in NAME.partial then, and must go with the error."""
+    from modelseal.atomic import PartialFile
+
+    out = shm / "model.tar"
+    f = PartialFile(str(out))
+    f.write(b"plaintext " * 1000)
+    out.mkdir()
+    (out / "x").write_text("occupied")  # os.replace cannot put a file over a non-empty directory
+    with pytest.raises(OSError):
+        f.commit()
+    assert sorted(p.name for p in shm.iterdir()) == ["model.tar"]
+    assert f.fd == -1 and f.dir_fd == -1
+
+
 def test_planted_partial_symlink_is_replaced_not_followed(shm, disk_dir, sealed):
     key, seal, data = sealed
     victim = disk_dir / "victim"

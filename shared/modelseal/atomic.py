@@ -42,6 +42,7 @@ class PartialFile:
         self.stdout = path == "-"
         self.bytes_written = 0
         self._committed = False
+        self._made = False  # NAME.partial exists and is ours: abort() removes it, whatever failed
         self.dir_fd = -1
         self.fd = -1
         if self.stdout:
@@ -75,6 +76,7 @@ class PartialFile:
             except FileNotFoundError:
                 pass
             self.fd = os.open(self.partial, _NEW_FILE, mode, dir_fd=self.dir_fd)
+            self._made = True
             if check is not None:
                 check(self.fd, path + PARTIAL_SUFFIX)
         except BaseException:
@@ -95,9 +97,14 @@ class PartialFile:
             sys.stdout.flush()
             self._committed = True
             return
-        os.close(self.fd)
-        self.fd = -1
-        os.replace(self.partial, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        try:
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.partial, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except BaseException:
+            self.abort()
+            raise
+        self._made = False
         self._committed = True
         self._close_dir()
 
@@ -107,6 +114,8 @@ class PartialFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._made:  # also after a failed commit(): the rename can fail (EISDIR, EBUSY on a mount point)
+            self._made = False
             try:
                 os.unlink(self.partial, dir_fd=self.dir_fd)
             except FileNotFoundError:
