@@ -28,7 +28,8 @@ class WriteBehind:
 
     A job is `work`, with an optional `fallback`: once a job has failed, the
     jobs after it run only their fallback (closing what they hold, never
-    writing), and the first error is raised in the producer at its next
+    writing); a job whose work fails cleans up in its work, and its own
+    fallback does not run. The first error is raised in the producer at its next
     `put` or at `close`. At most `depth` jobs wait (one more may be running).
 
     `paced(buffers, ring)` hands out the views of a producer that reuses a
@@ -65,14 +66,12 @@ class WriteBehind:
                 elif fallback is not None:
                     fallback()
             except BaseException as exc:  # handed to the producer at its next put or close
+                # A failing job's own work cleans up after itself (tree._finish_file
+                # closes its descriptor in a finally): running its fallback too would
+                # close that number twice, by then perhaps another thread's new file.
                 if not failed:
                     with self._cond:
                         self._error = exc
-                if fallback is not None and not failed:
-                    try:
-                        fallback()
-                    except BaseException:  # noqa: BLE001 - the first error is the one reported
-                        pass
             with self._cond:
                 self._done += 1
                 self._cond.notify_all()
