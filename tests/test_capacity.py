@@ -14,9 +14,11 @@ import io
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -232,6 +234,23 @@ def test_memory_limit_too_small_exits_6_naming_memory(shm: Path, model, stage: s
         assert code == -signal.SIGKILL, err
         assert any(x["event"] == "preflight_off" for x in logs)
         subprocess.run(["rm", "-rf", str(shm / "model.tar.partial"), *map(str, shm.glob("*"))], check=True)
+
+
+def test_a_disk_target_is_not_held_to_the_memory_limit(shm: Path, model) -> None:
+    """--allow-disk: written pages are reclaimable page cache, not charged for good; only the stage's
+    own memory counts, so 256 MiB onto disk under a 200 MiB limit is not refused."""
+    src, key, seal = model
+    disk = Path(tempfile.mkdtemp(prefix="modelseal-cap-disk-", dir="/var/tmp"))
+    try:
+        with memory_cgroup(200 * MIB) as enter:
+            code, logs, err = cli_in(enter, "decrypt", "--in", str(seal), "--key", str(key),
+                                     "-o", str(disk / "model.tar"), "--allow-disk")
+        assert code == 0, err
+        pre = next(x for x in logs if x["event"] == "preflight")
+        assert pre["needs"] > pre["memory_headroom"]  # held to the tmpfs rule, this would have been exit 6
+        assert 0 <= pre["needs"] - (disk / "model.tar").stat().st_size < capacity.PAGE  # all of it, page-rounded
+    finally:
+        shutil.rmtree(disk, ignore_errors=True)
 
 
 def test_memory_limit_that_fits_succeeds_and_reports_the_peak(shm: Path, model) -> None:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import cgroup
+from . import cgroup, tmpfs
 from .errors import CapacityError
 from .log import Log
 
@@ -96,7 +96,8 @@ def check(fd: int, where: str, need: Need, log: Log, *,
     Returns what was measured (logged by the caller's stage as "preflight").
     """
     started = time.monotonic()
-    if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISDIR(os.fstat(fd).st_mode):
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind) and not stat.S_ISDIR(kind):
         return {}  # a pipe or a device (stdout): no filesystem of ours to size
     place = mount_point(fd) or where
     if need.bytes is None:
@@ -116,12 +117,17 @@ def check(fd: int, where: str, need: Need, log: Log, *,
     measured = {"needs": need.bytes, "fs_free": free, "source": need.source}
     mem = memory()
     if mem is not None:
-        wanted = need.bytes + need.files * PER_ENTRY + WORKING_SET + need.buffers
-        if wanted > mem.headroom:
+        # Only pages of a memory filesystem are charged for good; on disk (--allow-disk)
+        # the written pages are page cache the kernel reclaims, and only the stage's own memory counts.
+        pages = need.bytes + need.files * PER_ENTRY if tmpfs.fs_type_fd(fd) in tmpfs.MEMORY_FILESYSTEMS else 0
+        own = WORKING_SET + need.buffers
+        if pages + own > mem.headroom:
+            what = (f"needs {mib(pages + own)} ({mib(pages)} of tmpfs pages under {place}, {need.source}, "
+                    f"and {mib(own)} for the stage itself)" if pages else f"needs {mib(own)} for the stage itself")
+            why = " (tmpfs pages count against the writer's limit)" if pages else ""
             raise CapacityError(
-                f"needs {mib(need.bytes)} under {place} ({need.source}) but this container's memory limit leaves "
-                f"{mib(mem.headroom)} (tmpfs pages count against the writer's limit): raise "
-                f"resources.limits.memory to at least {quantity(mem.in_use + wanted)}")
+                f"{what} but this container's memory limit leaves {mib(mem.headroom)}{why}: "
+                f"raise resources.limits.memory to at least {quantity(mem.in_use + pages + own)}")
         measured.update(memory_limit=mem.limit, memory_headroom=mem.headroom)
     measured["seconds"] = round(time.monotonic() - started, 6)
     return measured
