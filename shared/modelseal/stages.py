@@ -130,6 +130,12 @@ class Plaintext:
             return capacity.Need.file(h.sizes.tar_bytes, "from the .seal header", buffers)
         return capacity.Need.unknown("input of unknown length")
 
+    def worker_memory(self) -> int:
+        """What this reader's decryption workers add to the stage's memory (none in process, or for OpenPGP)."""
+        from . import parallel
+
+        return parallel.memory(getattr(self.reader, "workers", 1))
+
     def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
         """What unpacking it leaves."""
         return tree_need(self.header.sizes if self.header is not None else None, self.size, compression, buffers)
@@ -174,15 +180,6 @@ def plaintext(
 
         return Plaintext(openpgp.DecryptingReader(input.stream, keys.secret(key_source, fmt)))
     raise UsageError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
-
-
-def worker_memory(workers: int) -> int:
-    """What decryption worker processes add to a stage's memory (none in process)."""
-    if workers <= 1:
-        return 0
-    from . import parallel
-
-    return parallel.memory(workers)
 
 
 def _consume(paths: list[tuple[bool, str | None]], log: Log) -> None:
@@ -450,7 +447,7 @@ def decrypt(
         progress = log.progress("decrypt", source.size)
         with source.stream:
             plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            check(f.fd, f.where, plain.file_need(worker_memory(workers)))
+            check(f.fd, f.where, plain.file_need(plain.worker_memory()))
             with BackgroundWriter(f.write) as background:
                 for segment in plain.reader.segments(ring=background.depth + 2):
                     background.write(segment)
@@ -496,7 +493,7 @@ def run(
         input = open_ciphertext(source, options, sha256, log)
         with input.stream:
             plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            buffers = input.buffers + worker_memory(workers)
+            buffers = input.buffers + plain.worker_memory()
             stats = dest.extract(
                 plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
                 preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, buffers)),
