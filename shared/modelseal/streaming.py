@@ -104,6 +104,19 @@ def _segment_key(ikm: bytes, salt: bytes, aad: bytes, params: Params) -> AESGCM:
     return AESGCM(_derive(ikm, salt, aad, params))
 
 
+def _numbered(raw: Iterator[memoryview]) -> Iterator[tuple[int, bool, memoryview]]:
+    """(index, last, ciphertext) of each segment: one segment of look-ahead decides the last flag.
+
+    The next segment is read before this one is handed on, so a truncation
+    at a segment boundary is caught by the flag, never by a missing byte.
+    """
+    held, index = next(raw, None), 0
+    while held is not None:
+        following = next(raw, None)
+        yield index, following is None, held
+        held, index = following, index + 1
+
+
 def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + struct.pack(">IB", index, 1 if last else 0)
 
@@ -314,23 +327,16 @@ class DecryptingReader(ChunkReader):
             return
         outs = [bytearray(p.plaintext_size) for _ in range(max(1, ring))]
         raw = self._read(read_ahead, [memoryview(bytearray(p.segment_size)) for _ in range(read_ahead + 3)])
-        index = 0
         try:
-            held = next(raw, None)  # one segment of look-ahead decides the last flag
-            while held is not None:
-                following = next(raw, None)
-                last = following is None
+            for index, last, held in _numbered(raw):
                 plain = memoryview(outs[index % len(outs)])[: len(held) - TAG_SIZE]
                 try:
                     aead.decrypt_into(_nonce(prefix, index, last), held, None, plain)
                 except InvalidTag:
-                    plain[:] = bytes(len(plain))  # never keep unverified plaintext around
-                    raise IntegrityError(self._explain(aead, prefix, index, last, held)) from None
+                    raise IntegrityError(self._explain(aead, prefix, index, last, held, plain)) from None
                 self.segments_read += 1
                 self.plaintext_bytes += len(plain)
                 yield plain
-                held = following
-                index += 1
         except BaseException:
             # On failure (or an abandoned read) scrub what we hold; on success the
             # views may still be queued for writing, so they are left alone.
@@ -361,23 +367,23 @@ class DecryptingReader(ChunkReader):
         failed = True
         try:
             inflight: deque[tuple[int, bool, memoryview]] = deque()  # (index, last, ciphertext view)
-            held = next(raw, None)
-            index = 0
-            while held is not None or inflight:
-                while held is not None and len(inflight) < n:
-                    following = next(raw, None)
-                    last = following is None
-                    pool.submit(index % slots, index, last, len(held))
-                    inflight.append((index, last, held))
-                    held = following
-                    index += 1
+
+            def verified() -> memoryview:
                 i, last, ct = inflight.popleft()
-                if not pool.result(i):
-                    raise IntegrityError(self._explain(aead, prefix, i, last, ct))
                 plain = pool.plaintext(i % slots, len(ct) - TAG_SIZE)
+                if not pool.result(i):
+                    raise IntegrityError(self._explain(aead, prefix, i, last, ct, plain))
                 self.segments_read += 1
                 self.plaintext_bytes += len(plain)
-                yield plain
+                return plain
+
+            for index, last, held in _numbered(raw):
+                pool.submit(index % slots, index, last, len(held))
+                inflight.append((index, last, held))
+                if len(inflight) == n:  # every worker busy: release the oldest once it verified
+                    yield verified()
+            while inflight:
+                yield verified()
             failed = False
         finally:
             raw.close()  # type: ignore[attr-defined]
@@ -386,14 +392,20 @@ class DecryptingReader(ChunkReader):
                 pool.scrub()
 
     @staticmethod
-    def _explain(aead: AESGCM, prefix: bytes, index: int, last: bool, ct: memoryview) -> str:
-        """Name the failure: only on the error path do we try the other last flag."""
+    def _explain(aead: AESGCM, prefix: bytes, index: int, last: bool, ct: memoryview, scratch: memoryview) -> str:
+        """Name the failure: only on the error path do we try the other last flag.
+
+        That trial may authenticate (a truncated or extended stream): its
+        plaintext goes into the failed segment's own buffer and is zeroed.
+        """
         try:
-            aead.decrypt(_nonce(prefix, index, not last), bytes(ct), None)
+            aead.decrypt_into(_nonce(prefix, index, not last), ct, None, scratch)
         except InvalidTag:
             if index == 0:
                 return "segment 0 failed authentication: wrong key or associated data, or the header or first segment was tampered with"
             return f"segment {index} failed authentication: tampered, reordered or duplicated segment"
+        finally:
+            scratch[:] = bytes(len(scratch))
         if last:
             return f"truncated: the stream ends after segment {index}, which is not the final segment"
         return f"unexpected data after the final segment {index}"
