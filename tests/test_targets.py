@@ -130,10 +130,30 @@ def feed_fifo(fifo: Path, payload: bytes, proc: subprocess.Popen) -> None:
         pass
 
 
+def _holds(pid: int, place: Path) -> bool:
+    """Whether process `pid` has a descriptor open on `place` or on something inside it."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target == str(place) or target.startswith(str(place) + "/"):
+            return True
+    return False
+
+
 def _swap_for_symlink_while_blocked(proc: subprocess.Popen, fifo: Path, payload: bytes, place: Path,
                                     disk: Path) -> None:
     """With the stage blocked opening its FIFO input, move `place` aside and put a symlink to disk there."""
-    time.sleep(0.5)  # the stage has opened its output and is waiting for the FIFO's writer
+    # Wait (not a fixed sleep: CI machines are slow) until the stage holds a descriptor on `place`
+    # (its checked output directory) and so sits blocked opening the FIFO.
+    deadline = time.monotonic() + 60
+    while not _holds(proc.pid, place) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     place.rename(place.with_name(place.name + ".moved"))
     place.symlink_to(disk)
     feed_fifo(fifo, payload, proc)
