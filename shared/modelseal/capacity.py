@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from . import cgroup, tmpfs
 from .errors import CapacityError
@@ -59,6 +59,20 @@ class Need:
     @classmethod
     def unknown(cls, source: str) -> "Need":
         return cls(None, 0, source)
+
+
+def tree_need(sizes: Any, archive_size: int | None, compression: str, buffers: int = 0) -> Need:
+    """What an extraction leaves: the header's file bytes and count (format.Sizes), else the archive's own length.
+
+    The preflight and `inspect --resources` (sizing.py) both size a tree by this one rule.
+    """
+    if sizes is not None and sizes.file_bytes is not None and sizes.files is not None:
+        return Need.tree(sizes.file_bytes, sizes.files, "from the .seal header", buffers)
+    if compression == "none" and archive_size is not None:
+        return Need.file(archive_size, "estimated from the archive's length", buffers)
+    if compression != "none":
+        return Need.unknown(f"{compression}-compressed content with no sizes in a .seal header")
+    return Need.unknown("input of unknown length")
 
 
 def _pages(n: int) -> int:

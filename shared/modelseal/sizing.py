@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .capacity import PAGE, mib, quantity
+from .capacity import MIB, Need, mib, quantity, tree_need
+from .format import Sizes
 
-MIB = 1 << 20
 #: Working sets (memory beyond the tmpfs pages a stage writes), from the
 #: peaks tests/containers/test_sizing.py measures with a 1 GiB model: peak RSS
 #: 33-65 MiB for fetch-key, decrypt and unpack. Rounded up with headroom.
@@ -38,12 +38,15 @@ S3_READER = 96 * MIB
 
 
 def _tree_bytes(content: dict[str, Any], plaintext: int | None) -> tuple[int | None, str]:
-    files, file_bytes = content.get("files"), content.get("file_bytes")
-    if isinstance(files, int) and isinstance(file_bytes, int):
-        return file_bytes + files * (PAGE - 1), f"{mib(file_bytes)} in {files:,} files"
-    if content.get("compression", "none") == "none" and plaintext is not None:
-        return plaintext, f"at most {mib(plaintext)} (the header records no sizes: bounded by the tar's length)"
-    return None, "unknown (the header records no sizes and the content is compressed)"
+    """The unpacked tree's pages, by the preflight's own rule (capacity.tree_need), and how it is known."""
+    sizes = Sizes.from_json(content)
+    compression = content.get("compression", "none")
+    need = tree_need(sizes, plaintext, compression)
+    if need.bytes is None:
+        return None, f"unknown ({need.source})"
+    if sizes.file_bytes is not None and sizes.files is not None:
+        return need.bytes, f"{mib(sizes.file_bytes)} in {sizes.files:,} files"
+    return need.bytes, f"about {mib(need.bytes)} ({need.source}: the header records no sizes)"
 
 
 def _resources(memory: int) -> str:
@@ -57,7 +60,7 @@ def advice(info: dict[str, Any]) -> str:
     plaintext = info.get("plaintext_bytes")
     payload = info.get("payload_bytes")
     tree, tree_text = _tree_bytes(content, plaintext)
-    tar = -(-plaintext // PAGE) * PAGE if isinstance(plaintext, int) else None
+    tar = Need.file(plaintext, "").bytes if isinstance(plaintext, int) else None  # pages, as the preflight counts them
     lines = [f"# {info.get('name') or 'model'} {info.get('version') or ''}".rstrip(),
              f"# unpacked: {tree_text}",
              f"# decrypted payload ({content.get('compression', 'none')} tar): "

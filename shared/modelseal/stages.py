@@ -138,19 +138,8 @@ class Plaintext:
 
     def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
         """What unpacking it leaves."""
-        return tree_need(self.header.sizes if self.header is not None else None, self.size, compression, buffers)
-
-
-def tree_need(sizes: sealfmt.Sizes | None, archive_size: int | None, compression: str,
-              buffers: int = 0) -> capacity.Need:
-    """What an extraction leaves: the header's file bytes and count, else the archive's own length."""
-    if sizes is not None and sizes.file_bytes is not None and sizes.files is not None:
-        return capacity.Need.tree(sizes.file_bytes, sizes.files, "from the .seal header", buffers)
-    if compression == "none" and archive_size is not None:
-        return capacity.Need.file(archive_size, "estimated from the archive's length", buffers)
-    if compression != "none":
-        return capacity.Need.unknown(f"{compression}-compressed content with no sizes in a .seal header")
-    return capacity.Need.unknown("input of unknown length")
+        return capacity.tree_need(self.header.sizes if self.header is not None else None, self.size, compression,
+                                  buffers)
 
 
 def plaintext(
@@ -467,7 +456,7 @@ def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_i
         source = open_input(input, log)
         with source.stream:
             stats = dest.extract(source.stream, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
-                                 preflight=lambda fd, compression: check(fd, out, tree_need(None, source.size,
+                                 preflight=lambda fd, compression: check(fd, out, capacity.tree_need(None, source.size,
                                                                                             compression)),
                                  verify=verify)
     _consume([(delete_input, input)], log)
