@@ -111,10 +111,20 @@ def read_secret_file(path: str, what: str) -> str:
         raise from_os_error(exc, f"{what} file {path}") from None
     if len(data) > MAX_SECRET:
         raise UsageError(f"{what} file {path} is too large")
-    text = data.decode("utf-8", "replace").strip()
+    text = data.decode("ascii", "replace").strip()
     if not text:
         raise UsageError(f"{what} file {path} is empty")
+    if not is_token(text):  # it goes into an HTTP header: never let http.client quote it in an error
+        raise UsageError(f"{what} file {path} holds spaces, control or non-ASCII characters: not a token")
     return text
+
+
+_TOKEN = re.compile(r"[!-~]+", re.ASCII)
+
+
+def is_token(text: str) -> bool:
+    """Bearer tokens, JWTs and Vault tokens are visible ASCII, nothing else (RFC 6750 b64token and more)."""
+    return _TOKEN.fullmatch(text) is not None
 
 
 def _check_file(path: str | None, what: str) -> None:

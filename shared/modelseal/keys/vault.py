@@ -96,6 +96,8 @@ class VaultClient:
         token = untrusted.member(_json(body, self.what), "auth.client_token", self.what)
         if not isinstance(token, str) or not token:
             raise DeniedError(f"{self.what}: Kubernetes login returned no client token")
+        if not web.is_token(token):
+            raise IntegrityError(f"{self.what}: Kubernetes login returned a malformed client token")
         return token
 
     def request(self, method: str, api_path: str, *, json_body: Any = None,
