@@ -61,12 +61,6 @@ def parse_challenge(value: str | None) -> tuple[str, dict[str, str]]:
     return m.group(1).lower(), params
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
-
-
 class Registry:
     """One repository on one registry. `request` has the signature of web.Client.request,
     so web.request_small works on it too."""
@@ -78,7 +72,7 @@ class Registry:
         scheme = "http" if options.allow_http else "https"
         web.check_scheme(scheme, ref.host, options, self.what)
         self.base = f"{scheme}://{ref.registry}"
-        self.origin = origin(self.base)
+        self.origin = web.origin(self.base)
         self.scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
         self.client = web.Client(options, redirects=True)  # blobs redirect to storage; credentials stay here
         self.credentials = credentials.lookup(ref.registry)
@@ -98,7 +92,7 @@ class Registry:
         """One request (not retried here) that answers one 401 challenge of the registry and resends.
 
         `data` must be bytes (it may be sent twice)."""
-        own = origin(url) == self.origin
+        own = web.origin(url) == self.origin
         for attempt in (1, 2):
             with self._lock:
                 sent = self._authorization if own else None
@@ -106,7 +100,7 @@ class Registry:
             if sent:
                 h["Authorization"] = sent
             resp = self.client.request(method, url, what, headers=h, json=json, data=data)
-            if resp.status_code != 401 or not own or origin(resp.url) != self.origin:
+            if resp.status_code != 401 or not own or web.origin(resp.url) != self.origin:
                 return resp
             challenge = resp.headers.get("WWW-Authenticate")
             resp.close()
