@@ -55,11 +55,13 @@ def client(service: str, options: Options, *, region: str | None = None, require
     extras.require("tenacity", service)  # the retry policy every call runs under
     what = f"{service} endpoint"
     env = f"AWS_ENDPOINT_URL_{_ENDPOINT_ENV.get(service, service.upper())}"
+    checked = set()  # checked (and warned about) once each, named by where it was set
     for name, endpoint in (("endpoint_url", options.endpoint_url), (env, os.environ.get(env)),
                            ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))):
         if endpoint:
             # Plain http would carry session tokens in the clear: loopback, or allow_http.
             web.parse_endpoint(endpoint, f"{what} ({name})", options, loopback_ok=True)
+            checked.add(endpoint)
     if options.ca and not os.path.isfile(options.ca):
         raise UsageError(f"CA bundle {options.ca} does not exist")
     if options.timeout <= 0:
@@ -90,7 +92,8 @@ def client(service: str, options: Options, *, region: str | None = None, require
         raise UsageError(f"{service}: cannot create a client ({type(exc).__name__})") from None
     # The endpoint botocore itself resolved (from any of its sources: the variables
     # above, the config file's services section, AWS's own), checked the same way.
-    web.parse_endpoint(made.meta.endpoint_url, what, options, loopback_ok=True)
+    if made.meta.endpoint_url not in checked:
+        web.parse_endpoint(made.meta.endpoint_url, what, options, loopback_ok=True)
     return made
 
 
