@@ -15,11 +15,10 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import LOCAL, _die_with_parent, free_port, stop_process
+from servers import LOCAL, free_port, start_child, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 S3RVER = REPO / "tools" / "s3rver" / "node_modules" / ".bin" / "s3rver"
@@ -58,19 +57,19 @@ def s3rver_server() -> S3rver:
         if _server is None:
             port = free_port()
             data = tempfile.mkdtemp(prefix="modelseal-s3rver-", dir="/var/tmp")  # ciphertext only
-            log = tempfile.TemporaryFile()
-            proc = subprocess.Popen([str(S3RVER), "-d", data, "-a", LOCAL, "-p", str(port), "--silent"],
-                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-            deadline = time.monotonic() + 30
-            while True:
+
+            def ready() -> bool:
                 try:
                     socket.create_connection((LOCAL, port), timeout=1).close()
-                    break
+                    return True
                 except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        log.seek(0)
-                        raise RuntimeError("s3rver did not start: " + log.read()[-2000:].decode(errors="replace"))
-                    time.sleep(0.1)
+                    return False
+
+            try:
+                proc = start_child([str(S3RVER), "-d", data, "-a", LOCAL, "-p", str(port), "--silent"], ready, "s3rver")
+            except BaseException:
+                shutil.rmtree(data, ignore_errors=True)
+                raise
             _server = S3rver(f"http://{LOCAL}:{port}", proc, data)
             atexit.register(_server.stop)
         return _server

@@ -96,6 +96,22 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def start_child(argv: list[str], ready, what: str, env: dict | None = None,
+                timeout: float = 30) -> subprocess.Popen:
+    """Start a server as a child process (dies with us) and wait until `ready()`; on failure stop it
+    and raise with the tail of its output."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            log.seek(0)
+            raise RuntimeError(f"{what} did not start: " + log.read()[-2000:].decode(errors="replace"))
+        time.sleep(0.1)
+    return proc
+
+
 class MotoServer:
     """`python -m moto.server` on 127.0.0.1 as a child process (dies with us)."""
 
@@ -104,22 +120,15 @@ class MotoServer:
         self.url = f"http://{LOCAL}:{self.port}"
         env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                    AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-p", str(self.port), "-H", LOCAL],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + 30
-        while True:
+        def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1) as r:
-                    if r.status == 200:
-                        break
+                    return r.status == 200
             except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.log.seek(0)
-                raise RuntimeError("moto server did not start: " + self.log.read()[-2000:].decode(errors="replace"))
-            time.sleep(0.1)
+                return False
+
+        self.proc = start_child([sys.executable, "-m", "moto.server", "-p", str(self.port), "-H", LOCAL],
+                                ready, "moto server", env=env)
 
     def stop(self) -> None:
         stop_process(self.proc)
