@@ -104,6 +104,10 @@ def _segment_key(ikm: bytes, salt: bytes, aad: bytes, params: Params) -> AESGCM:
     return AESGCM(_derive(ikm, salt, aad, params))
 
 
+#: Segments smaller than this are read on the decrypting thread (see DecryptingReader._read).
+READ_AHEAD_MIN_SEGMENT = 64 << 10
+
+
 def _numbered(raw: Iterator[memoryview]) -> Iterator[tuple[int, bool, memoryview]]:
     """(index, last, ciphertext) of each segment: one segment of look-ahead decides the last flag.
 
@@ -348,7 +352,11 @@ class DecryptingReader(ChunkReader):
 
     def _read(self, read_ahead: int, bufs: list[memoryview]) -> Iterator[memoryview]:
         raw: Iterator[memoryview] = self._ciphertext_segments(bufs)
-        return overlap.read_ahead(raw, read_ahead) if read_ahead > 0 else raw
+        # A thread hand-off per segment costs more than reading a small one
+        # (Tink's 4 KiB template: 145 MB/s with read-ahead, 831 MB/s without).
+        if read_ahead > 0 and self._params.segment_size >= READ_AHEAD_MIN_SEGMENT:
+            return overlap.read_ahead(raw, read_ahead)
+        return raw
 
     def _parallel(self, aead: AESGCM, key: bytes, prefix: bytes, ring: int, read_ahead: int) -> Iterator[memoryview]:
         """segments() with worker processes: N segments in flight, released in order once verified.
