@@ -60,7 +60,7 @@ class Mutant:
 @dataclass
 class Outcome:
     mutant: Mutant
-    status: str  # killed | SURVIVED | STALE | baseline
+    status: str  # killed | SURVIVED | STALE | BROKEN
     seconds: float
     detail: str = ""
 
@@ -120,8 +120,11 @@ def run(mutant: Mutant) -> Outcome:
         if problem:
             return Outcome(mutant, "STALE", 0.0, problem)
         code, failed = _pytest(site, mutant.tests)
-        status = "SURVIVED" if code == 0 else "killed"
-        return Outcome(mutant, status, time.monotonic() - started, failed if code else "all its tests passed")
+        # Only pytest's "tests failed" (1) is a kill: a collection error (2), no tests (4, 5) or a
+        # timeout means no test caught the mutant, so the promise is not shown to be guarded.
+        status = {0: "SURVIVED", 1: "killed"}.get(code, "BROKEN")
+        detail = {0: "all its tests passed", 1: failed}.get(code, f"pytest exited {code}: {failed}")
+        return Outcome(mutant, status, time.monotonic() - started, detail)
     finally:
         shutil.rmtree(site, ignore_errors=True)
 
