@@ -99,8 +99,9 @@ def files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def nothing_left(dest: Path) -> bool:
-    """No output and no staging directory beside it (parents made for it are gone too)."""
-    if not dest.parent.exists():
-        return True
-    return not dest.exists() and not [n for n in os.listdir(dest.parent) if n.startswith(f".{dest.name}.staging-")]
+def nothing_left(dest: Path, root: Path | None = None) -> bool:
+    """No output, no staging directory, and no parent made for it: nothing new under `root`
+    (default: dest's parent), where the first missing component of dest's path began."""
+    root = dest.parent if root is None else root
+    top = root / dest.relative_to(root).parts[0]
+    return not top.exists() and not [n for n in os.listdir(root) if n.startswith(f".{top.name}.staging-")]

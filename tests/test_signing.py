@@ -72,6 +72,7 @@ def test_run_verifies_in_the_same_pass(shm: Path, signed):
     r, dest = seal_then_run(shm, model, public)
     assert r.code == 0, r.error()
     assert files(dest) == files(model)
+    assert any(x.get("event") == "signature_verified" for x in r.logs())  # checked, not just delivered
 
 
 def test_separate_signature_file_and_signature_elsewhere_in_the_model(shm: Path):
@@ -366,7 +367,7 @@ def test_each_failure_exits_4_names_it_and_leaves_nothing(shm: Path, signed, bre
     assert r.code == 4, r.stderr
     assert expected in r.error()
     assert "\n" not in r.error()
-    assert nothing_left(dest)
+    assert nothing_left(dest, shm)  # out/ was made for it: gone too
     # the oracle agrees that this model does not verify
     assert model_signing("verify", "key", "--signature", model / "model.sig", "--public_key", key,
                          model).returncode != 0 or breakage is _no_signature
