@@ -61,6 +61,7 @@ class Manifest:
     ignore_paths: list[tuple[str, ...]]
     files: dict[str, Items] = field(default_factory=dict)  # path -> its resources, in order
     model_name: str = ""
+    _shards: set[str] = field(default_factory=set, repr=False, compare=False)  # names seen, while parsing
 
     def algorithm(self) -> str:
         return HASH_TYPE if self.method == "files" else f"{HASH_TYPE}-sharded-{self.shard_size}"
@@ -94,9 +95,11 @@ def _add(m: Manifest, path: str, span: tuple[int, int] | None, algorithm: str, d
     if span is None and key in m.files:
         raise _Bad(f"file {key!r} is listed twice")
     name = key if span is None else f"{key}:{span[0]}:{span[1]}"
-    if span is not None and any(n == name for n, _, _ in m.files.get(key, ())):
-        raise _Bad(f"shard {name!r} is listed twice")
-    m.files[key] = m.files.get(key, ()) + ((name, algorithm, digest),)
+    if span is not None:
+        if name in m._shards:
+            raise _Bad(f"shard {name!r} is listed twice")
+        m._shards.add(name)
+    m.files.setdefault(key, []).append((name, algorithm, digest))  # type: ignore[attr-defined] - tuples in parse()
 
 
 def _v1(doc: dict) -> Manifest:
@@ -160,11 +163,12 @@ def parse(payload: bytes, where: str) -> Manifest:
         if _get(doc, "_type", str) != STATEMENT_TYPE:
             raise _Bad(f"not an in-toto {STATEMENT_TYPE} statement")
         predicate_type = _get(doc, "predicateType", str)
-        if predicate_type == PREDICATE_V1:
-            return _v1(doc)
-        if predicate_type == PREDICATE_V01:
-            return _v01(doc)
-        raise _Bad(f"unknown predicate type {predicate_type!r}")
+        if predicate_type not in (PREDICATE_V1, PREDICATE_V01):
+            raise _Bad(f"unknown predicate type {predicate_type!r}")
+        m = _v1(doc) if predicate_type == PREDICATE_V1 else _v01(doc)
+        m.files = {k: tuple(v) for k, v in m.files.items()}  # appended in linear time, then fixed
+        m._shards.clear()
+        return m
     except _Bad as e:
         raise IntegrityError(f"{where}: bad signed manifest: {e}") from None
     except (ValueError, RecursionError):
