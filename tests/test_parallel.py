@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from cgroups import fake_cgroup, real_cgroup
+from test_streaming import encrypt as streaming_encrypt
 from modelseal import cgroup, parallel
 from modelseal.errors import IntegrityError
-from modelseal.streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, Params
+from modelseal.streaming import AES256_GCM_HKDF_1MB, DecryptingReader, Params
 
 P = AES256_GCM_HKDF_1MB
 FIRST, FULL = P.first_plaintext_size, P.plaintext_size
@@ -31,11 +32,7 @@ SMALL = Params(segment_size=4096)  # many segments in little memory: several in 
 
 
 def encrypt(plaintext: bytes, params: Params = P) -> bytes:
-    out = io.BytesIO()
-    w = EncryptingWriter(out, KEY, AAD, params)
-    w.write(plaintext)
-    w.close()
-    return out.getvalue()
+    return streaming_encrypt(plaintext, KEY, AAD, params)
 
 
 def segments(ciphertext: bytes, workers: int, params: Params = P, ring: int = 4):
