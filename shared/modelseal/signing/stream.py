@@ -38,7 +38,7 @@ from typing import Callable
 
 from ..errors import IntegrityError, UsageError
 from ..log import Log
-from ..overlap import BackgroundWriter
+from ..overlap import WriteBehind
 from . import bundle as bundles
 from . import statement
 from .statement import Items, Manifest
@@ -125,7 +125,7 @@ class StreamVerifier:
         self._digests: dict[str, Items] = {}
         self._order: list[tuple[str, str | None]] = []  # (name, link target or None), in archive order
         self._whole: set[str] = set()  # hashed before the manifest was known: whole-file digests
-        self._thread: BackgroundWriter | None = None
+        self._thread: WriteBehind | None = None
         self._ring = [bytearray(CHUNK) for _ in range(DEPTH + 2)]
         self._next = 0
 
@@ -162,7 +162,7 @@ class StreamVerifier:
         h = _Hasher(name, m.shard_size if m is not None and m.method == "shards" else None, self._digests.__setitem__)
         if declared < INLINE_BELOW:
             return _Sink(h.feed, h.finalize)
-        return _Sink(lambda view: self._queue(h, view), lambda: self._jobs().write(h.finalize))
+        return _Sink(lambda view: self._queue(h, view), lambda: self._jobs().put(h.finalize))
 
     def symlink(self, parts: tuple[bytes, ...], target: list[bytes]) -> None:
         stack = list(parts[:-1])
@@ -184,15 +184,15 @@ class StreamVerifier:
 
         return _Sink(buf.extend, end)
 
-    def _jobs(self) -> BackgroundWriter:
+    def _jobs(self) -> WriteBehind:
         if self._thread is None:
-            self._thread = BackgroundWriter(lambda job: job(), depth=DEPTH)  # type: ignore[arg-type, return-value]
+            self._thread = WriteBehind(depth=DEPTH, name="modelseal-hasher")
         return self._thread
 
     def _queue(self, h: _Hasher, view: memoryview) -> None:
         jobs = self._jobs()
         if isinstance(view.obj, bytes):  # a decompressor's output: immutable, so no copy
-            jobs.write(lambda: h.feed(view))  # type: ignore[arg-type]
+            jobs.put(lambda: h.feed(view))
             return
         while view:  # a view of a buffer the reader reuses: copy it into the ring
             buf = self._ring[self._next % len(self._ring)]  # free: DEPTH + 1 puts have returned since its last use
@@ -200,7 +200,7 @@ class StreamVerifier:
             n = min(len(view), CHUNK)
             buf[:n] = view[:n]
             piece, view = memoryview(buf)[:n], view[n:]
-            jobs.write(lambda piece=piece: h.feed(piece))  # type: ignore[arg-type]
+            jobs.put(lambda piece=piece: h.feed(piece))
 
     def drain(self) -> None:
         """Wait for the hashing thread and stop it (the tree writer's close)."""
