@@ -27,6 +27,51 @@ def need(why: str) -> None:
         pytest.skip(why)
 
 
+#: Above this, two unequal byte strings are described, not diffed.
+BIG_BYTES = 4096
+
+
+def _describe_bytes(left: object, right: object) -> list[str] | None:
+    """Lengths and the first difference of two large byte strings (None for anything else)."""
+    kinds = (bytes, bytearray, memoryview)
+    if not isinstance(left, kinds) or not isinstance(right, kinds):
+        return None
+    a, b = bytes(left), bytes(right)
+    if max(len(a), len(b)) <= BIG_BYTES:
+        return None
+    n, step = min(len(a), len(b)), 1 << 16
+    block = next((o for o in range(0, n, step) if a[o:o + step] != b[o:o + step]), n)  # slices compare in C
+    at = next((i for i in range(block, min(block + step, n)) if a[i] != b[i]), n)
+    zeros = [name for name, v in (("left", a), ("right", b)) if v.count(0) == len(v)]
+    return [f"{len(a)} bytes == {len(b)} bytes",
+            f"first difference at offset {at}: {a[at:at + 16].hex() or '(end)'} vs {b[at:at + 16].hex() or '(end)'}",
+            *(f"the {name} side is all zeros" for name in zeros)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A failed `==` between large byte strings is described, never diffed.
+
+    pytest's explanation of a failed sequence comparison ndiffs both sides'
+    pretty-printed reprs under -v, and always when CI or BUILD_NUMBER is set:
+    for two 1 MiB plaintexts that never ends, so a failing test hung instead
+    of failing (tools/mutants.py saw a timeout, not a kill). Its hook cannot be
+    overridden by another hook (all of them run), so the function it calls is
+    wrapped; if pytest ever moves it, this does nothing.
+    """
+    from _pytest.assertion import util
+
+    compare = getattr(util, "assertrepr_compare", None)
+    if compare is None or getattr(compare, "modelseal", False):
+        return
+
+    def assertrepr_compare(config: pytest.Config, op: str, left: object, right: object) -> list[str] | None:
+        described = _describe_bytes(left, right) if op == "==" else None
+        return described if described is not None else compare(config=config, op=op, left=left, right=right)
+
+    assertrepr_compare.modelseal = True  # type: ignore[attr-defined]
+    util.assertrepr_compare = assertrepr_compare
+
+
 @pytest.fixture
 def shm() -> Path:
     """A fresh directory on tmpfs: plaintext in tests goes here, never to disk."""
