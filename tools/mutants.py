@@ -83,15 +83,29 @@ def _env(site: str) -> dict[str, str]:
     return env
 
 
-def _pytest(site: str, tests: list[str], timeout: float = 900) -> tuple[int, str]:
-    cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-rfE", *tests]
+def _pytest(site: str, tests: list[str], timeout: float = 300) -> tuple[int, str]:
+    # -v names each test as it starts, and faulthandler dumps every thread's stack when
+    # one test runs past 120 s: a timeout then says which test hung, and where.
+    cmd = [PYTHON, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--no-header", "-rfE",
+           "-o", "faulthandler_timeout=120", *tests]
     try:
         p = subprocess.run(cmd, cwd=REPO, env=_env(site), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return 124, "timed out"
+    except subprocess.TimeoutExpired as e:
+        return 124, "timed out" + _hung(_text(e.stdout), _text(e.stderr))
     lines = [x for x in p.stdout.splitlines() if x.strip()]
     failed = next((x for x in lines if x.startswith(("FAILED", "ERROR"))), lines[-1] if lines else "")
     return p.returncode, failed
+
+
+def _text(out: str | bytes | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+
+
+def _hung(stdout: str, stderr: str) -> str:
+    """Which test was running when the run timed out, and faulthandler's dump of its stacks."""
+    started = [x.split(" ")[0] for x in stdout.splitlines() if x.startswith("tests/")]
+    dump = stderr[stderr.find("Timeout ("):] if "Timeout (" in stderr else ""
+    return (f" in {started[-1]}" if started else "") + ("\n" + dump.rstrip() if dump else "")
 
 
 def _copy(mutant: Mutant | None) -> tuple[str, str]:
@@ -153,13 +167,16 @@ def main(argv: list[str]) -> int:
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for o in pool.map(run, mutants):
             outcomes.append(o)
-            detail = o.detail if o.status != "killed" else o.detail.removeprefix("FAILED ").split(" - ")[0]
+            detail = o.detail.split("\n")[0]
+            detail = detail if o.status != "killed" else detail.removeprefix("FAILED ").split(" - ")[0]
             print(f"{o.mutant.id:34} {o.mutant.file:22} {o.status:9} {o.seconds:5.1f}  {detail}", flush=True)
     bad = [o for o in outcomes if o.status != "killed"]
     total = time.monotonic() - started
     print(f"{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed in {total:.0f} s")
     for o in bad:
         print(f"  {o.status}: {o.mutant.id} ({o.mutant.file}): {o.mutant.why}")
+        for line in o.detail.split("\n")[1:]:  # a hung test's stacks
+            print(f"    {line}")
     return 1 if bad else 0
 
 
