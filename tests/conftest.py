@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -25,6 +27,22 @@ def need(why: str) -> None:
         if STRICT:
             pytest.fail(f"MODELSEAL_REQUIRE_IMAGES=1 but {why}", pytrace=False)
         pytest.skip(why)
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """The error's text, asserted to be one bounded line (every bad input gets one)."""
+    text = str(exc)
+    assert "\n" not in text and len(text) <= limit, f"message not one bounded line: {text[:200]!r}..."
+    return text
+
+
+@contextmanager
+def refused(kind: type[BaseException] | tuple[type[BaseException], ...], match: str | None = None,
+            limit: int = 400) -> Iterator[pytest.ExceptionInfo]:
+    """pytest.raises, and the message must be one bounded line."""
+    with pytest.raises(kind, match=match) as e:
+        yield e
+    one_line(e.value, limit)
 
 
 #: Above this, two unequal byte strings are described, not diffed.
