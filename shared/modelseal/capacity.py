@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import cgroup, tmpfs
+from . import cgroup, mounts, tmpfs
 from .errors import CapacityError
 from .log import Log
 
@@ -90,17 +90,8 @@ def quantity(n: int) -> str:
 
 def mount_point(fd: int) -> str | None:
     """The mount point of the filesystem an open descriptor is on (for messages)."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            mnt_id = next(line.split()[1] for line in f if line.startswith("mnt_id:"))
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[0] == mnt_id:
-                    return fields[4].replace("\\040", " ")
-    except (OSError, StopIteration, IndexError):
-        pass
-    return None
+    mount = mounts.of_descriptor(fd)
+    return mount.point if mount else None
 
 
 def check(fd: int, where: str, need: Need, log: Log, *,

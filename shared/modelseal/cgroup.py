@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from . import mounts
+
 #: A limit at or above this is "no limit" (v1 writes 2**63 rounded down to a page).
 UNLIMITED = 1 << 60
 
@@ -72,21 +74,6 @@ def _stat(directory: str) -> dict[str, int]:
     return out
 
 
-def _mounts(proc: str) -> list[tuple[str, str, str, str]]:
-    """(root within the hierarchy, mount point, fstype, super options) of each mount."""
-    out = []
-    for line in (_read(os.path.join(proc, "mountinfo")) or "").splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        if len(fields) < sep + 4 or sep < 5:
-            continue
-        unescape = lambda s: s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-        out.append((unescape(fields[3]), unescape(fields[4]), fields[sep + 1], fields[sep + 3]))
-    return out
-
-
 def _directory(cgroup_path: str, mount_root: str, mount_point: str) -> str:
     """Where this process's cgroup sits under the mount (the mount itself inside a namespace)."""
     rel = os.path.relpath(cgroup_path, mount_root) if mount_root != "/" else cgroup_path.lstrip("/")
@@ -108,18 +95,18 @@ def _levels(directory: str, mount_point: str) -> list[str]:
 def _find(proc: str, controller: str = "memory") -> tuple[int, str, str] | None:
     """(version, cgroup directory, mount point) of this process's cgroup for `controller`."""
     lines = (_read(os.path.join(proc, "cgroup")) or "").splitlines()
-    mounts = _mounts(proc)
+    table = mounts.read(proc)
     for line in lines:  # v1: "4:memory:/path" (controllers may be combined: "4:cpu,cpuacct:/path")
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if controller in controllers.split(","):
-            for root, point, fstype, options in mounts:
-                if fstype == "cgroup" and controller in options.split(","):
-                    return 1, _directory(path, root, point), point
+            for m in table:
+                if m.fstype == "cgroup" and controller in m.super_options.split(","):
+                    return 1, _directory(path, m.root, m.point), m.point
     for line in lines:  # v2: "0::/path"
         if line.startswith("0::"):
-            for root, point, fstype, _ in mounts:
-                if fstype == "cgroup2":
-                    return 2, _directory(line[3:], root, point), point
+            for m in table:
+                if m.fstype == "cgroup2":
+                    return 2, _directory(line[3:], m.root, m.point), m.point
     return None
 
 
