@@ -45,6 +45,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+import pytest
+
 from conftest import need  # noqa: F401  (re-exported: the container tests call harness.need)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +79,19 @@ def images_missing(*names: str) -> str:
     refs = [n if ":" in n else image(n) for n in names]
     absent = [r for r in refs if subprocess.run(["docker", "image", "inspect", r], capture_output=True).returncode]
     return f"images not built (images/build.sh): {', '.join(absent)}" if absent else ""
+
+
+#: The key URI every example spec names; a test puts its own key's in its place.
+SPEC_KEY = "aws-kms://alias/models"
+
+
+@pytest.fixture
+def images_built() -> None:
+    """Every stage image and the base are built; otherwise skip (fail under CI).
+
+    A module uses it with `pytestmark = pytest.mark.usefixtures("images_built")`.
+    """
+    need(images_missing(*ALL, "base"))
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, text: bool = True,

@@ -34,16 +34,12 @@ import pytest
 
 import harness
 from conftest import modelseal
-from harness import Pod, load_example, need, subtree, tree_of
+from harness import SPEC_KEY, Pod, images_built, load_example, need, subtree, tree_of  # noqa: F401 - images_built is a fixture
+
+pytestmark = pytest.mark.usefixtures("images_built")
 
 PLACEHOLDER_PIN = "0" * 64
 SPEC_OBJECT = "s3://models/resnet/1.seal"  # what the examples fetch and the seal Job uploads
-SPEC_KEY = "aws-kms://alias/models"
-
-
-@pytest.fixture(autouse=True)
-def _images() -> None:
-    need(harness.images_missing(*harness.ALL, "base"))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ import pytest
 
 import harness
 from conftest import modelseal
+from harness import images_built  # noqa: F401 - images_built is a fixture
+
+pytestmark = pytest.mark.usefixtures("images_built")
 
 REPO = harness.REPO
 TAG = harness.TAG
@@ -29,11 +32,6 @@ STAGES = harness.STAGES
 ALL = harness.ALL
 MB = 1_000_000
 image = harness.image
-
-
-@pytest.fixture(autouse=True)
-def _images() -> None:
-    harness.need(harness.images_missing(*ALL, "base"))
 
 
 def run(name: str, *args: str, network: str = "none", mounts: tuple[Path, ...] = (),

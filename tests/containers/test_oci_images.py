@@ -32,16 +32,12 @@ import pytest
 
 import harness
 from conftest import modelseal
-from harness import Pod, docker, load_example, need, subtree, tree_of
+from harness import SPEC_KEY, Pod, docker, images_built, load_example, need, subtree, tree_of  # noqa: F401 - images_built is a fixture
 from test_chain import assert_ok, aws, make_model, moto, output_location, world_readable  # noqa: F401 - fixtures
 
+pytestmark = pytest.mark.usefixtures("images_built")
+
 SPEC_REF = "oci://registry.example.com/models/resnet@sha256:" + "2" * 64
-SPEC_KEY = "aws-kms://alias/models"
-
-
-@pytest.fixture(autouse=True)
-def _images() -> None:
-    need(harness.images_missing(*harness.ALL, "base"))
 
 
 @pytest.fixture(scope="module")

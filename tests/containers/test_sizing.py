@@ -32,18 +32,14 @@ import pytest
 import harness
 import s3server
 from conftest import SHM, modelseal
-from harness import Pod, digests_of, load_example, need, pod_spec, quantity_bytes
+from harness import SPEC_KEY, Pod, digests_of, images_built, load_example, need, pod_spec, quantity_bytes  # noqa: F401 - images_built is a fixture
 from models import make_model
 
+pytestmark = pytest.mark.usefixtures("images_built")
+
 SPEC_OBJECT = "s3://models/resnet/1.seal"
-SPEC_KEY = "aws-kms://alias/models"
 PLACEHOLDER_PIN = "0" * 64
 MIB = 1 << 20
-
-
-@pytest.fixture(autouse=True)
-def _images() -> None:
-    need(harness.images_missing(*harness.ALL, "base"))
 
 
 def size_limit(doc: dict, volume: str) -> int:
@@ -111,13 +107,6 @@ def sealed() -> Sealed:
 def peaks(results: list[harness.Result]) -> str:
     return ", ".join(f"{r.name} {r.termination.get('cgroup_peak_mib')} MiB (rss {r.termination.get('peak_rss_mib')})"
                      for r in results if r.termination)
-
-
-def model_rel(pod: Pod, container: str, path: str) -> tuple[str, str]:
-    for m in pod.container(container).get("volumeMounts", []):
-        if path.startswith(m["mountPath"].rstrip("/") + "/"):
-            return m["name"], path[len(m["mountPath"].rstrip("/")) + 1:]
-    raise AssertionError(path)
 
 
 def delivered(pod: Pod, volume: str, rel: str) -> dict[str, str | None]:
