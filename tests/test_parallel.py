@@ -170,6 +170,27 @@ def test_a_killed_worker_is_reported_not_taken_for_tampering() -> None:
     assert workers_alive() == []
 
 
+@pytest.mark.parametrize("segment_size", [4096, 1 << 20, 4 << 20])
+def test_the_preflights_worker_memory_covers_the_shared_memory_mapped(monkeypatch, segment_size: int) -> None:
+    """Sizing follows the segment size: what the pool maps fits what the preflight charges for it."""
+    params = Params(segment_size=segment_size)
+    mapped = []
+    real = parallel.Pool.__init__
+
+    def recording(self, workers, slots, seg, key, prefix):  # type: ignore[no-untyped-def]
+        real(self, workers, slots, seg, key, prefix)
+        mapped.append(len(self._map))
+
+    monkeypatch.setattr(parallel.Pool, "__init__", recording)
+    ct = encrypt(os.urandom(3 * params.plaintext_size), params)
+    reader = DecryptingReader(io.BytesIO(ct), KEY, AAD, params, workers=3)
+    for _ in reader.segments(ring=4):  # the ring decrypt and unpack use
+        pass
+    assert mapped and mapped[0] <= reader.worker_memory() - 3 * parallel.WORKER_PRIVATE
+    assert parallel.memory(3, segment_size) == reader.worker_memory()
+    assert parallel.memory(1, segment_size) == 0
+
+
 # ---- the command line ---------------------------------------------------------------
 
 def _flip_segment(path: Path, prefix: int, index: int) -> None:

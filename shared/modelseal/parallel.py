@@ -44,18 +44,19 @@ from .errors import ModelsealError, UsageError
 #: Most workers by default: one writer takes at most ~3 GB/s into tmpfs, and
 #: even a slow core decrypts over 1 GB/s, so more cores than this only cost memory.
 MAX_DEFAULT_WORKERS = 8
-#: Memory one worker adds, for sizing: measured 8.7 MiB of private memory per
-#: worker (RssAnon; its libraries are the parent's page cache) plus its two
-#: slots of shared memory (4 MiB), rounded up.
-WORKER_MEMORY = 16 << 20
-#: The shared slots every pool has whatever its size (the consumer's ring,
-#: the read-ahead and the look-ahead: 9 segments of ciphertext + plaintext).
-POOL_MEMORY = 9 * 2 * (1 << 20)
+#: Private memory one worker adds, for sizing: measured 8.7 MiB (RssAnon; its
+#: libraries are the parent's page cache), rounded up with headroom.
+WORKER_PRIVATE = 14 << 20
+#: Slots every pool has beside one per worker: the consumer's ring (4 in
+#: decrypt and unpack), the read-ahead (2) and the look-ahead (3). A slot is
+#: one segment of ciphertext and one of plaintext (DecryptingReader._parallel).
+POOL_SLOTS = 9
 
 
-def memory(workers: int) -> int:
-    """What `workers` decryption workers add to a stage's memory (none in process)."""
-    return 0 if workers <= 1 else POOL_MEMORY + workers * WORKER_MEMORY
+def memory(workers: int, segment_size: int = 1 << 20) -> int:
+    """What `workers` decryption workers add to a stage's memory (none in process), for its segment size."""
+    return 0 if workers <= 1 else (workers + POOL_SLOTS) * 2 * segment_size + workers * WORKER_PRIVATE
+
 
 _CMD = struct.Struct(">IIBI")  # slot, segment index, last flag, ciphertext length
 _RESULT = struct.Struct(">IB")  # segment index, 1 = tag verified

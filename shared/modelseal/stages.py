@@ -132,9 +132,8 @@ class Plaintext:
 
     def worker_memory(self) -> int:
         """What this reader's decryption workers add to the stage's memory (none in process, or for OpenPGP)."""
-        from . import parallel
-
-        return parallel.memory(getattr(self.reader, "workers", 1))
+        measure = getattr(self.reader, "worker_memory", None)
+        return measure() if measure is not None else 0
 
     def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
         """What unpacking it leaves."""

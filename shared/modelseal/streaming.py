@@ -278,6 +278,12 @@ class DecryptingReader(ChunkReader):
         self.plaintext_bytes = 0
         self.segments_read = 0
 
+    def worker_memory(self) -> int:
+        """What the decryption workers add to the stage's memory (for the preflight)."""
+        from . import parallel
+
+        return parallel.memory(self.workers, self._params.segment_size)
+
     def _header(self) -> tuple[AESGCM, bytes, bytes]:
         p = self._params
         head = bytearray(p.header_size)
