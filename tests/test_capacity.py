@@ -198,7 +198,8 @@ def test_inode_limit_is_checked_too(shm: Path) -> None:
 
 def memory_cgroup(limit: int):
     """A real memory cgroup with `limit` (and no swap); yields a preexec_fn that moves a child into it."""
-    return real_cgroup("memory", {"memory.limit_in_bytes": str(limit)},
+    # v1: memsw (memory + swap) after the limit it may not be below; where swap accounting is off it is absent
+    return real_cgroup("memory", {"memory.limit_in_bytes": str(limit), "memory.memsw.limit_in_bytes": str(limit)},
                        {"memory.max": str(limit), "memory.swap.max": "0"})
 
 
