@@ -47,15 +47,26 @@ MAX_DEFAULT_WORKERS = 8
 #: Private memory one worker adds, for sizing: measured 8.7 MiB (RssAnon; its
 #: libraries are the parent's page cache), rounded up with headroom.
 WORKER_PRIVATE = 14 << 20
-#: Slots every pool has beside one per worker: the consumer's ring (4 in
-#: decrypt and unpack), the read-ahead (2) and the look-ahead (3). A slot is
-#: one segment of ciphertext and one of plaintext (DecryptingReader._parallel).
-POOL_SLOTS = 9
 
 
-def memory(workers: int, segment_size: int = 1 << 20) -> int:
-    """What `workers` decryption workers add to a stage's memory (none in process), for its segment size."""
-    return 0 if workers <= 1 else (workers + POOL_SLOTS) * 2 * segment_size + workers * WORKER_PRIVATE
+def slots(workers: int, ring: int, read_ahead: int) -> int:
+    """Segments alive at once, each a slot of the shared memory (ciphertext + plaintext).
+
+    `read_ahead` + 3 read but not yet handed out (the look-ahead), one in
+    each worker, and the `ring` the consumer holds.
+    """
+    return workers + ring + read_ahead + 3
+
+
+def memory(workers: int, segment_size: int = 1 << 20, ring: int = 4, read_ahead: int = 2) -> int:
+    """What `workers` decryption workers add to a stage's memory (none in process).
+
+    The defaults are what decrypt and unpack ask of the reader (a ring of 4,
+    a read-ahead of 2).
+    """
+    if workers <= 1:
+        return 0
+    return slots(workers, ring, read_ahead) * 2 * segment_size + workers * WORKER_PRIVATE
 
 
 _CMD = struct.Struct(">IIBI")  # slot, segment index, last flag, ciphertext length

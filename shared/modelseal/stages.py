@@ -130,11 +130,6 @@ class Plaintext:
             return capacity.Need.file(h.sizes.tar_bytes, "from the .seal header", buffers)
         return capacity.Need.unknown("input of unknown length")
 
-    def worker_memory(self) -> int:
-        """What this reader's decryption workers add to the stage's memory (none in process, or for OpenPGP)."""
-        measure = getattr(self.reader, "worker_memory", None)
-        return measure() if measure is not None else 0
-
     def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
         """What unpacking it leaves."""
         return capacity.tree_need(self.header.sizes if self.header is not None else None, self.size, compression,
@@ -435,7 +430,7 @@ def decrypt(
         progress = log.progress("decrypt", source.size)
         with source.stream:
             plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            check(f.fd, f.where, plain.file_need(plain.worker_memory()))
+            check(f.fd, f.where, plain.file_need(plain.reader.worker_memory()))
             with BackgroundWriter(f.write) as background:
                 for segment in plain.reader.segments(ring=background.depth + 2):
                     background.write(segment)
@@ -481,7 +476,7 @@ def run(
         input = open_ciphertext(source, options, sha256, log)
         with input.stream:
             plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            buffers = input.buffers + plain.worker_memory()
+            buffers = input.buffers + plain.reader.worker_memory()
             stats = dest.extract(
                 plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
                 preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, buffers)),

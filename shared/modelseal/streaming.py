@@ -231,6 +231,10 @@ class ChunkReader(io.RawIOBase):
     def segments(self, ring: int = 1, read_ahead: int = 2) -> Iterator[memoryview]:
         raise NotImplementedError
 
+    def worker_memory(self) -> int:
+        """What this decryptor's worker processes add to the stage's memory (for the preflight): none here."""
+        return 0
+
     def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
         if self._iter is None:
             self._iter = self.segments()
@@ -367,15 +371,14 @@ class DecryptingReader(ChunkReader):
     def _parallel(self, aead: AESGCM, key: bytes, prefix: bytes, ring: int, read_ahead: int) -> Iterator[memoryview]:
         """segments() with worker processes: N segments in flight, released in order once verified.
 
-        Slot s of the shared memory holds segment i = s (mod slots). Slots
-        cover what may be alive at once: `read_ahead` + 3 segments read but not
-        yet handed out, N in the workers, and the `ring` the consumer holds.
+        Slot s of the shared memory holds segment i = s (mod slots), one slot
+        for each segment that may be alive at once (parallel.slots).
         """
         from . import parallel
 
         p = self._params
         n = self.workers
-        slots = n + ring + read_ahead + 3
+        slots = parallel.slots(n, ring, read_ahead)
         pool = parallel.Pool(n, slots, p.segment_size, key, prefix)
         raw = self._read(read_ahead, [pool.ciphertext(s) for s in range(slots)])
         failed = True
