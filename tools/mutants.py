@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,24 +89,25 @@ def _pytest(site: str, tests: list[str], timeout: float = 300) -> tuple[int, str
     # one test runs past 120 s: a timeout then says which test hung, and where.
     cmd = [PYTHON, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--no-header", "-rfE",
            "-o", "faulthandler_timeout=120", *tests]
-    try:
-        p = subprocess.run(cmd, cwd=REPO, env=_env(site), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        return 124, "timed out" + _hung(_text(e.stdout), _text(e.stderr))
-    lines = [x for x in p.stdout.splitlines() if x.strip()]
+    # A session of its own, so a timeout also stops the servers and CLIs the tests started.
+    with subprocess.Popen(cmd, cwd=REPO, env=_env(site), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()  # everything printed before the kill
+            return 124, "timed out" + _hung(out, err)
+    lines = [x for x in out.splitlines() if x.strip()]
     failed = next((x for x in lines if x.startswith(("FAILED", "ERROR"))), lines[-1] if lines else "")
     return p.returncode, failed
 
 
-def _text(out: str | bytes | None) -> str:
-    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
-
-
 def _hung(stdout: str, stderr: str) -> str:
     """Which test was running when the run timed out, and faulthandler's dump of its stacks."""
-    started = [x.split(" ")[0] for x in stdout.splitlines() if x.startswith("tests/")]
+    started = next((x.split(" ")[0] for x in reversed(stdout.splitlines()) if x.startswith("tests/")), "")
     dump = stderr[stderr.find("Timeout ("):] if "Timeout (" in stderr else ""
-    return (f" in {started[-1]}" if started else "") + ("\n" + dump.rstrip() if dump else "")
+    return (f" in {started}" if started else "") + ("\n" + dump.rstrip() if dump else "")
 
 
 def _copy(mutant: Mutant | None) -> tuple[str, str]:
