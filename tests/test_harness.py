@@ -9,6 +9,7 @@ that compares two 1 MiB byte strings.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_a_failed_comparison_of_large_bytes_fails_promptly_and_says_where(tmp_pa
                                                                           verbosity: str) -> None:
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_big.py").write_text(FAILING)
-    clean = {k: v for k, v in __import__("os").environ.items() if k not in ("CI", "BUILD_NUMBER")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("CI", "BUILD_NUMBER")}
     p = subprocess.run([sys.executable, "-m", "pytest", verbosity, "-p", "no:cacheprovider", "test_big.py"],
                        cwd=tmp_path, env={**clean, **env}, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stdout[-2000:]

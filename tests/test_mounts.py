@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 from modelseal import capacity, mounts
@@ -40,4 +41,5 @@ def test_a_descriptor_is_on_its_real_mount(shm: Path) -> None:
         assert str(shm).startswith(mount.point) and capacity.mount_point(fd) == mount.point
     finally:
         os.close(fd)
-    assert mounts.of_descriptor(fd) is None  # closed: the kernel has no fdinfo for it
+    never_open = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # at the hard limit: no descriptor can have it
+    assert mounts.of_descriptor(never_open) is None

@@ -81,8 +81,12 @@ def images_missing(*names: str) -> str:
     return f"images not built (images/build.sh): {', '.join(absent)}" if absent else ""
 
 
-#: The key URI every example spec names; a test puts its own key's in its place.
+#: What the example specs name, which a test replaces with its own: the key URI,
+#: the sealed model's S3 object (also what the seal Job uploads) and the
+#: placeholder --sha256 pin.
 SPEC_KEY = "aws-kms://alias/models"
+SPEC_OBJECT = "s3://models/resnet/1.seal"
+PLACEHOLDER_PIN = "0" * 64
 
 
 @pytest.fixture

@@ -34,12 +34,10 @@ import pytest
 
 import harness
 from conftest import modelseal
-from harness import SPEC_KEY, Pod, images_built, load_example, need, subtree, tree_of  # noqa: F401 - images_built is a fixture
+from harness import (  # noqa: F401 - images_built is a fixture
+    PLACEHOLDER_PIN, SPEC_KEY, SPEC_OBJECT, Pod, images_built, load_example, need, subtree, tree_of)
 
 pytestmark = pytest.mark.usefixtures("images_built")
-
-PLACEHOLDER_PIN = "0" * 64
-SPEC_OBJECT = "s3://models/resnet/1.seal"  # what the examples fetch and the seal Job uploads
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ import pytest
 
 import harness
 from conftest import modelseal
-from harness import SPEC_KEY, Pod, docker, images_built, load_example, need, subtree, tree_of  # noqa: F401 - images_built is a fixture
+from harness import (  # noqa: F401 - images_built is a fixture
+    SPEC_KEY, Pod, docker, images_built, load_example, need, subtree, tree_of)
 from test_chain import assert_ok, aws, make_model, moto, output_location, world_readable  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("images_built")

@@ -32,13 +32,12 @@ import pytest
 import harness
 import s3server
 from conftest import SHM, modelseal
-from harness import SPEC_KEY, Pod, digests_of, images_built, load_example, need, pod_spec, quantity_bytes  # noqa: F401 - images_built is a fixture
+from harness import (  # noqa: F401 - images_built is a fixture
+    PLACEHOLDER_PIN, SPEC_KEY, SPEC_OBJECT, Pod, digests_of, images_built, load_example, need, pod_spec, quantity_bytes)
 from models import make_model
 
 pytestmark = pytest.mark.usefixtures("images_built")
 
-SPEC_OBJECT = "s3://models/resnet/1.seal"
-PLACEHOLDER_PIN = "0" * 64
 MIB = 1 << 20
 
 
