@@ -316,6 +316,44 @@ def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -
     assert to_bytes(four["initContainers"]["unpack"]["resources"]["limits"]["memory"]) >= tar + tree
 
 
+
+def _sealed_named(path: Path, name: str, version: str) -> Path:
+    """A .seal of a small tar whose (unauthenticated) header says `name` and `version`, sizes recorded."""
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = 200_000
+        t.addfile(info, io.BytesIO(os.urandom(200_000)))
+    out = io.BytesIO()
+    sizes = sealfmt.Sizes(tar_bytes=len(tar.getvalue()), file_bytes=200_000, files=1)
+    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes, name=name, version=version), os.urandom(32))
+    w.write(tar.getvalue())
+    w.close()
+    path.write_bytes(out.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("name, version", [
+    ("resnet\nsingle-stage: {pwned: true}\nx", "1"),  # a newline ends the comment: a key of its own
+    ("resnet", "1\r\nfour-stage: null"),
+    ("resnet\u2028evil: 1", "1\x85evil2: 2"),  # YAML's other line breaks (LS, NEL)
+    ("\x1b]0;owned\x07\x1b[2Jresnet", "\x1b[31m1"),  # terminal control sequences
+    ("r" * 5000, "1"),  # a name too long for a comment line
+], ids=["newline", "crlf", "unicode-breaks", "escapes", "long"])
+def test_inspect_resources_quotes_hostile_header_strings(shm: Path, name: str, version: str) -> None:
+    """The YAML parses to exactly what a benign header gives, and carries no control character."""
+    benign = modelseal("inspect", str(_sealed_named(shm / "benign.seal", "resnet", "1")), "--resources")
+    r = modelseal("inspect", str(_sealed_named(shm / "hostile.seal", name, version)), "--resources")
+    assert benign.code == 0 and r.code == 0, r.stderr
+    text = r.stdout.decode()
+    expected = yaml.safe_load(benign.stdout)
+    assert expected and yaml.safe_load(text) == expected  # the same keys and values, nothing added
+    assert not any(c in text for c in "\x1b\x07\r\x85\u2028")
+    assert text.splitlines()[1:] == benign.stdout.decode().splitlines()[1:]  # only the title line differs
+    title = text.splitlines()[0]
+    assert title.startswith("# ") and len(title) < 160 and ("resnet" in title or name == "r" * 5000)  # shown, quoted
+
+
 # ---- a killed run leaves the volume retryable -------------------------------------------
 
 @pytest.mark.parametrize("stage", ["decrypt", "run"])
