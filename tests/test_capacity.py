@@ -298,6 +298,38 @@ def test_archive_larger_than_its_header_declares_is_an_integrity_error(shm: Path
         assert sorted(os.listdir(shm)) == ["key", "lie.seal"]
 
 
+
+@pytest.mark.parametrize("declared, via, workers", [
+    (10_000, "stdin", 1),  # 3 MiB behind a header that says 10,000 bytes
+    (-1, "stdin", 1),  # one byte more than declared
+    (10_000, "stdin", 2),
+    (10_000, "file", 1),  # the length of a file says 3 MiB: the header's word still binds
+    (0, "stdin", 1),  # exactly as declared: written, byte-exact
+], ids=["3MiB-for-10000", "one-byte-over", "workers", "from-a-file", "exact"])
+def test_decrypt_writes_no_more_than_its_header_declares(shm: Path, declared: int, via: str, workers: int) -> None:
+    """From stdin the preflight sizes the target by the header's tar_bytes, so the output is held to it:
+    exit 4 before a byte past it is written, and nothing left (as unpack holds each file to its size)."""
+    key = os.urandom(32)
+    (shm / "key").write_bytes(key)
+    payload = os.urandom(3 * MIB + 5)
+    tar_bytes = declared if declared > 0 else len(payload) + declared
+    out = io.BytesIO()
+    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sealfmt.Sizes(tar_bytes=tar_bytes)), key)
+    w.write(payload)
+    w.close()
+    (shm / "m.seal").write_bytes(out.getvalue())
+    source = ["--in", "-"] if via == "stdin" else ["--in", str(shm / "m.seal")]
+    r = modelseal("decrypt", *source, "--key", str(shm / "key"), "-o", str(shm / "m.tar"), "--workers", str(workers),
+                  stdin=out.getvalue() if via == "stdin" else None)
+    if tar_bytes == len(payload):
+        assert r.code == 0, r.stderr
+        assert (shm / "m.tar").read_bytes() == payload
+        return
+    assert r.code == 4, r.stderr
+    assert f"larger than the {tar_bytes} bytes its .seal header declares" in r.error()
+    assert sorted(os.listdir(shm)) == ["key", "m.seal"]  # no m.tar, no m.tar.partial
+
+
 def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -> None:
     src, key, seal = model
     r = modelseal("inspect", str(seal), "--resources")
