@@ -118,6 +118,26 @@ def test_a_bundle_with_more_certificates_than_a_path_can_use_is_refused(shm: Pat
     refused_with_nothing_left(r, dest, f"carries {trust.MAX_BUNDLE_CERTS + 1} certificates")
 
 
+
+@pytest.mark.parametrize("which", ["leaf", "intermediate"])
+def test_a_certificate_whose_name_does_not_parse_exits_4(shm: Path, which: str):
+    """Names are decoded when the path search is counted: bytes that are no string are exit 4, not a crash."""
+    root_pem, root_key, root = victim_pki(shm)
+    key = ec.generate_private_key(ec.SECP256R1())
+    inter = certificate("QQQQQQQQ inter", key, root, root_key, ca=True, usage={"key_cert_sign"})
+    leaf = certificate("QQQQQQQQ leaf", key, inter, key, ca=False, usage={"digital_signature"})
+    der = [c.public_bytes(serialization.Encoding.DER) for c in (leaf, inter)]
+    i = 0 if which == "leaf" else 1
+    der[i] = der[i].replace(b"QQQQQQQQ", bytes(range(0xf8, 0x100)))  # not UTF-8, where a UTF8String belongs
+    model = make_model(shm / "model")
+    doc = json.loads(certificate_bundle(manifest(model), key, [leaf, inter]))
+    doc["verificationMaterial"]["x509CertificateChain"]["certificates"] = [
+        {"rawBytes": base64.b64encode(d).decode()} for d in der]
+    (model / "model.sig").write_text(json.dumps(doc))
+    r, dest = unpack(shm, model, "--verify-certificate", root_pem)
+    refused_with_nothing_left(r, dest, "model.sig: ")
+
+
 def test_real_chains_stay_well_inside_the_bound(shm: Path):
     """The bound leaves room: a chain that also carries the root, a re-issued root and the intermediate
     again in the PEM file verifies, and byte-exact; its search is a few tries."""

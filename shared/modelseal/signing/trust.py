@@ -180,7 +180,11 @@ class CertificateTrust:
             raise IntegrityError(f"{where}: malformed Sigstore bundle: a certificate is not DER X.509") from None
         leaf = chain[0]
         intermediates = _distinct(chain[1:] + self.intermediates)
-        if _path_tries(leaf, intermediates, self.anchors, MAX_PATH_TRIES) > MAX_PATH_TRIES:
+        try:
+            tries = _path_tries(leaf, intermediates, self.anchors, MAX_PATH_TRIES)
+        except ValueError:  # a name that does not parse (cryptography decodes names when asked for them)
+            raise IntegrityError(f"{where}: malformed Sigstore bundle: a certificate's name does not parse") from None
+        if tries > MAX_PATH_TRIES:
             raise IntegrityError(f"{where}: the certificate chain offers more than {MAX_PATH_TRIES} issuers to try "
                                  "(certificates that name each other): refused before checking any signature")
         verifier = (
