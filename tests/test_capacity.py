@@ -298,6 +298,38 @@ def test_archive_larger_than_its_header_declares_is_an_integrity_error(shm: Path
         assert sorted(os.listdir(shm)) == ["key", "lie.seal"]
 
 
+
+@pytest.mark.parametrize("declared, via, workers", [
+    (10_000, "stdin", 1),  # 3 MiB behind a header that says 10,000 bytes
+    (-1, "stdin", 1),  # one byte more than declared
+    (10_000, "stdin", 2),
+    (10_000, "file", 1),  # the length of a file says 3 MiB: the header's word still binds
+    (0, "stdin", 1),  # exactly as declared: written, byte-exact
+], ids=["3MiB-for-10000", "one-byte-over", "workers", "from-a-file", "exact"])
+def test_decrypt_writes_no_more_than_its_header_declares(shm: Path, declared: int, via: str, workers: int) -> None:
+    """From stdin the preflight sizes the target by the header's tar_bytes, so the output is held to it:
+    exit 4 before a byte past it is written, and nothing left (as unpack holds each file to its size)."""
+    key = os.urandom(32)
+    (shm / "key").write_bytes(key)
+    payload = os.urandom(3 * MIB + 5)
+    tar_bytes = declared if declared > 0 else len(payload) + declared
+    out = io.BytesIO()
+    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sealfmt.Sizes(tar_bytes=tar_bytes)), key)
+    w.write(payload)
+    w.close()
+    (shm / "m.seal").write_bytes(out.getvalue())
+    source = ["--in", "-"] if via == "stdin" else ["--in", str(shm / "m.seal")]
+    r = modelseal("decrypt", *source, "--key", str(shm / "key"), "-o", str(shm / "m.tar"), "--workers", str(workers),
+                  stdin=out.getvalue() if via == "stdin" else None)
+    if tar_bytes == len(payload):
+        assert r.code == 0, r.stderr
+        assert (shm / "m.tar").read_bytes() == payload
+        return
+    assert r.code == 4, r.stderr
+    assert f"larger than the {tar_bytes} bytes its .seal header declares" in r.error()
+    assert sorted(os.listdir(shm)) == ["key", "m.seal"]  # no m.tar, no m.tar.partial
+
+
 def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -> None:
     src, key, seal = model
     r = modelseal("inspect", str(seal), "--resources")
@@ -314,6 +346,44 @@ def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -
     assert to_bytes(four["volumes"]["plaintext"]["emptyDir"]["sizeLimit"]) >= tar
     assert to_bytes(four["initContainers"]["decrypt"]["resources"]["limits"]["memory"]) >= tar + 64 * MIB
     assert to_bytes(four["initContainers"]["unpack"]["resources"]["limits"]["memory"]) >= tar + tree
+
+
+
+def _sealed_named(path: Path, name: str, version: str) -> Path:
+    """A .seal of a small tar whose (unauthenticated) header says `name` and `version`, sizes recorded."""
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = 200_000
+        t.addfile(info, io.BytesIO(os.urandom(200_000)))
+    out = io.BytesIO()
+    sizes = sealfmt.Sizes(tar_bytes=len(tar.getvalue()), file_bytes=200_000, files=1)
+    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes, name=name, version=version), os.urandom(32))
+    w.write(tar.getvalue())
+    w.close()
+    path.write_bytes(out.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("name, version", [
+    ("resnet\nsingle-stage: {pwned: true}\nx", "1"),  # a newline ends the comment: a key of its own
+    ("resnet", "1\r\nfour-stage: null"),
+    ("resnet\u2028evil: 1", "1\x85evil2: 2"),  # YAML's other line breaks (LS, NEL)
+    ("\x1b]0;owned\x07\x1b[2Jresnet", "\x1b[31m1"),  # terminal control sequences
+    ("r" * 5000, "1"),  # a name too long for a comment line
+], ids=["newline", "crlf", "unicode-breaks", "escapes", "long"])
+def test_inspect_resources_quotes_hostile_header_strings(shm: Path, name: str, version: str) -> None:
+    """The YAML parses to exactly what a benign header gives, and carries no control character."""
+    benign = modelseal("inspect", str(_sealed_named(shm / "benign.seal", "resnet", "1")), "--resources")
+    r = modelseal("inspect", str(_sealed_named(shm / "hostile.seal", name, version)), "--resources")
+    assert benign.code == 0 and r.code == 0, r.stderr
+    text = r.stdout.decode()
+    expected = yaml.safe_load(benign.stdout)
+    assert expected and yaml.safe_load(text) == expected  # the same keys and values, nothing added
+    assert not any(c in text for c in "\x1b\x07\r\x85\u2028")
+    assert text.splitlines()[1:] == benign.stdout.decode().splitlines()[1:]  # only the title line differs
+    title = text.splitlines()[0]
+    assert title.startswith("# ") and len(title) < 160 and ("resnet" in title or name == "r" * 5000)  # shown, quoted
 
 
 # ---- a killed run leaves the volume retryable -------------------------------------------

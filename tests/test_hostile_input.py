@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -43,7 +44,7 @@ from modelseal.keys import decode, open_key
 from modelseal.sources import open_source
 from modelseal.unpack import extract
 from servers import (  # noqa: F401 - fixtures
-    Fault, ObjectServer, Server, aws_env, fast, no_proxy_env, pki, shm_dir, write_file)
+    Fault, FaultProxy, ObjectServer, Server, aws_env, fast, no_proxy_env, pki, shm_dir, write_file)
 from tinkhelp import keyset_json
 
 KEY = bytes(range(1, 33))
@@ -580,3 +581,105 @@ def test_raw_tink_key_starting_with_a_brace_is_a_raw_key():
             continue  # printable ASCII through and through: text (one key in 10**14)
         assert tinkkeyset.load(raw)[0] == raw
     assert tinkkeyset.load(b"  \n{" + bytes(31))[0] == b"  \n{" + bytes(31)
+
+
+# --------------------------------------------------------------------------- registries (real ones)
+
+@pytest.fixture(scope="module")
+def sealed_on_a_registry(tmp_path_factory):
+    """A real registry holding a sealed model (models/m:1), and a fault proxy in front of it."""
+    from registries import Registry
+
+    from conftest import modelseal
+
+    work = tmp_path_factory.mktemp("registry-work")
+    (work / "empty").mkdir()
+    (work / "model").mkdir()
+    (work / "model" / "weights.bin").write_bytes(os.urandom(100_000))
+    assert modelseal("keygen", "-o", str(work / "key")).code == 0
+    with Registry() as registry:
+        proxy = FaultProxy(registry.port)
+        r = modelseal("seal", str(work / "model"), "-o", f"oci://{registry.host}/models/m:1", "--key",
+                      str(work / "key"), "--allow-http", env={"DOCKER_CONFIG": str(work / "empty")})
+        assert r.code == 0, r.stderr
+        pushed = [x for x in r.logs() if x.get("event") == "pushed"][-1]
+        yield work, registry, proxy, pushed
+        proxy.close()
+
+
+def _fetch(work, host: str, config, out):  # type: ignore[no-untyped-def]
+    from conftest import modelseal
+
+    return modelseal("fetch-model", "--source", f"oci://{host}/models/m:1", "--allow-http", "-o", str(out),
+                     env={"DOCKER_CONFIG": str(config)})
+
+
+def _manifest_with(pushed: dict, **config) -> bytes:  # type: ignore[no-untyped-def]
+    """The pushed model's manifest, its layer untitled and of a generic type, its config as given."""
+    layer = {"mediaType": "application/octet-stream", "digest": pushed["layer"], "size": pushed["bytes"]}
+    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"digest": "sha256:" + "4" * 64, "size": 2, **config}, "layers": [layer]}).encode()
+
+
+@pytest.mark.parametrize("case", ["deep array", "deep member", "config.mediaType a list", "config.mediaType a map"])
+def test_hostile_manifest_from_a_registry(sealed_on_a_registry, case):
+    """A registry (or a mirror in front of one) answers the manifest GET with what it likes: exit 4."""
+    work, registry, proxy, pushed = sealed_on_a_registry
+    body = {
+        "deep array": DEEP,
+        "deep member": _manifest_with(pushed)[:-1] + b', "x": ' + DEEP_OBJ + b"}",
+        "config.mediaType a list": _manifest_with(pushed, mediaType=["application/vnd.oci.image.config.v1+json"]),
+        "config.mediaType a map": _manifest_with(pushed, mediaType={"a": 1}),
+    }[case]
+    out = work / f"out-{case.replace(' ', '-')}"
+    assert not out.exists()
+    proxy.add_fault(Fault("status", status=200, body=body, method="GET", path="/manifests/",
+                          headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    r = _fetch(work, f"127.0.0.1:{proxy.port}", work / "empty", out)
+    assert r.code == 4, r.stderr[-2000:]
+    assert "manifest" in r.error() and "\n" not in r.error() and len(r.error()) <= 400
+    assert not out.exists() and not os.path.exists(f"{out}.partial")
+    assert proxy.take_fault("GET", "/manifests/") is None  # the hostile answer was the one served
+
+
+def test_a_manifest_with_a_good_config_still_reads(sealed_on_a_registry):
+    """The same untitled layer with a string config type is read, byte-exact (the cases above differ by type only)."""
+    work, registry, proxy, pushed = sealed_on_a_registry
+    proxy.add_fault(Fault("status", status=200, body=_manifest_with(pushed, mediaType="application/vnd.oci.empty.v1+json"),
+                          method="GET", path="/manifests/",
+                          headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    out = work / "out-good"
+    r = _fetch(work, f"127.0.0.1:{proxy.port}", work / "empty", out)
+    assert r.code == 0, r.stderr[-2000:]
+    assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == pushed["layer"]
+
+
+@pytest.mark.parametrize("body", [DEEP, DEEP_OBJ, b'{"token": ' + DEEP + b"}"], ids=["deep", "deep-object", "deep-token"])
+def test_hostile_token_answer(tmp_path, body):
+    """The token endpoint a registry's challenge names answers nested JSON: exit 4, not a crash."""
+    from registries import Registry, TokenIssuer
+
+    issuer = TokenIssuer(str(tmp_path))
+    issuer.grant("", "models/m", "pull")
+    try:
+        with Registry(token=issuer) as registry:
+            issuer.add_fault(Fault("status", status=200, body=body, path="/token",
+                                   headers={"Content-Type": "application/json"}))
+            (tmp_path / "empty").mkdir()
+            r = _fetch(tmp_path, registry.host, tmp_path / "empty", tmp_path / "m.seal")
+    finally:
+        issuer.close()
+    assert r.code == 4, r.stderr[-2000:]
+    assert "token endpoint" in r.error() and "nested" in r.error() and "\n" not in r.error()
+    assert not (tmp_path / "m.seal").exists()
+
+
+@pytest.mark.parametrize("body", [DEEP, b'{"auths": ' + DEEP_OBJ + b"}", NESTED_40], ids=["deep", "deep-auths", "nested-40"])
+def test_hostile_docker_config_is_a_configuration_error(sealed_on_a_registry, tmp_path, body):
+    """A Docker config (a pull secret mounted as a volume) nested too deeply: exit 2, naming the file."""
+    work, registry, proxy, pushed = sealed_on_a_registry
+    (tmp_path / "config.json").write_bytes(body)
+    r = _fetch(work, registry.host, tmp_path, tmp_path / "m.seal")
+    assert r.code == 2, r.stderr[-2000:]
+    assert f"Docker config {tmp_path / 'config.json'}" in r.error() and "\n" not in r.error()
+    assert not (tmp_path / "m.seal").exists()

@@ -468,7 +468,7 @@ def test_docker_config_lookup(tmp_path, monkeypatch):
     write_file(str(tmp_path / "config.json"), "{not json")
     with pytest.raises(UsageError) as e:
         credentials.lookup("other", env)
-    assert "not valid JSON" in str(e.value)
+    assert "not valid UTF-8 JSON" in str(e.value)
     write_file(str(tmp_path / "config.json"), json.dumps({"auths": {"r": {"auth": "!!!"}}}))
     with pytest.raises(UsageError):
         credentials.lookup("r", env)

@@ -10,6 +10,7 @@ worker count from the CPU affinity and a real cgroup CPU quota.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -302,3 +303,54 @@ def test_a_real_cpu_quota_and_affinity_cap_the_cpus() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
     assert _available(one_core) == ["1", "1"]
+
+
+# ---- what a worker imports --------------------------------------------------------------
+
+_PLANT = "import os\nopen(os.path.join({marks!r}, {name!r}), 'w').close()\n"
+
+
+def _plant(where: Path, marks: Path, tag: str) -> None:
+    """`modelseal` and `cryptography` packages in `where` that leave a marker in `marks` when imported
+    (an attacker's would read the stream key from the worker's pipe instead)."""
+    for package in ("modelseal", "cryptography"):
+        (where / package).mkdir(parents=True)
+        (where / package / "__init__.py").write_text(_PLANT.format(marks=str(marks), name=f"{tag}-{package}"))
+    (where / "modelseal" / "parallel.py").write_text(_PLANT.format(marks=str(marks), name=f"{tag}-parallel"))
+
+
+def test_workers_import_only_the_library_their_parent_runs(shm: Path, cli) -> None:
+    """A `modelseal/` or `cryptography/` in the working directory, or on PYTHONPATH, never runs in a worker.
+
+    The stage is started as its console script starts it (no working directory on sys.path) and isolated
+    from PYTHONPATH (python -I, with this library's directory given explicitly, as an image might), so
+    only a worker that picks its own path up from the cwd or the environment can import the plants."""
+    key = shm / "key"
+    assert cli("keygen", "-o", str(key)).code == 0
+    plain = os.urandom(6 * FULL + 4321)
+    assert cli("seal", "-", "-o", str(shm / "p.seal"), "--key", str(key), stdin=plain).code == 0
+    cwd, on_path, marks = shm / "cwd", shm / "pythonpath", shm / "marks"
+    marks.mkdir()
+    _plant(cwd, marks, "cwd")
+    _plant(on_path, marks, "pythonpath")
+    library = str(Path(parallel.__file__).resolve().parents[1])  # the library under test (a mutant's copy too)
+    boot = f"import sys; sys.path.insert(0, {library!r}); from modelseal.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    env["PYTHONPATH"] = str(on_path)
+    r = subprocess.run([sys.executable, "-I", "-c", boot, "decrypt", "--in", str(shm / "p.seal"), "--key", str(key),
+                        "-o", str(shm / "out"), "--workers", "3"],
+                       cwd=cwd, env=env, capture_output=True, timeout=300)
+    assert sorted(os.listdir(marks)) == []  # nothing planted ran, in the stage or in a worker
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    assert (shm / "out").read_bytes() == plain
+    assert any(json.loads(x).get("workers") == 3 for x in r.stderr.decode().splitlines() if x.startswith("{"))
+
+
+def test_a_worker_starts_isolated_with_its_parents_library() -> None:
+    """The worker's argv: -I, then this process's own modelseal and cryptography directories."""
+    import cryptography
+
+    argv = parallel.worker_command("1", "2", "3", "4", "5")
+    assert argv[0] == sys.executable and argv[1] in ("-I", "-IB") and argv[2] == "-c"
+    assert argv[4:6] == [os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (parallel, cryptography)]
+    assert argv[6:] == ["1", "2", "3", "4", "5"]

@@ -382,7 +382,7 @@ def test_a_failure_in_run_leaves_nothing(shm: Path, signed):
 
 
 @pytest.mark.parametrize("content,reason", [
-    (b"not json at all", "not JSON"),
+    (b"not json at all", "not valid UTF-8 JSON"),
     (b"[1, 2]", "expected an object"),
     (b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "verificationMaterial": {}}', "dsseEnvelope"),
     (json.dumps({"mediaType": "x", "verificationMaterial": {}, "dsseEnvelope": {
@@ -390,7 +390,7 @@ def test_a_failure_in_run_leaves_nothing(shm: Path, signed):
      "not valid base64"),
     (json.dumps({"mediaType": "x", "verificationMaterial": {}, "dsseEnvelope": {
         "payload": "", "payloadType": "t", "signatures": []}}).encode(), "no signature"),
-    (b"\xff\xfe garbage", "not JSON"),
+    (b"\xff\xfe garbage", "not valid UTF-8 JSON"),
 ])
 def test_malformed_bundles_exit_4(shm: Path, signed, content: bytes, reason: str):
     model, _, public = signed

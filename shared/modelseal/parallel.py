@@ -19,6 +19,16 @@ cryptography), never forked: by the time the header is read the process may
 have threads inside OpenSSL (S3 and https sources), and a forked child could
 inherit their locks held.
 
+A worker holds the stream key, so nothing in its environment may choose
+its code: it runs isolated (`python -I`: no PYTHONPATH, PYTHONSTARTUP or
+other PYTHON* variable, no user site-packages, and neither the working
+directory nor a script's directory on sys.path) and is told the directories
+this process imported modelseal and cryptography from, which go ahead of
+the interpreter's own path. It so runs the very library its parent runs
+(an installed one, an editable one, or a copy first on PYTHONPATH), and a
+`modelseal/` or `cryptography/` planted in the working directory is never
+imported.
+
 Each worker costs a Python interpreter (8.7 MiB of private memory,
 measured), two segments of shared memory, and its start (about 60 ms of
 CPU, bench/scaling.py); on a machine where one core decrypts
@@ -108,6 +118,24 @@ def parse_workers(text: str | int | None) -> int:
     return n
 
 
+#: A worker's first line: the library's directories (argv 1 and 2) ahead of the isolated sys.path, then its loop.
+_BOOT = ("import sys; sys.path[:0] = [p for p in sys.argv[1:3] if p not in sys.path]; "
+         "from modelseal.parallel import main; main(sys.argv[3:])")
+
+
+def _library_roots() -> list[str]:
+    """The sys.path entries this process imported modelseal and cryptography from."""
+    import cryptography
+
+    return [os.path.dirname(os.path.dirname(os.path.abspath(f))) for f in (__file__, cryptography.__file__)]
+
+
+def worker_command(*args: str) -> list[str]:
+    """The argv of a worker: an isolated interpreter that imports the library this process runs."""
+    flags = "-IB" if sys.dont_write_bytecode else "-I"  # -B as here: a read-only image writes no byte-code
+    return [sys.executable, flags, "-c", _BOOT, *_library_roots(), *args]
+
+
 class WorkerError(ModelsealError):
     """A worker process died or stopped answering (killed, out of memory): not the input's fault."""
 
@@ -142,8 +170,7 @@ class Pool:
         res_r, res_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "modelseal.parallel", str(cmd_r), str(res_w), str(mem_fd), str(slots),
-                 str(self.segment_size)],
+                worker_command(str(cmd_r), str(res_w), str(mem_fd), str(slots), str(self.segment_size)),
                 pass_fds=(cmd_r, res_w, mem_fd), stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             os.close(cmd_r)
@@ -271,6 +298,7 @@ def _worker(cmd_fd: int, res_fd: int, mem_fd: int, slots: int, segment_size: int
         _write_all(res_fd, _RESULT.pack(index, ok))
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """A worker process's entry (worker_command): the five numbers of _worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    _worker(*(int(a) for a in sys.argv[1:6]))
+    _worker(*(int(a) for a in argv[:5]))

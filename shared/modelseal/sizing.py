@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import untrusted
 from .capacity import MIB, Need, mib, quantity, tree_need
 from .format import Sizes
 
@@ -49,6 +50,17 @@ def _tree_bytes(content: dict[str, Any], plaintext: int | None) -> tuple[int | N
     return need.bytes, f"about {mib(need.bytes)} ({need.source}: the header records no sizes)"
 
 
+def _comment(value: Any, limit: int) -> str:
+    """A header string (unauthenticated: anyone can edit a .seal's header) fit for a YAML comment.
+
+    As it is when it is short and printable; else quoted and shortened (untrusted.show escapes
+    line breaks, YAML's U+0085/U+2028/U+2029 included, and ESC), so it can neither end the comment
+    and add keys nor reach a terminal as a control sequence."""
+    if isinstance(value, str) and value.isprintable() and len(value) <= limit:
+        return value
+    return untrusted.show(value, limit)
+
+
 def _resources(memory: int) -> str:
     q = quantity(memory)
     return f"{{resources: {{requests: {{memory: {q}}}, limits: {{memory: {q}}}}}}}"
@@ -61,9 +73,9 @@ def advice(info: dict[str, Any]) -> str:
     payload = info.get("payload_bytes")
     tree, tree_text = _tree_bytes(content, plaintext)
     tar = Need.file(plaintext, "").bytes if isinstance(plaintext, int) else None  # pages, as the preflight counts them
-    lines = [f"# {info.get('name') or 'model'} {info.get('version') or ''}".rstrip(),
+    lines = [f"# {_comment(info.get('name') or 'model', 80)} {_comment(info.get('version') or '', 40)}".rstrip(),
              f"# unpacked: {tree_text}",
-             f"# decrypted payload ({content.get('compression', 'none')} tar): "
+             f"# decrypted payload ({_comment(content.get('compression', 'none'), 20)} tar): "
              + (mib(plaintext) if isinstance(plaintext, int) else "unknown (read from stdin)"),
              "# tmpfs pages count against the memory limit of the container that writes them, and stay",
              "# in the pod until deleted (README.md, Sizing). Memory requests equal limits: the pages are real.",

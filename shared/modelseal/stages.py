@@ -10,6 +10,7 @@ readers; nothing here is a second implementation of a stage.
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import BinaryIO, Callable
 from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
 from .atomic import Check, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
-from .errors import DeniedError, UsageError
+from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
 from .log import Log
 from .sources import open_source
@@ -129,6 +130,14 @@ class Plaintext:
         if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
             return capacity.Need.file(h.sizes.tar_bytes, "from the .seal header", buffers)
         return capacity.Need.unknown("input of unknown length")
+
+    def most_bytes(self) -> float:
+        """What decrypt may write: the header's tar_bytes for an uncompressed payload (what the preflight
+        sized the target by when the input's length is unknown), else no bound (inf)."""
+        h = self.header
+        if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
+            return h.sizes.tar_bytes
+        return math.inf
 
     def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
         """What unpacking it leaves."""
@@ -431,8 +440,13 @@ def decrypt(
         with source.stream:
             plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template, workers)
             check(f.fd, f.where, plain.file_need(plain.reader.worker_memory()))
+            most, written = plain.most_bytes(), 0
             with BackgroundWriter(f.write) as background:
                 for segment in plain.reader.segments(ring=background.depth + 2):
+                    written += len(segment)
+                    if written > most:  # held to the header's size, as unpack holds each file to its own
+                        raise IntegrityError(f"the payload is larger than the {most} bytes its .seal header "
+                                             "declares (content.tar_bytes): refused before writing past them")
                     background.write(segment)
                     progress.add(len(segment))
         f.commit()

@@ -27,13 +27,12 @@ The token endpoint must be https unless allow_http is set, like the registry.
 
 from __future__ import annotations
 
-import json as jsonlib
 import re
 import threading
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from .. import retry, web
+from .. import retry, untrusted, web
 from ..errors import DeniedError, IntegrityError, UsageError
 from ..uri import Options
 from . import credentials
@@ -160,11 +159,8 @@ class Registry:
             url = realm + ("&" if parts.query else "?") + urlencode(query)
             _, body = web.request_small(self.client, "GET", url, what, headers=headers,
                                         max_bytes=MAX_TOKEN_ANSWER)
-        try:
-            answer = jsonlib.loads(body)
-            token = answer.get("token") or answer.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+        answer = untrusted.json_document(body, what)
+        token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
         if not isinstance(token, str) or not _TOKEN.fullmatch(token):
             raise IntegrityError(f"{what}: the answer holds no token")
         return token

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from dataclasses import dataclass, field
 
-from .. import retry
+from .. import retry, untrusted
 from ..errors import UsageError, from_os_error
 
 MAX_CONFIG = 1 << 20
@@ -84,10 +83,7 @@ def _load(path: str) -> dict:
         raise from_os_error(exc, f"Docker config {path}") from None
     if len(data) > MAX_CONFIG:
         raise UsageError(f"Docker config {path} is larger than {MAX_CONFIG} bytes")
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise UsageError(f"Docker config {path} is not valid JSON") from None
+    obj = untrusted.json_document(data, f"Docker config {path}", UsageError)
     if not isinstance(obj, dict) or not isinstance(obj.get("auths", {}), dict):
         raise UsageError(f"Docker config {path}: expected an object with an 'auths' object")
     return obj

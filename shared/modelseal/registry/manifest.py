@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import untrusted
 from ..errors import IntegrityError, UsageError
 
 ARTIFACT_TYPE = "application/vnd.modelseal.model.v1"
@@ -102,29 +103,29 @@ def build(layer: Descriptor, annotations: dict[str, str]) -> bytes:
 
 def sealed_layer(body: bytes, what: str) -> Descriptor:
     """The layer holding the .seal, chosen from a manifest's bytes."""
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise IntegrityError(f"{what}: the manifest is not valid UTF-8 JSON") from None
+    obj = untrusted.json_document(body, f"{what}: the manifest")
     if not isinstance(obj, dict) or obj.get("schemaVersion") != 2:
         raise IntegrityError(f"{what}: not an OCI or Docker v2 manifest (schemaVersion 2)")
     media = obj.get("mediaType")
     if media in (OCI_INDEX, DOCKER_LIST) or "manifests" in obj:
         raise UsageError(f"{what}: is an image index (several manifests); name one manifest by its digest")
     if media not in (None, OCI_MANIFEST, DOCKER_MANIFEST):
-        raise UsageError(f"{what}: unsupported manifest type {media!r}")
+        raise UsageError(f"{what}: unsupported manifest type {untrusted.show(media, 80)}")
     layers_json = obj.get("layers")
     if not isinstance(layers_json, list) or not layers_json:
         raise IntegrityError(f"{what}: the manifest lists no layers")
     layers = [Descriptor.from_json(x, what) for x in layers_json]
     config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    config_type = config.get("mediaType")
+    if config_type is not None and not isinstance(config_type, str):
+        raise IntegrityError(f"{what}: malformed manifest: config.mediaType is not a string")
     for pick in (lambda d: d.media_type == SEAL_LAYER, lambda d: d.title.endswith(".seal")):
         chosen = [d for d in layers if pick(d)]
         if len(chosen) == 1:
             return chosen[0]
         if len(chosen) > 1:
             raise UsageError(f"{what}: {len(chosen)} layers could be the sealed model; push one .seal per tag")
-    if config.get("mediaType") in IMAGE_CONFIGS:
+    if isinstance(config_type, str) and config_type in IMAGE_CONFIGS:
         raise UsageError(f"{what}: is a container image, not a sealed-model artifact; mount it as an image "
                          "volume and read file:///..., or push the .seal itself (seal -o oci://, oras push)")
     if len(layers) == 1:

@@ -11,6 +11,10 @@ the key and certificate methods use no transparency log.
 The bundle is untrusted input until its signature verifies: `parse` is its
 only reader, and every way it can be malformed (not JSON, wrong types, bad
 base64, missing fields, too large) ends in one IntegrityError (exit 4).
+Before it is parsed, its size is capped (MAX_BUNDLE) and so are the JSON
+objects and arrays in it (MAX_CONTAINERS, which also bounds the nesting):
+a bundle is a handful of objects around base64 strings, while a few MiB of
+`{}` parse into hundreds of MiB of Python objects.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .. import untrusted
 from ..errors import IntegrityError
 
 MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
-MAX_BUNDLE = 64 << 20  # a manifest of ~300,000 files; a bundle is read into memory whole
+#: A bundle is read into memory whole. model_signing writes ~250 bytes a file (indented JSON, in base64):
+#: a model of a few dozen files signs in a few KiB, and 16 MiB hold a manifest of ~65,000 files.
+MAX_BUNDLE = 16 << 20
+#: JSON objects and arrays in a bundle, counted as `{` and `[` bytes before parsing (its payload, signature
+#: and certificates are base64, which has neither): one has about ten.
+MAX_CONTAINERS = 256
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,14 @@ def _b64(value: Any, what: str) -> bytes:
 
 def parse(data: bytes, where: str) -> Bundle:
     """Read an untrusted bundle; any malformation is one IntegrityError naming `where`."""
+    if len(data) > MAX_BUNDLE:
+        raise IntegrityError(f"{where}: malformed Sigstore bundle: {len(data)} bytes, over {MAX_BUNDLE}")
+    containers = data.count(b"{") + data.count(b"[")
+    if containers > MAX_CONTAINERS:
+        raise IntegrityError(f"{where}: malformed Sigstore bundle: up to {containers} JSON objects and arrays, "
+                             f"more than {MAX_CONTAINERS} (a bundle has about ten)")
+    doc = untrusted.json_document(data, f"{where}: malformed Sigstore bundle")
     try:
-        if len(data) > MAX_BUNDLE:
-            raise _Malformed(f"{len(data)} bytes, over {MAX_BUNDLE}")
-        doc = json.loads(data)
         material = _field(doc, "verificationMaterial", dict)
         envelope = _field(doc, "dsseEnvelope", dict)
         signatures = _field(envelope, "signatures", list)
@@ -92,8 +106,6 @@ def parse(data: bytes, where: str) -> Bundle:
         )
     except _Malformed as e:
         raise IntegrityError(f"{where}: malformed Sigstore bundle: {e}") from None
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, nesting
-        raise IntegrityError(f"{where}: malformed Sigstore bundle: not JSON") from None
 
 
 def build(payload: bytes, signature: bytes, key_hint: str) -> bytes:

@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import untrusted
 from ..errors import IntegrityError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -36,6 +37,7 @@ PREDICATE_V01 = "https://model_signing/Digests/v0.1"
 HASH_TYPE = "sha256"
 # What model_signing's signer leaves out by default (and records in ignore_paths).
 GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
+MAX_SHARD = 1 << 63  # a shard_size beyond any file
 
 Items = tuple[tuple[str, str, bytes], ...]  # (resource name, algorithm, digest) of one file
 
@@ -116,12 +118,15 @@ def _v1(doc: dict) -> Manifest:
         raise _Bad(f"unsupported hash_type {ser['hash_type']!r} (modelseal verifies {HASH_TYPE})")
     shard_size = None
     if method == "shards":
-        shard_size = _get(ser, "shard_size", (int, float))  # a protobuf Struct number: 1048576.0
-        if isinstance(shard_size, bool) or shard_size != int(shard_size) or shard_size <= 0:
+        shard_size = _get(ser, "shard_size", (int, float))  # a protobuf Struct number: 1048576.0 (finite: JSON)
+        if isinstance(shard_size, bool) or not 0 < shard_size < MAX_SHARD or shard_size != int(shard_size):
             raise _Bad("shard_size must be a positive integer")
         shard_size = int(shard_size)
     ignore = []
-    for p in ser.get("ignore_paths") or []:
+    ignore_paths = ser.get("ignore_paths")
+    if ignore_paths is not None and not isinstance(ignore_paths, list):
+        raise _Bad("ignore_paths is not a list")
+    for p in ignore_paths or []:
         if not isinstance(p, str):
             raise _Bad("ignore_paths holds a non-string")
         parts = components(p)
@@ -157,9 +162,12 @@ def _v01(doc: dict) -> Manifest:
 
 
 def parse(payload: bytes, where: str) -> Manifest:
-    """The manifest of a verified in-toto payload; anything malformed is one IntegrityError."""
+    """The manifest of a verified in-toto payload; anything malformed is one IntegrityError.
+
+    Parsed through untrusted.json_document: NaN and Infinity (which json.loads takes) and deep
+    nesting are refused there, so no number below is ever infinite."""
+    doc = untrusted.json_document(payload, f"{where}: bad signed manifest")
     try:
-        doc = json.loads(payload)
         if _get(doc, "_type", str) != STATEMENT_TYPE:
             raise _Bad(f"not an in-toto {STATEMENT_TYPE} statement")
         predicate_type = _get(doc, "predicateType", str)
@@ -171,8 +179,6 @@ def parse(payload: bytes, where: str) -> Manifest:
         return m
     except _Bad as e:
         raise IntegrityError(f"{where}: bad signed manifest: {e}") from None
-    except (ValueError, RecursionError):
-        raise IntegrityError(f"{where}: bad signed manifest: the payload is not JSON") from None
 
 
 def build(model_name: str, digests: list[tuple[str, bytes]], ignore_paths: list[str]) -> bytes:

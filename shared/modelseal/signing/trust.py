@@ -25,6 +25,17 @@ uses cryptography's verifier with the policy above. It is stricter in
 corners a signing PKI rarely meets: X.509 v3 only, positive serials of at
 most 20 bytes, validity dates encoded as RFC 5280 says, RSA CAs of at least
 2048 bits, no SHA-1 or DSA signatures, and at most 8 intermediates.
+
+The path search is bounded before it starts. cryptography 48's verifier
+tries every certificate whose subject names the working certificate's
+issuer, recursively, to the depth limit, with no budget: a bundle of a few
+self-issued CAs under one name is a search of n^8 signature checks (6 of
+them kept `unpack` busy for hours). So a bundle carries at most
+MAX_BUNDLE_CERTS certificates, duplicates are dropped, and the search the
+verifier would make is first walked by names alone (no signature checked):
+more than MAX_PATH_TRIES issuer candidates in all, and the bundle is refused
+(exit 4). A real chain (leaf, an intermediate or two, maybe the root) tries
+a handful.
 """
 
 from __future__ import annotations
@@ -43,6 +54,13 @@ from ..errors import IntegrityError, UsageError
 from .bundle import MEDIA_TYPE, PAYLOAD_TYPE, Bundle, pae, pae_compat
 
 CURVES = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+#: Intermediates a path may stack: cryptography's default, set explicitly so that _path_tries counts the same search.
+MAX_CHAIN_DEPTH = 8
+#: Certificates a bundle's chain may carry: the leaf, MAX_CHAIN_DEPTH intermediates and a copy of the root.
+MAX_BUNDLE_CERTS = MAX_CHAIN_DEPTH + 2
+#: Issuer candidates the path search may try in all (Go and rustls-webpki stop at 100 signature
+#: checks, later cryptography releases at 128); counted by names, before any signature is checked.
+MAX_PATH_TRIES = 128
 
 
 class Trust(Protocol):
@@ -153,20 +171,32 @@ class CertificateTrust:
     def _leaf_key(self, bundle: Bundle, where: str) -> ec.EllipticCurvePublicKey:
         if not bundle.certificates:
             raise IntegrityError(f"{where}: signed with a key, not a certificate (use --verify-key)")
+        if len(bundle.certificates) > MAX_BUNDLE_CERTS:
+            raise IntegrityError(f"{where}: the bundle carries {len(bundle.certificates)} certificates, more than "
+                                 f"{MAX_BUNDLE_CERTS} (a leaf, at most {MAX_CHAIN_DEPTH} intermediates and the root)")
         try:
             chain = [x509.load_der_x509_certificate(der) for der in bundle.certificates]
         except ValueError:
             raise IntegrityError(f"{where}: malformed Sigstore bundle: a certificate is not DER X.509") from None
         leaf = chain[0]
+        intermediates = _distinct(chain[1:] + self.intermediates)
+        try:
+            tries = _path_tries(leaf, intermediates, self.anchors, MAX_PATH_TRIES)
+        except ValueError:  # a name that does not parse (cryptography decodes names when asked for them)
+            raise IntegrityError(f"{where}: malformed Sigstore bundle: a certificate's name does not parse") from None
+        if tries > MAX_PATH_TRIES:
+            raise IntegrityError(f"{where}: the certificate chain offers more than {MAX_PATH_TRIES} issuers to try "
+                                 "(certificates that name each other): refused before checking any signature")
         verifier = (
             verification.PolicyBuilder()
             .store(verification.Store(self.anchors))
             .time(leaf.not_valid_before_utc)
+            .max_chain_depth(MAX_CHAIN_DEPTH)
             .extension_policies(ee_policy=verification.ExtensionPolicy.permit_all(), ca_policy=self._ca_policy)
             .build_client_verifier()
         )
         try:
-            verifier.verify(leaf, chain[1:] + self.intermediates)
+            verifier.verify(leaf, intermediates)
         except verification.VerificationError as e:
             raise IntegrityError(f"{where}: the signing certificate does not chain to --verify-certificate: "
                                  f"{str(e).split(' (encountered')[0]}") from None
@@ -183,6 +213,44 @@ class CertificateTrust:
         if not _verify_ecdsa(key, bundle, hashes.SHA256()):
             raise IntegrityError(f"{where}: bad signature: it does not verify with the signing certificate's key")
         return bundle.payload
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _distinct(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The certificates, each once, in order (the bundle and the PEM file may both carry an intermediate)."""
+    return list({_der(c): c for c in certs}.values())
+
+
+def _path_tries(leaf: x509.Certificate, intermediates: list[x509.Certificate], anchors: list[x509.Certificate],
+                limit: int) -> int:
+    """How many issuer candidates cryptography's path builder may try for `leaf`, counting up to limit + 1.
+
+    Its search, walked by names only: from each certificate (the leaf at depth 0) that is not an anchor
+    and not deeper than MAX_CHAIN_DEPTH, every anchor and every intermediate whose subject is its issuer
+    is a candidate (a signature check); an intermediate candidate is searched in turn one level deeper.
+    Signatures only prune that search, so this bounds its work. Names compare as cryptography's Name
+    objects do, which is no stricter than the verifier's comparison of their encodings.
+    """
+    anchor_der = {_der(a) for a in anchors}
+    nodes = [(c.subject, c.issuer, _der(c)) for c in intermediates]
+    anchor_subjects = [a.subject for a in anchors]
+    tries = 0
+    todo = [(leaf.issuer, _der(leaf), 0)]
+    while todo:
+        issuer, der, depth = todo.pop()
+        if der in anchor_der or depth > MAX_CHAIN_DEPTH:
+            continue
+        tries += sum(1 for subject in anchor_subjects if subject == issuer)
+        for subject, next_issuer, next_der in nodes:
+            if subject == issuer:
+                tries += 1
+                todo.append((next_issuer, next_der, depth + 1))
+        if tries > limit:
+            break
+    return tries
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
