@@ -8,12 +8,46 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field, fields, replace
 from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import UsageError
+
+#: `scheme://USER:SECRET@` at the start of a URI, read the way a person writes it: USER runs to the
+#: first `:` and has no `/`; SECRET runs to the last `@` before a space and may hold `/` (AWS secret
+#: keys often do), where a URL parser ends the authority, so `s3://AKIA...:abc/def@bucket/key` would
+#: pass as host `AKIA...`, port `abc` and a path, and be logged whole. `HOST:PORT/PATH@...` (an
+#: `oci://127.0.0.1:5000/repo@sha256:...` reference) is not user info: a port is 1 to 5 digits, then
+#: the path; a secret that itself starts so reads as one, the one spelling left ambiguous. The
+#: lengths are bounded so that scanning any text costs linear time (forged header fields are logged).
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^/?#@:\[\]\s]{0,256}):"
+                        r"(?P<secret>\S{0,1024})@")
+#: How far past a cut a user info may reach and still be recognised (the lengths above, and then some).
+USER_INFO_REACH = 1400
+_PORT_THEN_PATH = re.compile(r"[0-9]{1,5}[/?#]")
+
+
+def _is_user_info(m: re.Match) -> bool:
+    return not _PORT_THEN_PATH.match(m.group("secret"))
+
+
+def has_user_info(raw: str) -> bool:
+    """Whether `raw` starts with `scheme://USER:SECRET@` (_USER_INFO), or has user info in its authority."""
+    m = _USER_INFO.match(raw)
+    return (m is not None and _is_user_info(m)) or "@" in urlsplit(raw).netloc
+
+
+def redact_user_info(text: str) -> str:
+    """`text` with every `scheme://USER:SECRET@` in it (anywhere, any scheme) cut down to `scheme://[redacted]@`.
+
+    For log lines, errors and the termination message: a URI quoted by a
+    message we did not write (an SDK's, a parser's) never carries a secret out."""
+    if "@" not in text:
+        return text
+    return _USER_INFO.sub(lambda m: m.group("scheme") + "[redacted]@" if _is_user_info(m) else m.group(0), text)
 
 
 @dataclass(frozen=True)
@@ -36,7 +70,7 @@ class URI:
             return cls(raw, "file", "", raw)  # a plain path
         parts = urlsplit(raw)
         scheme = parts.scheme.lower()
-        if "@" in parts.netloc:
+        if has_user_info(raw):
             # No scheme of ours has a use for user info; it would be a password in a pod
             # spec, in `ps` and in every message that names the URI. Not repeated here.
             raise UsageError(f"{scheme}:// URI: user info (user:password@) is refused; credentials come from "

@@ -64,7 +64,7 @@ def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool =
     """An endpoint URL (endpoint_url, AWS_ENDPOINT_URL*, cdh_url, a Vault address), parsed once.
 
     The host that decides "loopback" and "plain http" is `urlsplit(url).hostname`,
-    the host urllib3 and botocore connect to. User info, a query and a fragment
+    the host urllib3 and botocore connect to. User info (any `@`), a query and a fragment
     are refused, as are spaces, control characters and backslashes: each is
     where URL parsers disagree (`http://HOST#@127.0.0.1` connects to HOST), and
     none has a use in an endpoint. Messages never repeat the URL (it may carry
@@ -73,11 +73,11 @@ def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool =
     if not isinstance(url, str) or not _ENDPOINT_CHARS.fullmatch(url):
         raise UsageError(f"{what}: the URL is empty or has spaces, control characters or backslashes")
     parts = urlsplit(url)
-    if "@" in parts.netloc:
-        raise UsageError(f"{what}: user info (user:password@) is refused in an endpoint URL; "
-                         "credentials come from token files or the SDK's credential chain")
     if "?" in url or "#" in url:
         raise UsageError(f"{what}: a query or fragment is refused in an endpoint URL")
+    if "@" in url:  # user info, also a secret holding "/" (uri.has_user_info); no endpoint needs an "@"
+        raise UsageError(f"{what}: user info (user:password@) is refused in an endpoint URL; "
+                         "credentials come from token files or the SDK's credential chain")
     if not parts.hostname:
         raise UsageError(f"{what}: the URL needs a scheme and a host, e.g. https://host:port")
     try:
