@@ -1,5 +1,11 @@
 """The `modelseal` command line: flags (each also from MODELSEAL_<FLAG>), and the
 one place where errors become exit codes, log lines and the termination message.
+
+Flag values are read by one rule each, whether they come from the command
+line or the environment: every numeric flag by its bounds.Number (finite,
+in range), every flag that asks for a check (_CHECKS) never empty. Both run
+inside main's error handling, so a bad value is one JSON line, the
+termination message and exit 2, like any other usage error.
 """
 
 from __future__ import annotations
@@ -7,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
+from dataclasses import fields
 from typing import Any, Callable
 
-from . import __version__, stages
+from . import __version__, bounds, stages
 from .errors import UsageError, classify
 from .log import Log, write_termination
 from .uri import Options
@@ -38,28 +44,49 @@ def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     p.add_argument(*names, **kw)
 
 
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+#: Every numeric flag and its rule: the connection settings' come with Options (a URI query sets them too).
+_NUMBERS: dict[str, bounds.Number] = {
+    **{f.name: f.metadata["number"] for f in fields(Options) if "number" in f.metadata},
+    "max_bytes": bounds.MAX_BYTES, "max_files": bounds.MAX_FILES, "max_file_size": bounds.MAX_FILE_SIZE,
+    "max_ratio": bounds.MAX_RATIO, "workers": bounds.WORKERS,
+}
+#: Flags that ask for a check, naming what it compares against (a signer's key, a root, a digest, a
+#: CA): given empty (an unset template variable), they would turn the check off without a word.
+_CHECKS = ("verify_key", "verify_certificate", "signature", "sha256", *Options.checks())
 
 
-def size(text: str) -> int:
-    """Byte counts like 512M or 64GiB."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 64G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+def _named(dest: str, argv: list[str]) -> str:
+    """How the user set a flag: --the-flag, or its environment variable when the command line has no such flag."""
+    flag = "--" + dest.replace("_", "-")
+    if any(a == flag or a.startswith(flag + "=") for a in argv) or _env_name(dest) not in os.environ:
+        return flag
+    return "$" + _env_name(dest)
+
+
+def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
+    """Apply the two rules (module docstring) to every flag this command has."""
+    for dest in _CHECKS:
+        value = getattr(a, dest, None)
+        if value is not None and not str(value).strip():
+            raise UsageError(f"{_named(dest, argv)} is empty, which would turn its check off: give a value, "
+                             "or leave the flag out")
+    for dest, rule in _NUMBERS.items():
+        value = getattr(a, dest, None)
+        if value is not None:
+            setattr(a, dest, rule.parse(value, _named(dest, argv)))
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (also as URI query parameters)")
-    _flag(g, "--timeout", type=float, default=30.0, help="seconds for each network call")
+    _flag(g, "--timeout", default=30.0, help="seconds for each network call")
     _flag(g, "--ca", help="CA bundle for TLS")
     _flag(g, "--cert", help="client certificate (PEM)")
     _flag(g, "--cert-key", help="client certificate key (PEM), when separate")
     _flag(g, "--token-file", help="bearer token file (HTTPS, Vault)")
     _flag(g, "--endpoint-url", help="S3/KMS-compatible endpoint")
     _flag(g, "--allow-http", action="store_true", help="allow plain http:// (warned)")
-    _flag(g, "--retries", type=int, default=6, help="attempts on transient errors")
-    _flag(g, "--concurrency", type=int, default=4, help="parallel ranged reads (S3: each holds one part, 8 MiB)")
+    _flag(g, "--retries", default=6, help="attempts on transient errors")
+    _flag(g, "--concurrency", default=4, help="parallel ranged reads (S3: each holds one part, 8 MiB)")
     _flag(g, "--cdh-url", default="http://127.0.0.1:8006", help="Confidential Data Hub for kbs:///")
     _flag(g, "--role", help="Vault Kubernetes-auth role")
 
@@ -103,17 +130,17 @@ def _aad(a: argparse.Namespace) -> bytes:
 
 def _limits(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("unpack limits (counted on the stream)")
-    _flag(g, "--max-bytes", type=size, help="total bytes extracted")
-    _flag(g, "--max-files", type=int, help="number of entries")
-    _flag(g, "--max-file-size", type=size, help="bytes in one file")
-    _flag(g, "--max-ratio", type=float, help="decompressed / compressed bytes")
+    _flag(g, "--max-bytes", help="total bytes extracted (e.g. 64G)")
+    _flag(g, "--max-files", help="number of entries")
+    _flag(g, "--max-file-size", help="bytes in one file (e.g. 32G)")
+    _flag(g, "--max-ratio", help="decompressed / compressed bytes")
     _flag(g, "--allow-symlinks", action="store_true", help="extract symlinks that stay inside the target")
 
 
 def _limits_of(a: argparse.Namespace):
     from .unpack import Limits
 
-    # argparse applies each flag's type to $MODELSEAL_* defaults too, so these are parsed.
+    # _read_values has read these (command line or $MODELSEAL_*) by their bounds.Number rules.
     given = {k: getattr(a, k) for k in ("max_bytes", "max_files", "max_file_size", "max_ratio")}
     return Limits(**{k: v for k, v in given.items() if v is not None})
 
@@ -298,16 +325,20 @@ def _run(a: argparse.Namespace, log: Log) -> dict:
 
 
 def _workers(a: argparse.Namespace) -> int:
-    from .parallel import parse_workers
+    if a.workers is not None:
+        return a.workers
+    from .parallel import default_workers
 
-    return parse_workers(a.workers)
+    return default_workers()  # auto
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors exit 2 here
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)  # a malformed command line exits 2 here
     log = Log(args.command)
     os.environ.setdefault("MODELSEAL_STAGE", args.command)  # backends log under the stage's name
     try:
+        _read_values(args, argv)
         summary = args.func(args, log) or {}
     except (Exception, KeyboardInterrupt) as exc:
         err = classify(exc)
