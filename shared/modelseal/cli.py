@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--compress", choices=("none", "gzip", "zstd"), default="none", help="compression inside the seal")
     _flag(p, "--sign-key", metavar="PEM", help="sign the model directory with this EC private key "
           "(OpenSSF model signing); adds model.sig to the archive")
+    _flag(p, "--follow-external-symlinks", action="store_true", help="seal what symlinks that leave SRC point "
+          "to (refused by default: a link to /etc/passwd would be shipped)")
     _connection(p)
 
     p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
@@ -279,7 +281,8 @@ def _keygen(a: argparse.Namespace, log: Log) -> dict:
 def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
     return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
-                       version=a.model_version, compress=a.compress, sign_key=a.sign_key)
+                       version=a.model_version, compress=a.compress, sign_key=a.sign_key,
+                       follow_external_symlinks=a.follow_external_symlinks)
 
 
 def _convert(a: argparse.Namespace, log: Log) -> dict:
