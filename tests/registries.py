@@ -178,9 +178,9 @@ class Storage(ObjectServer):
 class HeaderProxy(FaultProxy):
     """The fault proxy, recording each request's Authorization header."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, tls: Any = None) -> None:
         self.authorizations: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
-        super().__init__(upstream_port)
+        super().__init__(upstream_port, tls)
 
     def handle(self, h: Any, body: bytes, fault: Any) -> None:
         with self.lock:
@@ -189,11 +189,14 @@ class HeaderProxy(FaultProxy):
 
 
 class Registry:
-    """`docker-registry serve` on 127.0.0.1; `stop()` (or the context manager) ends it."""
+    """`docker-registry serve` on 127.0.0.1; `stop()` (or the context manager) ends it.
+
+    `external_url`: the registry's configured external address (`http.host`),
+    which its answers' Locations are built on, as behind a reverse proxy."""
 
     def __init__(self, *, root: str | None = None, pki: PKI | None = None,
                  htpasswd: dict[str, str] | None = None, token: TokenIssuer | None = None,
-                 storage: Storage | None = None) -> None:
+                 storage: Storage | None = None, external_url: str | None = None) -> None:
         exe = need_tool("docker-registry")
         self.dir = tempfile.mkdtemp(prefix="modelseal-registry-", dir=root)
         self.data = os.path.join(self.dir, "data")
@@ -205,6 +208,8 @@ class Registry:
                                 "headers": {"X-Content-Type-Options": ["nosniff"]}}
         if pki is not None:
             http["tls"] = {"certificate": pki.server_cert, "key": pki.server_key}
+        if external_url is not None:  # the base of the URLs it hands out (upload Locations), as behind a proxy
+            http["host"] = external_url
         store: dict[str, Any] = {"filesystem": {"rootdirectory": self.data}, "delete": {"enabled": True},
                                    "maintenance": {"uploadpurging": {"enabled": False}}}
         config: dict[str, Any] = {"version": 0.1, "log": {"level": "info", "accesslog": {"disabled": True}},

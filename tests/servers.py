@@ -700,9 +700,9 @@ class FaultProxy(Server):
 
     HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer", "upgrade"}
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, tls: ssl.SSLContext | None = None) -> None:
         self.upstream_port = upstream_port
-        super().__init__(None)
+        super().__init__(tls)  # tls: an https front to the plain-HTTP upstream (a TLS-terminating proxy)
 
     def handle(self, h: _Handler, body: bytes, fault: Fault | None) -> None:
         headers = {k: v for k, v in h.headers.items() if k.lower() not in self.HOP}

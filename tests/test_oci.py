@@ -425,6 +425,54 @@ def test_blob_redirected_to_storage_resumes_there(token_registry, work, out):
     assert [rng for m, p, rng in storage.requests if m == "GET"] == [None, f"bytes={2 * MiB}-"]
 
 
+# ---- no downgrade to plain http, anywhere in a push or a pull ----------------------------
+
+def test_push_never_follows_an_upload_location_down_to_plain_http(work, out, pki):
+    """An https registry (a TLS-terminating proxy in front) whose configured external URL is http://:
+    every upload Location it hands out is plain http. Following one sends the sealed blob (and any
+    token) in the clear to whoever answers there; the push must stop with exit 2 instead."""
+    clear = HeaderProxy(0)  # the plain-http address the Locations name: it must never see a request
+    registry = Registry(external_url=clear.url)
+    clear.upstream_port = registry.port
+    front = HeaderProxy(registry.port, tls=pki.server_context())  # https: what the owner pushes to
+    try:
+        for part_size in ("1MiB", "16MiB"):  # PATCHes, then the final PUT; or the final PUT alone
+            ref = f"oci://127.0.0.1:{front.port}/models/downgrade:{part_size}"
+            r = ms("seal", str(work / "model"), "-o", f"{ref}?part_size={part_size}", "--key", str(work / "key"),
+                   "--ca", pki.ca, config=work / "empty")
+            assert r.code == 2, r.stderr
+            assert "plain http" in r.error() and "allow_http" in r.error(), r.error()
+            assert front.count("POST", "/blobs/uploads/") >= 1  # it did start, over https
+        assert clear.count() == 0, clear.requests  # not a byte went out in the clear
+        assert front.count("PUT", "/manifests/") == 0  # no tag
+    finally:
+        front.close()
+        registry.stop()
+        clear.close()
+
+
+def test_pull_never_follows_a_blob_redirect_down_to_plain_http(work, out, pki):
+    """The same registry over https whose blobs redirect to plain-http storage: refused, nothing fetched there."""
+    storage = Storage()
+    registry = Registry(storage=storage)
+    front = HeaderProxy(registry.port, tls=pki.server_context())
+    try:
+        push(work, f"oci://{registry.host}/models/redirected:1", "--allow-http")
+        storage.reset_counters()
+        ref = f"oci://127.0.0.1:{front.port}/models/redirected:1"
+        for args in (("fetch-model", "--source", ref, "-o", str(out / "m.seal")),
+                     ("run", "--source", ref, "--key", str(work / "key"), "-o", str(out / "tree"))):
+            r = ms(*args, "--ca", pki.ca, config=work / "empty")
+            assert r.code == 2, r.stderr
+            assert "plain http" in r.error(), r.error()
+        assert front.count("GET", "/blobs/") >= 1 and storage.count() == 0
+        assert os.listdir(out) == []
+    finally:
+        front.close()
+        registry.stop()
+        storage.close()
+
+
 # ---- pure logic: references, Docker config, layer choice ----------------------------------
 
 @pytest.mark.parametrize("uri", [

@@ -290,6 +290,99 @@ def test_secret_names_with_an_at_sign_are_percent_encoded(moto, aws_env):
     assert open_key("secretsmanager://team%40example/model", fast(endpoint_url=moto.url)).data_key() == KEY
 
 
+# --------------------------------------------------------------------------- a secret holding "/" (AWS keys do)
+
+#: A URL parser ends the authority at the first "/", so `s3://AKID:abc/def@bucket/key` has no user info for it:
+#: host AKID, port "abc", path "/def@bucket/key". Each piece must stay out of every output.
+SLASHED = "Zq9Ab/Kx7Yw+Pv3/Tn5Rm"
+PIECES = (AKID, *SLASHED.split("/"))
+SLASHED_SOURCES = [
+    f"s3://{AKID}:{SLASHED}@bucket/model.seal",
+    f"https://{AKID}:{SLASHED}@127.0.0.1:1/model.seal",
+    f"oci://{AKID}:{SLASHED}@127.0.0.1:1/models/m:1",
+    f"file://{AKID}:{SLASHED}@localhost/model.seal",
+]
+SLASHED_KEYS = [
+    f"aws-kms://{AKID}:{SLASHED}@alias/model",
+    f"secretsmanager://{AKID}:{SLASHED}@model-key",
+    f"vault://{AKID}:{SLASHED}@127.0.0.1:8200/secret/model",
+    f"vault-transit://{AKID}:{SLASHED}@127.0.0.1:8200/transit/k",
+    f"https://{AKID}:{SLASHED}@127.0.0.1:1/key",
+]
+
+
+def _no_piece(*texts: str) -> None:
+    for text in texts:
+        for piece in PIECES:
+            assert piece not in text, f"{piece!r} leaked: {text[-600:]}"
+
+
+@pytest.mark.parametrize("uri", SLASHED_SOURCES + SLASHED_KEYS)
+def test_user_info_whose_secret_holds_a_slash_is_refused_in_the_library(uri):
+    with pytest.raises(UsageError) as e:
+        URI.parse(uri)
+    _no_piece(str(e.value))
+
+
+@pytest.mark.parametrize("uri", SLASHED_SOURCES)
+def test_user_info_whose_secret_holds_a_slash_exits_2_and_is_never_shown(shm, uri):
+    (shm / "key").write_bytes(KEY)
+    (shm / "src").write_bytes(b"x")
+    runs = [("fetch-model", "--source", uri, "-o", str(shm / "m.seal")),
+            ("run", "--source", uri, "--key", str(shm / "key"), "-o", str(shm / "model")),
+            ("fetch-key", "--key-uri", "aws-kms://alias/k", "--source", uri, "-o", str(shm / "k"))]
+    if not uri.startswith(("https", "file")):
+        runs.append(("seal", str(shm / "src"), "-o", uri, "--key", str(shm / "key")))
+    for args in runs:
+        r, term = _run_quietly(shm, *args)
+        assert r.code == 2, (args[0], r.stderr)
+        assert json.loads(term)["category"] == "usage"
+        _no_piece(r.stderr, r.stdout.decode(errors="replace"), term)
+    assert sorted(os.listdir(shm)) == ["key", "src", "termination-log"]
+
+
+@pytest.mark.parametrize("uri", SLASHED_KEYS)
+def test_key_uri_whose_secret_holds_a_slash_exits_2_and_is_never_shown(shm, uri):
+    for args in (("fetch-key", "--key-uri", uri, "-o", str(shm / "k")),
+                 ("decrypt", "--in", "-", "--key-uri", uri, "-o", str(shm / "o"))):
+        r, term = _run_quietly(shm, *args)
+        assert r.code == 2, r.stderr
+        _no_piece(r.stderr, r.stdout.decode(errors="replace"), term)
+    assert os.listdir(shm) == ["termination-log"]
+
+
+@pytest.mark.parametrize("endpoint", [f"http://{AKID}:{SLASHED}@127.0.0.1:9",
+                                      f"http://{AKID}:12/{SLASHED}@127.0.0.1:9"])
+def test_endpoint_url_whose_secret_holds_a_slash_is_refused(aws_env, endpoint):
+    with pytest.raises(UsageError) as e:
+        aws.client("s3", Options(endpoint_url=endpoint, allow_http=True, extra={"region": "us-east-1"}))
+    _no_piece(str(e.value))
+
+
+def test_any_user_info_quoted_in_a_log_line_or_the_termination_message_is_redacted():
+    """The net under every message: one we did not word (an SDK's, a parser's) may quote a URI whole."""
+    import io
+
+    from modelseal.log import Log, termination_line
+
+    quoted = [f"s3://{AKID}:{SLASHED}@bucket/m.seal", f"https://user:{SECRET}@host/x",
+              f"oci://{AKID}:{SLASHED}@127.0.0.1:5000/r:1", f"vault://u:{SECRET}@h:8200/s"]
+    for uri in quoted:
+        stream = io.StringIO()
+        Log("test", stream).error("failed", error=f"SomeSDKError: could not reach {uri}: refused",
+                                  nested={"uri": [uri]})
+        line = termination_line({"error": f"{uri} " + "x" * 5000, "uri": uri})
+        for text in (stream.getvalue(), line):
+            _no_piece(text)
+            assert SECRET not in text and "[redacted]@" in text
+    # a registry with a port and a digest reference is not user info: shown, and accepted
+    pinned = "oci://127.0.0.1:5000/models/m@sha256:" + "a" * 64
+    stream = io.StringIO()
+    Log("test", stream).info("source", uri=pinned)
+    assert pinned in stream.getvalue()
+    assert URI.parse(pinned).netloc == "127.0.0.1:5000"
+
+
 # --------------------------------------------------------------------------- endpoint URLs: parsed once
 
 BAD_ENDPOINTS = [

@@ -1,13 +1,31 @@
 """Building the tar that `seal` encrypts: deterministic, owner-free, no surprises.
 
 Members are added in sorted order with owners cleared and setuid/setgid/sticky
-bits dropped, so the same tree seals to the same plaintext. Symlinks are
-followed (like `tar -h`): the unpack stage refuses links by default, and model
-caches such as Hugging Face's are made of them.
+bits dropped, so the same tree seals to the same plaintext.
+
+What goes in is decided on what was opened, not on path strings:
+
+- A symlink inside SRC is stored as the file (or directory) it points to,
+  like `tar -h`, once under each name that leads to it: the unpack stage
+  refuses links (and hard links) by default, and a model's file names must
+  all be there after unpacking. A directory reached twice is refused.
+- A symlink whose target, resolved by the kernel (the link opened with
+  O_PATH, its real path read from /proc/self/fd), is not under SRC's own
+  real path (compared component by component) is refused unless
+  `follow_external` (`--follow-external-symlinks`): a link to /etc/passwd
+  or ~/.aws/credentials in a downloaded model would otherwise be shipped.
+  A Hugging Face snapshot directory is made of such links (into ../../blobs).
+- Files whose identity (st_dev, st_ino) is in `skip` (the output being
+  written, a stale output of an earlier run) are left out, whatever their
+  name; other `*.seal` files are sealed with a warning.
+- Every member keeps the identity it was planned with; write_tar opens it
+  again and refuses it if it is another file by then (swapped for a link).
+- A tree without a byte of file content is refused: an empty model.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -19,6 +37,7 @@ from typing import BinaryIO, Sequence
 
 from .errors import UsageError
 from .format import Sizes
+from .log import Log
 
 COPY_BUFSIZE = 1 << 20
 
@@ -67,6 +86,14 @@ def _tarinfo(path: str, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
     return info
 
 
+#: (st_dev, st_ino): a file's identity, whatever name or link reaches it.
+Identity = tuple[int, int]
+
+
+def identity(st: os.stat_result) -> Identity:
+    return st.st_dev, st.st_ino
+
+
 @dataclass(frozen=True)
 class Plan:
     """The members of the tar `seal` will write, and its exact size, known before a byte is written.
@@ -75,13 +102,23 @@ class Plan:
     what the archive unpacks to (format.Sizes).
     """
 
-    members: list[tuple[str | bytes, tarfile.TarInfo]]  # (path on disk, or the bytes, member) in archive order
+    #: (path on disk, or the bytes; member; identity of what the path opened when planned) in archive order
+    members: list[tuple[str | bytes, tarfile.TarInfo, Identity | None]]
     tar_bytes: int
     file_bytes: int
     files: int
 
     def sizes(self) -> Sizes:
         return Sizes(tar_bytes=self.tar_bytes, file_bytes=self.file_bytes, files=self.files)
+
+    def regular_files(self) -> list[tuple[str, str, Identity]]:
+        """(path, archive name, identity) of every regular file read from disk, in archive order."""
+        return [(path, info.name, ident) for path, info, ident in self.members
+                if info.isreg() and isinstance(path, str) and ident is not None]
+
+    def with_first(self, first: Sequence[tuple[str, bytes]]) -> "Plan":
+        """The same plan with (name, bytes) members ahead of the tree (seal --sign-key's model.sig)."""
+        return _plan([*_byte_members(first), *self.members])
 
 
 def _tar_size(infos: list[tarfile.TarInfo]) -> int:
@@ -95,40 +132,114 @@ def _tar_size(infos: list[tarfile.TarInfo]) -> int:
     return -(-total // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-def plan_tar(src: str, first: Sequence[tuple[str, bytes]] = ()) -> Plan:
-    """Walk `src` (a directory's contents, or one file): members in sorted order, symlinks followed.
-
-    `first`: (name, bytes) members ahead of the tree (seal --sign-key's model.sig)."""
-    members: list[tuple[str | bytes, tarfile.TarInfo]] = []
+def _byte_members(first: Sequence[tuple[str, bytes]]) -> list[tuple[str | bytes, tarfile.TarInfo, Identity | None]]:
+    out: list[tuple[str | bytes, tarfile.TarInfo, Identity | None]] = []
     for arcname, data in first:
         info = tarfile.TarInfo(arcname)
         info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-        members.append((data, info))
+        out.append((data, info, None))
+    return out
 
-    def add(path: str, arcname: str) -> None:
-        try:
-            st = os.stat(path)  # follows symlinks on purpose, see module docstring
-        except FileNotFoundError:
-            raise UsageError(f"cannot seal {path}: dangling symlink or vanished file") from None
-        members.append((path, _tarinfo(path, arcname, st)))
 
-    if not os.path.isdir(src):
-        add(src, os.path.basename(src.rstrip("/")) or "file")
-    else:
-        seen = {os.path.realpath(src)}
-        for root, dirs, files in os.walk(src, followlinks=True):
-            dirs.sort()
-            for d in list(dirs):
-                real = os.path.realpath(os.path.join(root, d))
-                if real in seen:
-                    raise UsageError(f"cannot seal {os.path.join(root, d)}: a directory reached twice through symlinks")
-                seen.add(real)
-            rel = os.path.relpath(root, src)
-            for name in sorted(dirs + files):
-                add(os.path.join(root, name), name if rel == "." else f"{rel}/{name}")
-    infos = [info for _, info in members]
+def _plan(members: list[tuple[str | bytes, tarfile.TarInfo, Identity | None]]) -> Plan:
+    infos = [info for _, info, _ in members]
     regular = [info for info in infos if info.isreg()]
     return Plan(members, _tar_size(infos), sum(i.size for i in regular), len(regular))
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _real_path(fd: int) -> str:
+    """The kernel's path of what `fd` opened (symlinks resolved, as it was reached)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _under(path: str, root: str) -> bool:
+    """Whether `path` is `root` or below it, component by component (/a/model2 is not under /a/model)."""
+    return os.path.commonpath([path, root]) == root
+
+
+def plan_tar(src: str, first: Sequence[tuple[str, bytes]] = (), *, follow_external: bool = False,
+             skip: frozenset[Identity] = frozenset(), log: Log | None = None) -> Plan:
+    """Walk `src` (a directory's contents, or one file): members in sorted order (see the module docstring).
+
+    `first`: (name, bytes) members ahead of the tree (seal --sign-key's model.sig)."""
+    members = _byte_members(first)
+    if not os.path.isdir(src):
+        st = os.stat(src)
+        members.append((src, _tarinfo(src, os.path.basename(src.rstrip("/")) or "file", st), identity(st)))
+    else:
+        members += _walk(src, follow_external, skip, log)
+    plan = _plan(members)
+    if plan.file_bytes == 0:
+        raise UsageError(f"cannot seal {src}: it holds no file with any content (an empty model)")
+    return plan
+
+
+def _walk(src: str, follow_external: bool, skip: frozenset[Identity],
+          log: Log | None) -> list[tuple[str | bytes, tarfile.TarInfo, Identity | None]]:
+    """The members under the directory `src`, depth first with each directory's entries sorted (os.walk's order)."""
+    members: list[tuple[str | bytes, tarfile.TarInfo, Identity | None]] = []
+    root_fd = os.open(src, _DIR)
+    try:
+        root_st = os.fstat(root_fd)
+        root = _real_path(root_fd)
+    finally:
+        os.close(root_fd)
+    seen = {identity(root_st)}  # directories walked: one reached twice (through a link) is refused
+    todo: list[tuple[str, str, Identity]] = [(src, "", identity(root_st))]  # (path, archive name, identity)
+    while todo:
+        path, rel, expected = todo.pop()
+        fd = os.open(path, _DIR)
+        try:
+            if identity(os.fstat(fd)) != expected:
+                raise UsageError(f"cannot seal {path}: it changed while being sealed")
+            subdirs = []
+            for name in sorted(os.listdir(fd)):
+                entry, arc = os.path.join(path, name), f"{rel}{name}"
+                st = _resolve(fd, name, entry, root, follow_external)
+                if identity(st) in skip:
+                    if log is not None:
+                        log.warning("seal_output_skipped", path=arc, note="this seal's own output (or its "
+                                    "partial file) is inside SRC: left out")
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if identity(st) in seen:
+                        raise UsageError(f"cannot seal {entry}: a directory reached twice through symlinks")
+                    seen.add(identity(st))
+                    subdirs.append((entry, arc + "/", identity(st)))
+                elif name.endswith(".seal") and log is not None:
+                    log.warning("seal_file_inside", path=arc, note="a .seal file inside SRC is sealed with the "
+                                "model; remove it if it is an earlier output")
+                members.append((entry, _tarinfo(entry, arc, st), identity(st)))
+        finally:
+            os.close(fd)
+        todo.extend(reversed(subdirs))
+    return members
+
+
+def _resolve(dir_fd: int, name: str, path: str, root: str, follow_external: bool) -> os.stat_result:
+    """stat of the entry `name` of the open directory, through a symlink (decided on the opened target)."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        return st
+    try:
+        fd = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)  # follows the link as the kernel does
+    except FileNotFoundError:
+        raise UsageError(f"cannot seal {path}: dangling symlink") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"cannot seal {path}: a symlink loop") from None
+        raise
+    try:
+        target = os.fstat(fd)
+        if not follow_external and not _under(_real_path(fd), root):
+            raise UsageError(f"cannot seal {path}: a symlink to {_real_path(fd)}, outside the model directory "
+                             "(pass --follow-external-symlinks to seal what it points to)")
+        return target
+    finally:
+        os.close(fd)
 
 
 def write_tar(plan: Plan | str, out: BinaryIO) -> int:
@@ -137,7 +248,7 @@ def write_tar(plan: Plan | str, out: BinaryIO) -> int:
         plan = plan_tar(plan)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         tar.copybufsize = COPY_BUFSIZE
-        for path, info in plan.members:
+        for path, info, planned in plan.members:
             if not info.isreg():
                 tar.addfile(info)
                 continue
@@ -145,7 +256,10 @@ def write_tar(plan: Plan | str, out: BinaryIO) -> int:
                 tar.addfile(info, io.BytesIO(path))
                 continue
             with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size != info.size:
+                st = os.fstat(f.fileno())
+                if planned is not None and identity(st) != planned:
+                    raise UsageError(f"cannot seal {path}: it was replaced while being sealed")
+                if st.st_size != info.size:
                     raise UsageError(f"cannot seal {path}: it changed size while being sealed")
                 tar.addfile(info, f)
     return plan.files

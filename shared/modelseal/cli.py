@@ -1,5 +1,15 @@
 """The `modelseal` command line: flags (each also from MODELSEAL_<FLAG>), and the
 one place where errors become exit codes, log lines and the termination message.
+
+Flag values are read by one rule each, whether they come from the command
+line or the environment: every numeric flag by its bounds.Number (finite,
+in range), every flag that asks for a check (_CHECKS) never empty. Both run
+inside main's error handling, so a bad value is one JSON line, the
+termination message and exit 2, like any other usage error.
+
+SIGTERM (what the kubelet sends) and SIGINT stop a stage the way an error
+does: errors.Stopped unwinds it, so what it had begun to write goes, then
+one line is logged and the process exits 143 or 130.
 """
 
 from __future__ import annotations
@@ -7,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import signal
 import sys
+from dataclasses import fields
 from typing import Any, Callable
 
-from . import __version__, stages
-from .errors import UsageError, classify
+from . import __version__, bounds, stages
+from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
 from .uri import Options
 
@@ -38,28 +49,49 @@ def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     p.add_argument(*names, **kw)
 
 
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+#: Every numeric flag and its rule: the connection settings' come with Options (a URI query sets them too).
+_NUMBERS: dict[str, bounds.Number] = {
+    **{f.name: f.metadata["number"] for f in fields(Options) if "number" in f.metadata},
+    "max_bytes": bounds.MAX_BYTES, "max_files": bounds.MAX_FILES, "max_file_size": bounds.MAX_FILE_SIZE,
+    "max_ratio": bounds.MAX_RATIO, "workers": bounds.WORKERS,
+}
+#: Flags that ask for a check, naming what it compares against (a signer's key, a root, a digest, a
+#: CA): given empty (an unset template variable), they would turn the check off without a word.
+_CHECKS = ("verify_key", "verify_certificate", "signature", "sha256", *Options.checks())
 
 
-def size(text: str) -> int:
-    """Byte counts like 512M or 64GiB."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 64G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+def _named(dest: str, argv: list[str]) -> str:
+    """How the user set a flag: --the-flag, or its environment variable when the command line has no such flag."""
+    flag = "--" + dest.replace("_", "-")
+    if any(a == flag or a.startswith(flag + "=") for a in argv) or _env_name(dest) not in os.environ:
+        return flag
+    return "$" + _env_name(dest)
+
+
+def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
+    """Apply the two rules (module docstring) to every flag this command has."""
+    for dest in _CHECKS:
+        value = getattr(a, dest, None)
+        if value is not None and not str(value).strip():
+            raise UsageError(f"{_named(dest, argv)} is empty, which would turn its check off: give a value, "
+                             "or leave the flag out")
+    for dest, rule in _NUMBERS.items():
+        value = getattr(a, dest, None)
+        if value is not None:
+            setattr(a, dest, rule.parse(value, _named(dest, argv)))
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (also as URI query parameters)")
-    _flag(g, "--timeout", type=float, default=30.0, help="seconds for each network call")
+    _flag(g, "--timeout", default=30.0, help="seconds for each network call")
     _flag(g, "--ca", help="CA bundle for TLS")
     _flag(g, "--cert", help="client certificate (PEM)")
     _flag(g, "--cert-key", help="client certificate key (PEM), when separate")
     _flag(g, "--token-file", help="bearer token file (HTTPS, Vault)")
     _flag(g, "--endpoint-url", help="S3/KMS-compatible endpoint")
     _flag(g, "--allow-http", action="store_true", help="allow plain http:// (warned)")
-    _flag(g, "--retries", type=int, default=6, help="attempts on transient errors")
-    _flag(g, "--concurrency", type=int, default=4, help="parallel ranged reads (S3: each holds one part, 8 MiB)")
+    _flag(g, "--retries", default=6, help="attempts on transient errors")
+    _flag(g, "--concurrency", default=4, help="parallel ranged reads (S3: each holds one part, 8 MiB)")
     _flag(g, "--cdh-url", default="http://127.0.0.1:8006", help="Confidential Data Hub for kbs:///")
     _flag(g, "--role", help="Vault Kubernetes-auth role")
 
@@ -103,17 +135,17 @@ def _aad(a: argparse.Namespace) -> bytes:
 
 def _limits(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("unpack limits (counted on the stream)")
-    _flag(g, "--max-bytes", type=size, help="total bytes extracted")
-    _flag(g, "--max-files", type=int, help="number of entries")
-    _flag(g, "--max-file-size", type=size, help="bytes in one file")
-    _flag(g, "--max-ratio", type=float, help="decompressed / compressed bytes")
+    _flag(g, "--max-bytes", help="total bytes extracted (e.g. 64G)")
+    _flag(g, "--max-files", help="number of entries")
+    _flag(g, "--max-file-size", help="bytes in one file (e.g. 32G)")
+    _flag(g, "--max-ratio", help="decompressed / compressed bytes")
     _flag(g, "--allow-symlinks", action="store_true", help="extract symlinks that stay inside the target")
 
 
 def _limits_of(a: argparse.Namespace):
     from .unpack import Limits
 
-    # argparse applies each flag's type to $MODELSEAL_* defaults too, so these are parsed.
+    # _read_values has read these (command line or $MODELSEAL_*) by their bounds.Number rules.
     given = {k: getattr(a, k) for k in ("max_bytes", "max_files", "max_file_size", "max_ratio")}
     return Limits(**{k: v for k, v in given.items() if v is not None})
 
@@ -167,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--compress", choices=("none", "gzip", "zstd"), default="none", help="compression inside the seal")
     _flag(p, "--sign-key", metavar="PEM", help="sign the model directory with this EC private key "
           "(OpenSSF model signing); adds model.sig to the archive")
+    _flag(p, "--follow-external-symlinks", action="store_true", help="seal what symlinks that leave SRC point "
+          "to (refused by default: a link to /etc/passwd would be shipped)")
     _connection(p)
 
     p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
@@ -247,7 +281,8 @@ def _keygen(a: argparse.Namespace, log: Log) -> dict:
 def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
     return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
-                       version=a.model_version, compress=a.compress, sign_key=a.sign_key)
+                       version=a.model_version, compress=a.compress, sign_key=a.sign_key,
+                       follow_external_symlinks=a.follow_external_symlinks)
 
 
 def _convert(a: argparse.Namespace, log: Log) -> dict:
@@ -298,29 +333,84 @@ def _run(a: argparse.Namespace, log: Log) -> dict:
 
 
 def _workers(a: argparse.Namespace) -> int:
-    from .parallel import parse_workers
+    if a.workers is not None:
+        return a.workers
+    from .parallel import default_workers
 
-    return parse_workers(a.workers)
+    return default_workers()  # auto
+
+
+#: The signals that stop a stage: the kubelet's SIGTERM, a terminal's SIGINT.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopSignals:
+    """While the stage runs, SIGTERM and SIGINT raise errors.Stopped in the main thread.
+
+    Only the first one unwinds the stage: it ignores the ones after it, so
+    they cannot cut its cleanup short (the kubelet's SIGKILL still ends it).
+    `quiet()` ignores them while the outcome is reported. Without a handler,
+    SIGTERM killed the process before any cleanup ran, and as PID 1 of a
+    container it was not delivered at all. Off the main thread (main()
+    called from a thread) signals are left alone.
+    """
+
+    def __enter__(self) -> "_StopSignals":
+        try:
+            self._previous = {s: signal.signal(s, self._stop) for s in STOP_SIGNALS}
+        except ValueError:
+            self._previous = {}
+        return self
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.quiet()
+        raise Stopped(signum)
+
+    def quiet(self) -> None:
+        for s in self._previous:
+            signal.signal(s, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors exit 2 here
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)  # a malformed command line exits 2 here
     log = Log(args.command)
     os.environ.setdefault("MODELSEAL_STAGE", args.command)  # backends log under the stage's name
-    try:
-        summary = args.func(args, log) or {}
-    except (Exception, KeyboardInterrupt) as exc:
-        err = classify(exc)
-        log.error("failed", category=err.category, exit_code=err.exit_code, error=str(err))
-        write_termination({"stage": args.command, "status": "error", "exit_code": err.exit_code,
-                           "category": err.category, "error": str(err)})
-        return err.exit_code
+    with _StopSignals() as signals:
+        try:
+            _read_values(args, argv)
+            summary = args.func(args, log) or {}
+        except (Exception, KeyboardInterrupt, Stopped) as exc:
+            signals.quiet()
+            err = classify(exc)
+            log.error("failed", category=err.category, exit_code=err.exit_code, error=str(err))
+            write_termination({"stage": args.command, "status": "error", "exit_code": err.exit_code,
+                               "category": err.category, "error": str(err)})
+            if isinstance(err, StoppedError):
+                _exit_now(err.exit_code)
+            return err.exit_code
     seconds = round(log.elapsed(), 3)
     memory = _peak_memory()
     log.info("done", seconds=seconds, **memory)
     write_termination({"stage": args.command, "status": "ok", "seconds": seconds, **memory,
                        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once after a stop signal: the stage has unwound (its cleanup ran), but a thread still
+    blocked in a network call (an S3 part, an upload chunk) would hold the interpreter's exit up to
+    --timeout, past the kubelet's grace period."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _peak_memory() -> dict[str, float]:

@@ -8,6 +8,7 @@ wrong, and never carry key material.
 from __future__ import annotations
 
 import errno
+import signal
 
 OK = 0
 INTERNAL = 1
@@ -66,6 +67,30 @@ class UnsafeError(ModelsealError):
     category = "unsafe"
 
 
+class Stopped(BaseException):
+    """Raised in the main thread when SIGTERM (the kubelet) or SIGINT (a terminal) arrives (cli.py).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on
+    the way takes it for a failure to handle, while every `finally` and `with`
+    on the way runs: the stage removes what it made (NAME.partial, the
+    staging directory, an upload) exactly as it does on any error.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StoppedError(ModelsealError):
+    """The stage was stopped by a signal: exit 128 + its number (143 for SIGTERM, 130 for SIGINT)."""
+
+    category = "stopped"
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; what this stage had begun to write is removed")
+        self.exit_code = 128 + signum
+
+
 def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
     """Classify an OSError that escaped a stage.
 
@@ -88,6 +113,10 @@ def classify(exc: BaseException) -> ModelsealError:
     """Turn any exception into a ModelsealError for reporting."""
     if isinstance(exc, ModelsealError):
         return exc
+    if isinstance(exc, Stopped):
+        return StoppedError(exc.signum)
+    if isinstance(exc, KeyboardInterrupt):  # SIGINT before cli.py's handler was in place
+        return StoppedError(signal.SIGINT)
     if isinstance(exc, MemoryError):
         return CapacityError("out of memory")
     if isinstance(exc, OSError):

@@ -9,6 +9,8 @@ quoting a forged header, a key id of 100 KB): fields are shortened *before*
 serialising (`bounded`), never the serialised text, which could cut a
 `\\u` escape in half. Numbers JSON cannot carry (NaN, infinities, integers of
 more than 64 bits, which json.dumps would refuse past 4300 digits) become text.
+Every text also loses any `scheme://USER:SECRET@` in it (uri.redact_user_info),
+before it is shortened, so a cut cannot leave half a secret unrecognised.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 import sys
 import time
 from typing import Any, TextIO
+
+from .uri import USER_INFO_REACH, redact_user_info
 
 TERMINATION_LOG = "/dev/termination-log"
 PROGRESS_EVERY = 5.0
@@ -46,6 +50,9 @@ def bounded(value: Any, limit: int = MAX_FIELD, depth: int = 0) -> Any:
         return [bounded(v, limit, depth + 1) for v in list(value)[:MAX_ITEMS]]
     text = value if isinstance(value, str) else f"<{type(value).__name__}>" if isinstance(
         value, (dict, list, tuple)) else str(value)
+    if len(text) > limit + USER_INFO_REACH:  # a user info that starts before `limit` still ends inside
+        text = text[:limit + USER_INFO_REACH]
+    text = redact_user_info(text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
-from .atomic import Check, PartialFile, remove_quietly
+from .atomic import PARTIAL_SUFFIX, Check, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
@@ -266,9 +266,25 @@ def _copy(src: BinaryIO) -> Callable[[BinaryIO], int]:
     return fill
 
 
+def _outputs(out: str) -> frozenset[archive.Identity]:
+    """Identities of the local output and of a partial file left by an earlier run, when they exist:
+    a SRC that holds them does not seal them (archive.plan_tar's `skip`)."""
+    parsed = URI.parse(out)
+    if parsed.scheme != "file" or parsed.path == "-":
+        return frozenset()
+    found = set()
+    for path in (parsed.path, parsed.path + PARTIAL_SUFFIX):
+        try:
+            found.add(archive.identity(os.stat(path)))
+        except OSError:
+            pass
+    return frozenset(found)
+
+
 def seal(
     src: str, out: str, keys: KeySpec, options: Options, log: Log,
     name: str | None = None, version: str = "", compress: str = "none", sign_key: str | None = None,
+    follow_external_symlinks: bool = False,
 ) -> dict:
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
@@ -285,11 +301,13 @@ def seal(
         wrap_in_tar = False
     if sign_key and not wrap_in_tar:
         raise UsageError(f"--sign-key signs a model directory; {src} is an archive or stdin")
-    # --sign-key: model.sig for the tree (model_signing's format), the archive's first member
-    if sign_key:
+    plan = archive.plan_tar(src, follow_external=follow_external_symlinks, skip=_outputs(out),
+                            log=log) if wrap_in_tar else None
+    if sign_key:  # model.sig for exactly the planned files (model_signing's format), the archive's first member
         from . import signing  # x509 and friends: 60 ms of imports every other command does without
-    first = [(signing.SIGNATURE, signing.sign_tree(src, sign_key, log))] if sign_key else []
-    plan = archive.plan_tar(src, first) if wrap_in_tar else None
+
+        assert plan is not None
+        plan = plan.with_first([(signing.SIGNATURE, signing.sign_tree(src, sign_key, log, plan.regular_files()))])
     data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     default_name = os.path.basename(os.path.abspath(src)) if src != "-" else ""
     header = sealfmt.Header(

@@ -8,12 +8,47 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field, fields, replace
 from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from . import bounds
 from .errors import UsageError
+
+#: `scheme://USER:SECRET@` at the start of a URI, read the way a person writes it: USER runs to the
+#: first `:` and has no `/`; SECRET runs to the last `@` before a space and may hold `/` (AWS secret
+#: keys often do), where a URL parser ends the authority, so `s3://AKIA...:abc/def@bucket/key` would
+#: pass as host `AKIA...`, port `abc` and a path, and be logged whole. `HOST:PORT/PATH@...` (an
+#: `oci://127.0.0.1:5000/repo@sha256:...` reference) is not user info: a port is 1 to 5 digits, then
+#: the path; a secret that itself starts so reads as one, the one spelling left ambiguous. The
+#: lengths are bounded so that scanning any text costs linear time (forged header fields are logged).
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^/?#@:\[\]\s]{0,256}):"
+                        r"(?P<secret>\S{0,1024})@")
+#: How far past a cut a user info may reach and still be recognised (the lengths above, and then some).
+USER_INFO_REACH = 1400
+_PORT_THEN_PATH = re.compile(r"[0-9]{1,5}[/?#]")
+
+
+def _is_user_info(m: re.Match) -> bool:
+    return not _PORT_THEN_PATH.match(m.group("secret"))
+
+
+def has_user_info(raw: str) -> bool:
+    """Whether `raw` starts with `scheme://USER:SECRET@` (_USER_INFO), or has user info in its authority."""
+    m = _USER_INFO.match(raw)
+    return (m is not None and _is_user_info(m)) or "@" in urlsplit(raw).netloc
+
+
+def redact_user_info(text: str) -> str:
+    """`text` with every `scheme://USER:SECRET@` in it (anywhere, any scheme) cut down to `scheme://[redacted]@`.
+
+    For log lines, errors and the termination message: a URI quoted by a
+    message we did not write (an SDK's, a parser's) never carries a secret out."""
+    if "@" not in text:
+        return text
+    return _USER_INFO.sub(lambda m: m.group("scheme") + "[redacted]@" if _is_user_info(m) else m.group(0), text)
 
 
 @dataclass(frozen=True)
@@ -31,17 +66,17 @@ class URI:
         if "://" not in raw and ":" in raw and not raw.startswith("/"):
             scheme, _, rest = raw.partition(":")  # opaque form, e.g. env:VAR
             path, _, q = rest.partition("?")
-            return cls(raw, scheme.lower(), "", path, dict(parse_qsl(q)))
+            return cls(raw, scheme.lower(), "", path, dict(parse_qsl(q, keep_blank_values=True)))
         if "://" not in raw:
             return cls(raw, "file", "", raw)  # a plain path
         parts = urlsplit(raw)
         scheme = parts.scheme.lower()
-        if "@" in parts.netloc:
+        if has_user_info(raw):
             # No scheme of ours has a use for user info; it would be a password in a pod
             # spec, in `ps` and in every message that names the URI. Not repeated here.
             raise UsageError(f"{scheme}:// URI: user info (user:password@) is refused; credentials come from "
                              "token files, key files or the cloud SDK's credential chain")
-        return cls(raw, scheme, parts.netloc, parts.path, dict(parse_qsl(parts.query)))
+        return cls(raw, scheme, parts.netloc, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)))
 
     @property
     def hostname(self) -> str:
@@ -67,38 +102,45 @@ class URI:
 class Options:
     """Connection settings common to every backend; any may come from the URI query."""
 
-    timeout: float = 30.0
-    ca: str | None = None  # CA bundle for TLS
+    timeout: float = field(default=30.0, metadata={"number": bounds.TIMEOUT})
+    ca: str | None = field(default=None, metadata={"check": True})  # CA bundle for TLS
     cert: str | None = None  # client certificate (PEM, may hold the key)
     cert_key: str | None = None  # client key, when separate
     token_file: str | None = None  # bearer token
     endpoint_url: str | None = None
     allow_http: bool = False
-    retries: int = 6
-    concurrency: int = 4  # S3 parts in flight: (concurrency + 1) x part_size of memory
+    retries: int = field(default=6, metadata={"number": bounds.RETRIES})
+    #: S3 parts in flight: (concurrency + 1) x part_size of memory
+    concurrency: int = field(default=4, metadata={"number": bounds.CONCURRENCY})
     cdh_url: str = "http://127.0.0.1:8006"
     role: str | None = None  # Vault Kubernetes-auth role
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_query(self, query: dict[str, str]) -> "Options":
-        known = {f.name for f in fields(self)} - {"extra"}
+        """These options with the URI query's values; numbers are read by their bounds.Number rule,
+        and a setting that asks for a check (`ca`) may not be empty, as with its flag."""
+        known = {f.name: f for f in fields(self) if f.name != "extra"}
         changes: dict[str, Any] = {}
         extra = dict(self.extra)
         for k, v in query.items():
-            if k not in known:
+            f = known.get(k)
+            if f is None:
                 extra[k] = v
-                continue
-            kind = type(getattr(self, k))
-            try:
-                if kind is bool:
-                    changes[k] = v.lower() in ("1", "true", "yes")
-                elif kind in (int, float):
-                    changes[k] = kind(v)
-                else:
-                    changes[k] = v
-            except ValueError:
-                raise UsageError(f"bad value for query parameter {k}") from None
+            elif "number" in f.metadata:
+                changes[k] = f.metadata["number"].parse(v, f"query parameter {k}")
+            elif f.metadata.get("check") and not v.strip():
+                raise UsageError(f"query parameter {k}: an empty value would turn its check off; "
+                                 "give a value or leave it out")
+            elif isinstance(getattr(self, k), bool):
+                changes[k] = v.lower() in ("1", "true", "yes")
+            else:
+                changes[k] = v
         return replace(self, extra=extra, **changes)
+
+    @classmethod
+    def checks(cls) -> tuple[str, ...]:
+        """The settings that ask for a check (a trust anchor): an empty value is refused."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("check"))
 
 
 def discover(package: ModuleType) -> dict[str, ModuleType]:

@@ -64,7 +64,7 @@ def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool =
     """An endpoint URL (endpoint_url, AWS_ENDPOINT_URL*, cdh_url, a Vault address), parsed once.
 
     The host that decides "loopback" and "plain http" is `urlsplit(url).hostname`,
-    the host urllib3 and botocore connect to. User info, a query and a fragment
+    the host urllib3 and botocore connect to. User info (any `@`), a query and a fragment
     are refused, as are spaces, control characters and backslashes: each is
     where URL parsers disagree (`http://HOST#@127.0.0.1` connects to HOST), and
     none has a use in an endpoint. Messages never repeat the URL (it may carry
@@ -73,11 +73,11 @@ def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool =
     if not isinstance(url, str) or not _ENDPOINT_CHARS.fullmatch(url):
         raise UsageError(f"{what}: the URL is empty or has spaces, control characters or backslashes")
     parts = urlsplit(url)
-    if "@" in parts.netloc:
-        raise UsageError(f"{what}: user info (user:password@) is refused in an endpoint URL; "
-                         "credentials come from token files or the SDK's credential chain")
     if "?" in url or "#" in url:
         raise UsageError(f"{what}: a query or fragment is refused in an endpoint URL")
+    if "@" in url:  # user info, also a secret holding "/" (uri.has_user_info); no endpoint needs an "@"
+        raise UsageError(f"{what}: user info (user:password@) is refused in an endpoint URL; "
+                         "credentials come from token files or the SDK's credential chain")
     if not parts.hostname:
         raise UsageError(f"{what}: the URL needs a scheme and a host, e.g. https://host:port")
     try:
@@ -187,7 +187,9 @@ class Client:
     bearer token, the client certificate) go only to the origin (scheme,
     host, port) of the URL we were given, and of the caller's own headers
     only those in _PORTABLE_HEADERS follow it elsewhere; never to plain http
-    unless allow_http; never to a URL with user info. Cookies are never kept.
+    unless allow_http; never to a URL with user info. The URL a request starts
+    from obeys the same rule (it may be a server's: an upload Location), so no
+    answer downgrades a conversation to plain http. Cookies are never kept.
 
     verify/cert go with each request, not on the session: requests lets
     REQUESTS_CA_BUNDLE override a session's CA, never a request's. Proxies
@@ -196,13 +198,14 @@ class Client:
     """
 
     def __init__(self, options: Options, *, bearer: bool = False, use_env: bool = True,
-                 redirects: bool = False) -> None:
+                 redirects: bool = False, loopback_http: bool = False) -> None:
         requests = extras.require("requests", "HTTP(S)")
         _check_file(options.ca, "CA bundle")
         _check_file(options.cert, "client certificate")
         _check_file(options.cert_key, "client key")
         self.options = options
         self.redirects = redirects
+        self.loopback_http = loopback_http
         self.verify: Any = options.ca or True
         self.cert: Any = None
         if options.cert:
@@ -219,8 +222,12 @@ class Client:
 
     def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
                 json: Any = None, data: Any = None) -> Any:
-        """One streaming request (not retried here), following redirects by the rule above."""
-        home = origin(url)
+        """One streaming request (not retried here), following redirects by the rule above.
+
+        `url` itself passes the same rule as every hop: it may come from a
+        server's answer (a registry's upload Location), so an https
+        conversation is never continued over plain http without allow_http."""
+        home = origin(self._target(url, what, "a request to"))
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             ours = origin(current) == home
@@ -243,17 +250,23 @@ class Client:
         raise UsageError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
     def _next_hop(self, current: str, location: str, what: str) -> str:
-        target = urljoin(current, location.strip())
-        parts = urlsplit(target)
+        parts = urlsplit(self._target(urljoin(current, location.strip()), what, "redirected to"))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
+
+    def _target(self, url: str, what: str, how: str) -> str:
+        """Where a request may go: http(s) with a host, no user info, plain http only with allow_http
+        (or to loopback for a client made with loopback_http, the CDH). Messages never repeat the URL."""
+        parts = urlsplit(url)
         if "@" in parts.netloc:
-            raise UsageError(f"{what}: redirected to a URL with user info; refused")
+            raise UsageError(f"{what}: {how} a URL with user info; refused")
         scheme = parts.scheme.lower()
         if scheme not in ("https", "http") or not parts.hostname:
-            raise UsageError(f"{what}: redirected to a URL that is not http(s); refused")
-        if scheme != "https" and not self.options.allow_http:
-            raise UsageError(f"{what}: redirected to plain http; refused (allow_http is not set)")
-        origin(target)  # a malformed port is refused before anything is sent
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
+            raise UsageError(f"{what}: {how} a URL that is not http(s); refused")
+        if scheme != "https" and not self.options.allow_http and not (
+                self.loopback_http and is_loopback(parts.hostname)):
+            raise UsageError(f"{what}: {how} plain http; refused (allow_http is not set)")
+        origin(url)  # a malformed port is refused before anything is sent
+        return url
 
 
 def content_length(headers: Any, what: str) -> int | None:

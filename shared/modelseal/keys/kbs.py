@@ -44,6 +44,6 @@ class Backend(KeySource):
     def material(self, wrapped: WrappedKey | None) -> bytes:
         if self._client is None:
             # No proxies from the environment when the CDH is on loopback.
-            self._client = web.Client(self.options, use_env=not web.is_loopback(self.host))
+            self._client = web.Client(self.options, use_env=not web.is_loopback(self.host), loopback_http=True)
         _, body = web.request_small(self._client, "GET", self.url, self.what)
         return body

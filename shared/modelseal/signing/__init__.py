@@ -43,7 +43,7 @@ def verifier(key: str | None, certificate: str | None, signature: str | None, lo
     return StreamVerifier(trust, signature or SIGNATURE, log)
 
 
-def sign_tree(src: str, key_path: str, log) -> bytes:
+def sign_tree(src: str, key_path: str, log, files: list) -> bytes:
     from .sign import sign_tree as _sign
 
-    return _sign(src, key_path, log)
+    return _sign(src, key_path, log, files)

@@ -1,9 +1,10 @@
 """Signing a model directory at seal time, in model_signing's format (key method, files, sha256).
 
 The result is what `model_signing sign key --private-key PEM MODEL` writes:
-every regular file under MODEL (symlinks followed, as `seal` archives
-them), except the signature itself and the git paths, which are recorded in
-`ignore_paths`. `seal --sign-key` puts it into the archive as `model.sig`,
+every regular file `seal` archives (archive.plan_tar: links inside MODEL
+followed, the output left out), except the signature itself and the git
+paths, which are recorded in `ignore_paths`. Each file is hashed through a
+descriptor checked to be the file that was planned. `seal --sign-key` puts it into the archive as `model.sig`,
 ahead of the files, so a verifying unpack knows the manifest before the
 data arrives.
 """
@@ -17,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..archive import Identity, identity
 from ..errors import UsageError
 from ..log import Log
 from . import bundle, statement
@@ -44,40 +46,33 @@ def load_private_key(path: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _digest(path: str) -> bytes:
+def _digest(path: str, planned: Identity) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
+        if identity(os.fstat(f.fileno())) != planned:
+            raise UsageError(f"cannot sign {path}: it was replaced while being sealed")
         buf = bytearray(READ)
         while n := f.readinto(buf):
             h.update(memoryview(buf)[:n])
     return h.digest()
 
 
-def _files(src: str) -> list[tuple[str, str]]:
-    """(path, name relative to src) of every regular file, symlinks followed, git paths left out."""
-    out = []
-    for root, dirs, files in os.walk(src, followlinks=True):
-        rel = os.path.relpath(root, src)
-        for name in sorted(dirs + files):
-            path = os.path.join(root, name)
-            arc = name if rel == "." else f"{rel}/{name}"
-            if statement.ignored(tuple(arc.split("/")), [(p,) for p in statement.GIT_PATHS]):
-                if name in dirs:
-                    dirs.remove(name)
-                continue
-            if name in files and os.path.isfile(path):
-                out.append((path, arc))
-    return out
+def _signed(files: list[tuple[str, str, Identity]]) -> list[tuple[str, str, Identity]]:
+    """The files the statement lists: all but the git paths (recorded in ignore_paths instead)."""
+    git = [(p,) for p in statement.GIT_PATHS]
+    return [f for f in files if not statement.ignored(tuple(f[1].split("/")), git)]
 
 
-def sign_tree(src: str, key_path: str, log: Log) -> bytes:
-    """model.sig for the directory `src`, signed with the EC private key at `key_path`."""
+def sign_tree(src: str, key_path: str, log: Log, files: list[tuple[str, str, Identity]]) -> bytes:
+    """model.sig for the directory `src`, signed with the EC private key at `key_path`.
+
+    `files`: (path, name in the archive, identity) of the files sealed, archive.Plan.regular_files()."""
     key = load_private_key(key_path)
     if not os.path.isdir(src):
         raise UsageError(f"--sign-key signs a model directory; {src} is not one")
     if os.path.lexists(os.path.join(src, SIGNATURE)):
         raise UsageError(f"{src} already holds {SIGNATURE}: seal it without --sign-key, or remove it")
-    digests = [(arc, _digest(path)) for path, arc in _files(src)]
+    digests = [(arc, _digest(path, ident)) for path, arc, ident in _signed(files)]
     payload = statement.build(os.path.basename(os.path.abspath(src)), digests,
                               [SIGNATURE, *statement.GIT_PATHS])
     signature = key.sign(bundle.pae(payload), ec.ECDSA(curve_hash(key.public_key())))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -19,6 +20,8 @@ class Limits:
     def __post_init__(self) -> None:
         for field in ("max_bytes", "max_files", "max_file_size", "max_ratio", "max_depth", "max_name"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise UsageError(f"unpack limit {field} must be a positive number, not {value!r}")
+            # not `value <= 0` alone: NaN passes that, and then no limit compares true (bounds.py)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not value > 0:
+                raise UsageError(f"unpack limit {field} must be a positive finite number, not {value!r}")
 

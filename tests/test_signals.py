@@ -1,0 +1,195 @@
+"""SIGTERM (what the kubelet sends) and SIGINT stop a stage cleanly: exit 143 / 130, nothing left behind.
+
+Each stage runs as the real command line, reading a FIFO, and is stopped
+while it sits blocked mid-stream: part of its input written, its output
+begun (NAME.partial, the staging directory, the decryption workers). Before,
+SIGTERM killed it on the spot and left NAME.partial with verified plaintext
+(decrypt), the staging directory (run, unpack) or a .partial (fetch-model,
+fetch-key); SIGINT cleaned up but reported an internal error, exit 1.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import modelseal, open_fifo_writer
+
+MIB = 1 << 20
+STOPS = [signal.SIGTERM, signal.SIGINT]
+
+
+@pytest.fixture
+def inputs(shm: Path) -> Path:
+    """A 6 MiB model as a tar (m.tar) and sealed (m.seal), and its key."""
+    data = os.urandom(6 * MIB)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    (shm / "m.tar").write_bytes(buf.getvalue())
+    (shm / "key").write_bytes(os.urandom(32))
+    r = modelseal("seal", str(shm / "m.tar"), "-o", str(shm / "m.seal"), "--key", str(shm / "key"))
+    assert r.code == 0, r.stderr
+    return shm
+
+
+def _has_data(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _staging_with_data(shm: Path) -> bool:
+    """A staging directory beside the target holds a file with bytes in it: the extraction is under way."""
+    return any(p.is_file() and p.stat().st_size > 0 for d in shm.glob(".tree.staging-*") for p in d.rglob("*"))
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The decryption worker processes (python -m modelseal.parallel) whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"modelseal.parallel" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _until(condition: Callable[[], bool], what: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the stage exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stderr.read().decode(errors='replace')[-1500:] if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never saw {what}")
+        time.sleep(0.02)
+
+
+def _stop_mid_stream(shm: Path, args: list[str], fifo: Path, feed: bytes, begun: Callable[[], bool],
+                     sig: signal.Signals, *, workers: int = 0, group: bool = False) -> tuple[str, dict, list[int]]:
+    """Start the stage on `fifo`, feed it `feed`, wait until `begun()` (and its workers), stop it with `sig`
+    while the FIFO stays open (so no end of input can be what stops it); return stderr, the termination
+    message and the worker pids."""
+    term = shm / "termination-log"
+    term.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    env["MODELSEAL_TERMINATION_LOG"] = str(term)
+    proc = subprocess.Popen([sys.executable, "-m", "modelseal", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        with open_fifo_writer(fifo, proc) as f:
+            f.write(feed)
+            f.flush()
+            _until(begun, "its output begun", proc)
+            pids: list[int] = []
+            if workers:
+                _until(lambda: len(_workers_of(proc.pid)) == workers, f"{workers} workers", proc)
+                pids = _workers_of(proc.pid)
+            if group:  # a terminal's Ctrl-C, or a signal to the whole container: workers get it too
+                os.killpg(proc.pid, sig)
+            else:  # the kubelet signals PID 1
+                proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, (proc.returncode, err.decode(errors="replace")[-2000:])
+    return err.decode(errors="replace"), json.loads(term.read_text()), pids
+
+
+def _stopped_once(stderr: str, summary: dict, sig: signal.Signals) -> None:
+    """One JSON line says so, the last one; the termination message says the same."""
+    lines = stderr.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON: no traceback
+    stops = [r for r in records if r.get("category") == "stopped" or r.get("level") == "error"]
+    assert stops == [records[-1]], lines[-5:]
+    assert stops[0]["event"] == "failed" and stops[0]["exit_code"] == 128 + sig
+    assert sig.name in stops[0]["error"]
+    assert summary["exit_code"] == 128 + sig and summary["category"] == "stopped" and summary["status"] == "error"
+
+
+def _left(shm: Path, inputs: set[str]) -> list[str]:
+    return sorted(set(os.listdir(shm)) - inputs - {"in.fifo", "termination-log"})
+
+
+@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", ["decrypt", "run", "unpack", "fetch-model", "fetch-key"])
+def test_a_stop_signal_mid_stream_leaves_nothing_and_exits_128_plus_it(inputs: Path, stage: str, sig):
+    shm = inputs
+    fifo = shm / "in.fifo"
+    os.mkfifo(fifo)
+    seal, tar, key = (shm / "m.seal").read_bytes(), (shm / "m.tar").read_bytes(), str(shm / "key")
+    args, feed, begun = {
+        "decrypt": (["decrypt", "--in", str(fifo), "--key", key, "-o", str(shm / "out.tar")],
+                    seal[:4 * MIB], lambda: _has_data(shm / "out.tar.partial")),
+        "run": (["run", "--source", f"file://{fifo}", "--key", key, "-o", str(shm / "tree")],
+                seal[:4 * MIB], lambda: _staging_with_data(shm)),
+        "unpack": (["unpack", "--in", str(fifo), "-o", str(shm / "tree")],
+                   tar[:4 * MIB], lambda: _staging_with_data(shm)),
+        "fetch-model": (["fetch-model", "--source", f"file://{fifo}", "-o", str(shm / "copy.seal")],
+                        seal[:4 * MIB], lambda: _has_data(shm / "copy.seal.partial")),
+        "fetch-key": (["fetch-key", "--key-uri", f"file://{fifo}", "-o", str(shm / "k")],
+                      b"", lambda: (shm / "k.partial").exists()),  # blocked reading the key
+    }[stage]
+    stderr, summary, _ = _stop_mid_stream(shm, args, fifo, feed, begun, sig)
+    _stopped_once(stderr, summary, sig)
+    assert _left(shm, {"m.seal", "m.tar", "key"}) == []
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["to-the-stage", "to-its-process-group"])
+@pytest.mark.parametrize("stage", ["decrypt", "run"])
+def test_a_stop_signal_with_workers_stops_them_too(inputs: Path, stage: str, group: bool):
+    """--workers: the worker processes go (whoever got the signal), the shared segments with them."""
+    shm = inputs
+    fifo = shm / "in.fifo"
+    os.mkfifo(fifo)
+    key = str(shm / "key")
+    args = {"decrypt": ["decrypt", "--in", str(fifo), "--key", key, "-o", str(shm / "out.tar"), "--workers", "2"],
+            "run": ["run", "--source", f"file://{fifo}", "--key", key, "-o", str(shm / "tree"), "--workers", "2"]}
+    begun = {"decrypt": lambda: _has_data(shm / "out.tar.partial"), "run": lambda: _staging_with_data(shm)}
+    stderr, summary, pids = _stop_mid_stream(shm, args[stage], fifo, (shm / "m.seal").read_bytes()[:4 * MIB],
+                                             begun[stage], signal.SIGTERM, workers=2, group=group)
+    _stopped_once(stderr, summary, signal.SIGTERM)
+    assert len(pids) == 2
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in pids), "a decryption worker outlived its stage"
+    assert _left(shm, {"m.seal", "m.tar", "key"}) == []
+
+
+def test_a_stage_that_finishes_is_unaffected(inputs: Path):
+    """The handlers change nothing for a stage nobody stops (and a second run finds nothing in its way)."""
+    shm = inputs
+    r = modelseal("run", "--source", str(shm / "m.seal"), "--key", str(shm / "key"), "-o", str(shm / "tree"))
+    assert r.code == 0, r.stderr
+    with tarfile.open(shm / "m.tar") as t:
+        assert (shm / "tree" / "weights.bin").read_bytes() == t.extractfile("weights.bin").read()
