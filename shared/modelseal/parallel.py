@@ -45,11 +45,9 @@ import os
 import signal
 import struct
 import sys
-from collections import deque
-from typing import Iterator
 
 from . import cgroup
-from .errors import ModelsealError, UsageError
+from .errors import ModelsealError
 
 #: Most workers by default: one writer takes at most ~3 GB/s into tmpfs, and
 #: even a slow core decrypts over 1 GB/s, so more cores than this only cost memory.
@@ -103,19 +101,6 @@ def default_workers(cpus: float | None = None) -> int:
     cpus = available_cpus() if cpus is None else cpus
     spare = math.floor(cpus + 1e-9) - 2
     return 1 if spare < 2 else min(spare, MAX_DEFAULT_WORKERS)
-
-
-def parse_workers(text: str | int | None) -> int:
-    """`--workers`: a count (1 = in this process), or `auto` (from the CPUs, default_workers)."""
-    if text is None or str(text).strip().lower() in ("", "auto"):
-        return default_workers()
-    try:
-        n = int(str(text).strip())
-    except ValueError:
-        raise UsageError(f"--workers: {text!r} is neither a count nor 'auto'") from None
-    if not 1 <= n <= 256:
-        raise UsageError(f"--workers: {n} is out of range (1 to 256; 1 decrypts in this process)")
-    return n
 
 
 #: A worker's first line: the library's directories (argv 1 and 2) ahead of the isolated sys.path, then its loop.
