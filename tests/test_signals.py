@@ -10,6 +10,7 @@ fetch-key); SIGINT cleaned up but reported an internal error, exit 1.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
@@ -93,7 +94,9 @@ def _until(condition: Callable[[], bool], what: str, proc: subprocess.Popen, tim
 
 
 def _stop_mid_stream(shm: Path, args: list[str], fifo: Path, feed: bytes, begun: Callable[[], bool],
-                     sig: signal.Signals, *, workers: int = 0, group: bool = False) -> tuple[str, dict, list[int]]:
+                     sig: signal.Signals, *, workers: int = 0, group: bool = False,
+                     before: Callable[[int], None] | None = None,
+                     signal_main: bool = True) -> tuple[str, dict, list[int]]:
     """Start the stage on `fifo`, feed it `feed`, wait until `begun()` (and its workers), stop it with `sig`
     while the FIFO stays open (so no end of input can be what stops it); return stderr, the termination
     message and the worker pids."""
@@ -112,7 +115,11 @@ def _stop_mid_stream(shm: Path, args: list[str], fifo: Path, feed: bytes, begun:
             if workers:
                 _until(lambda: len(_workers_of(proc.pid)) == workers, f"{workers} workers", proc)
                 pids = _workers_of(proc.pid)
-            if group:  # a terminal's Ctrl-C, or a signal to the whole container: workers get it too
+            if before is not None:
+                before(proc.pid)
+            if not signal_main:
+                pass  # `before` sent it
+            elif group:  # a terminal's Ctrl-C, or a signal to the whole container: workers get it too
                 os.killpg(proc.pid, sig)
             else:  # the kubelet signals PID 1
                 proc.send_signal(sig)
@@ -183,6 +190,43 @@ def test_a_stop_signal_with_workers_stops_them_too(inputs: Path, stage: str, gro
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(_alive(p) for p in pids), "a decryption worker outlived its stage"
+    assert _left(shm, {"m.seal", "m.tar", "key"}) == []
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send `sig` to one thread of another process (no Python wrapper exists for tgkill)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]
+    if libc.syscall(SYS_tgkill, pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.parametrize("stage", ["decrypt", "run"])
+def test_a_stop_signal_taken_by_a_background_thread_still_stops_the_stage(inputs: Path, stage: str):
+    """The kernel gives a process's signal to any thread that does not block it, and Python runs
+    handlers only in the main thread, once it runs again: taken by the reader thread (blocked in
+    read() on a silent input) while the main thread slept waiting for the next segment, the
+    signal was never handled and the stage hung (about one stop in ten). Here every background
+    thread of the live stage gets SIGTERM itself, never the main thread: the stage must still
+    unwind, exit 143 and leave nothing."""
+    shm = inputs
+    fifo = shm / "in.fifo"
+    os.mkfifo(fifo)
+    key = str(shm / "key")
+    args = {"decrypt": ["decrypt", "--in", str(fifo), "--key", key, "-o", str(shm / "out.tar")],
+            "run": ["run", "--source", f"file://{fifo}", "--key", key, "-o", str(shm / "tree")]}[stage]
+    begun = {"decrypt": lambda: _has_data(shm / "out.tar.partial"), "run": lambda: _staging_with_data(shm)}[stage]
+    threads: list[int] = []
+
+    def to_background_threads(pid: int) -> None:
+        threads.extend(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        for tid in threads:
+            _tgkill(pid, tid, signal.SIGTERM)
+
+    stderr, summary, _ = _stop_mid_stream(shm, args, fifo, (shm / "m.seal").read_bytes()[:4 * MIB], begun,
+                                          signal.SIGTERM, before=to_background_threads, signal_main=False)
+    assert len(threads) >= 2, f"expected the reader and writer threads, saw {len(threads)}"
+    _stopped_once(stderr, summary, signal.SIGTERM)
     assert _left(shm, {"m.seal", "m.tar", "key"}) == []
 
 

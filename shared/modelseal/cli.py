@@ -9,7 +9,7 @@ termination message and exit 2, like any other usage error.
 
 SIGTERM (what the kubelet sends) and SIGINT stop a stage the way an error
 does: errors.Stopped unwinds it, so what it had begun to write goes, then
-one line is logged and the process exits 143 or 130.
+one line is logged and the process exits 143 or 130 (signals.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from dataclasses import fields
 from typing import Any, Callable
 
 from . import __version__, bounds, stages
+from .signals import StopSignals
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
 from .uri import Options
@@ -340,47 +340,12 @@ def _workers(a: argparse.Namespace) -> int:
     return default_workers()  # auto
 
 
-#: The signals that stop a stage: the kubelet's SIGTERM, a terminal's SIGINT.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class _StopSignals:
-    """While the stage runs, SIGTERM and SIGINT raise errors.Stopped in the main thread.
-
-    Only the first one unwinds the stage: it ignores the ones after it, so
-    they cannot cut its cleanup short (the kubelet's SIGKILL still ends it).
-    `quiet()` ignores them while the outcome is reported. Without a handler,
-    SIGTERM killed the process before any cleanup ran, and as PID 1 of a
-    container it was not delivered at all. Off the main thread (main()
-    called from a thread) signals are left alone.
-    """
-
-    def __enter__(self) -> "_StopSignals":
-        try:
-            self._previous = {s: signal.signal(s, self._stop) for s in STOP_SIGNALS}
-        except ValueError:
-            self._previous = {}
-        return self
-
-    def _stop(self, signum: int, frame: Any) -> None:
-        self.quiet()
-        raise Stopped(signum)
-
-    def quiet(self) -> None:
-        for s in self._previous:
-            signal.signal(s, signal.SIG_IGN)
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)  # a malformed command line exits 2 here
     log = Log(args.command)
     os.environ.setdefault("MODELSEAL_STAGE", args.command)  # backends log under the stage's name
-    with _StopSignals() as signals:
+    with StopSignals() as signals:
         try:
             _read_values(args, argv)
             summary = args.func(args, log) or {}
