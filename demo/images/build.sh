@@ -7,12 +7,12 @@
 #                           (the same scikit-learn trains the model) plus Debian's gpg
 #                           (the old recipe's `gpg -c`)
 #
-#   images/build-demo.sh        # after images/build.sh (which made the base)
+#   demo/images/build.sh        # after images/build.sh (which made the base)
 #
 # Offline like build.sh: the base image comes from images/base.sh
 # (python:3.11-slim-bookworm, or one built from Debian packages) and every
 # Python package from a wheelhouse downloaded from PyPI once, one folder per
-# image under images/.wheelhouse-demo/ (each image's requirements.txt pins
+# image under demo/images/.wheelhouse/ (each image's requirements.txt pins
 # every transitive dependency, for the images' CPython 3.11), which is also
 # that image's build context. gpg's .debs come from Debian the same way (the
 # host's apt on a bookworm host, else apt inside the base image). Progress on
@@ -20,13 +20,14 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-out=$here/.wheelhouse-demo
+repo=$(cd "$here/../.." && pwd)
+images=$repo/images  # the stage images' scripts and wheelhouse
+out=$here/.wheelhouse
 PIP=${PIP:-python3 -m pip}
-log() { echo "build-demo: $*" >&2; }
+log() { echo "demo/images/build: $*" >&2; }
 
-"$here/engine.sh" >/dev/null
-BASE_IMAGE=$("$here/base.sh" | tail -n1)
+"$images/engine.sh" >/dev/null
+BASE_IMAGE=$("$images/base.sh" | tail -n1)
 VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$repo/shared/pyproject.toml" | head -n1)
 arch=${WHEEL_ARCH:-$(docker info -f '{{.Architecture}}' 2>/dev/null || uname -m)}
 case $arch in amd64) arch=x86_64 ;; arm64) arch=aarch64 ;; esac
@@ -34,9 +35,9 @@ case $arch in amd64) arch=x86_64 ;; arm64) arch=aarch64 ;; esac
 mkdir -p "$out"
 find "$out" -maxdepth 1 -type f \( -name '*.whl' -o -name .stamp -o -name requirements.txt \) -delete  # the old flat layout
 
-wheels() {  # image: fill $out/<image>/ from images/<image>/requirements.txt, once per pin set
+wheels() {  # image: fill $out/<image>/ from demo/images/<image>/requirements.txt, once per pin set
     local name=$1 dir=$out/$1 req=$here/$1/requirements.txt stamp v platforms=()
-    stamp=$(cat "$req" "$here/requirements-build.txt" | sha256sum | cut -c1-16)-$arch
+    stamp=$(cat "$req" "$images/requirements-build.txt" | sha256sum | cut -c1-16)-$arch
     if [ "$(cat "$dir/.stamp" 2>/dev/null)" != "$stamp" ]; then
         log "downloading $name's wheels for cp311 manylinux $arch into $dir"
         rm -rf "$dir"
@@ -47,7 +48,7 @@ wheels() {  # image: fill $out/<image>/ from images/<image>/requirements.txt, on
         $PIP download --quiet --dest "$dir" --only-binary=:all: \
             --implementation cp --python-version 3.11 --abi cp311 "${platforms[@]}" -r "$req"
         $PIP download --quiet --dest "$dir" --only-binary=:all: --no-deps \
-            "$(grep '^pip==' "$here/requirements-build.txt")"
+            "$(grep '^pip==' "$images/requirements-build.txt")"
         echo "$stamp" >"$dir/.stamp"
     fi
     cp "$req" "$dir/requirements.txt"
@@ -76,9 +77,9 @@ cp "$here/model-server/slim.sh" "$out/model-server/"
 # strip(1) for the server's shared objects: images/wheelhouse.sh's binutils
 # .debs (unpacked in the build stage only); without them the image is larger.
 rm -rf "$out/model-server/debs"
-if ls "$here/.wheelhouse/debs/"*.deb >/dev/null 2>&1; then
+if ls "$images/.wheelhouse/debs/"*.deb >/dev/null 2>&1; then
     mkdir -p "$out/model-server/debs"
-    cp "$here/.wheelhouse/debs/"*.deb "$out/model-server/debs/"
+    cp "$images/.wheelhouse/debs/"*.deb "$out/model-server/debs/"
 fi
 debs "$out/owner" gpg gpgconf gpg-agent libassuan0 libnpth0 pinentry-tty
 

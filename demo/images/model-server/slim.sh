@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run as root in the build stage of images/model-server/Dockerfile, on the
+# Run as root in the build stage of demo/images/model-server/Dockerfile, on the
 # venv /opt/mlserver that the stage just installed: drop what a read-only
 # serving container never runs, strip debug info, compile byte-code, and
 # prove the result still loads and predicts.

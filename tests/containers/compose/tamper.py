@@ -1,4 +1,4 @@
-"""The attacker of compose/tamper.yml: whoever can write where the ciphertext is stored flips one byte of it.
+"""The attacker of tests/containers/compose/tamper.yml: whoever can write where the ciphertext is stored flips one byte of it.
 
     python3 tamper.py s3://BUCKET/KEY     # the sealed model in S3 (boto3, AWS_ENDPOINT_URL: moto)
     python3 tamper.py /path/model.tar.gpg # the old recipe's baked ciphertext
