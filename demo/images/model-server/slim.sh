@@ -22,7 +22,8 @@ if ls /wheels/debs/*.deb >/dev/null 2>&1; then
     for d in /wheels/debs/*.deb; do dpkg-deb -x "$d" "$bu"; done
     strip=$(ls "$bu"/usr/bin/*-linux-gnu-strip)
     readelf=$(ls "$bu"/usr/bin/*-linux-gnu-readelf)
-    export LD_LIBRARY_PATH="$bu/usr/lib/$(basename "$strip" -strip)"
+    LD_LIBRARY_PATH="$bu/usr/lib/$(basename "$strip" -strip)"
+    export LD_LIBRARY_PATH
     find "$venv" -type f -name '*.so*' ! -path '*.libs/*' | while read -r f; do
         head -c4 "$f" | grep -q ELF || continue
         "$readelf" -d "$f" | grep -qE '\((RPATH|RUNPATH)\)' && continue
