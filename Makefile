@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint clean
+.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint lint-python lint-shell clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -53,8 +53,17 @@ mutants: setup  ## plant each curated bug (tools/mutants.toml) in a copy of the 
 bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k), then one table of ratios
 	$(PY) bench/all.py
 
-lint: setup
+# Every shell script: the images' and the demo's build scripts, tools/, CI's entry point.
+SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/images/*/*.sh tools/*.sh) .ci/run
+
+lint: lint-python lint-shell  ## every linter (CI runs it first)
+
+# The Python linters (ruff, mypy) join compileall in this recipe.
+lint-python: setup  ## every module byte-compiles
 	$(PY) -m compileall -q shared/modelseal tests bench
+
+lint-shell: setup  ## shellcheck (Debian's, from tools/host-packages.sh) on every shell script
+	shellcheck $(SCRIPTS)
 
 clean:
 	rm -rf $(VENV) shared/*.egg-info

@@ -16,7 +16,7 @@
 #
 # On a fresh Debian machine it installs and starts the Docker engine
 # (images/engine.sh) and builds every image offline (images/build.sh,
-# images/build-demo.sh); the host needs only python3 (demo/ask.py).
+# demo/images/build.sh); the host needs only python3 (demo/ask.py).
 # Any failure prints the failing stage and its logs, removes everything and
 # exits 1 (2: usage).
 #
@@ -47,7 +47,7 @@ say() { printf 'demo [%3ss]: %s\n' "$((SECONDS - started))" "$*" >&2; }
 
 COMPOSE=$("$repo/images/engine.sh" | tail -n1)
 # Every profile always, so `down` also finds the containers of the others.
-dc() { $COMPOSE -p "$project" -f "$repo/compose/demo.yml" \
+dc() { $COMPOSE -p "$project" -f "$here/compose.yml" \
     --profile four-stage --profile single-stage --profile legacy "$@"; }
 down() { dc down -v --remove-orphans -t 3 >/dev/null 2>&1 || true; }
 
@@ -73,7 +73,7 @@ trap 'exit 130' INT TERM
 
 if [ "${MODELSEAL_DEMO_SKIP_BUILD:-}" != 1 ]; then
     say "building the images (first time: several minutes; log: $buildlog)"
-    if ! { "$repo/images/build.sh" && "$repo/images/build-demo.sh"; } >"$buildlog" 2>&1; then
+    if ! { "$repo/images/build.sh" && "$here/images/build.sh"; } >"$buildlog" 2>&1; then
         tail -n 30 "$buildlog" >&2
         say "FAILED: building the images (full log: $buildlog)"
         buildlog=

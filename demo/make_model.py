@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a synthetic model tree for byte-for-byte checks (demo/local.sh, tests/containers/test_chain.py).
+"""Write a synthetic model tree for demo/local.sh's byte-for-byte checks.
 
 Random float32 weights with a JSON config, shaped like a model directory,
 plus a larger random shard so the bytes cross many encryption segments.

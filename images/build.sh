@@ -26,18 +26,21 @@ SOURCE_URL=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
 if [ -n "${MODELSEAL_IMAGE_TAG:-}" ]; then tags=("$MODELSEAL_IMAGE_TAG"); else tags=("$VERSION" latest); fi
 CHAIN=${tags[0]}
 
-build() {  # name, then extra docker build args
-    local name=$1; shift
+build() {  # name, Dockerfile, context, then extra docker build args
+    local name=$1 dockerfile=$2 context=$3; shift 3
     local t targs=()
     for t in "${tags[@]}"; do targs+=(-t "modelseal/$name:$t"); done
     echo "build: modelseal/$name:$CHAIN" >&2
     # shellcheck disable=SC2086  # DOCKER_BUILD_FLAGS is a word list on purpose
-    docker build ${DOCKER_BUILD_FLAGS:-} -f "$here/$name/Dockerfile" \
-        --build-arg VERSION="$VERSION" "${targs[@]}" "$@" "$repo" >&2
+    docker build ${DOCKER_BUILD_FLAGS:-} -f "$dockerfile" \
+        --build-arg VERSION="$VERSION" "${targs[@]}" "$@" "$context" >&2
 }
 
-build base --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg SOURCE_URL="$SOURCE_URL"
-build cloud-base --build-arg BASE="modelseal/base:$CHAIN"
-for s in decrypt unpack; do build "$s" --build-arg BASE="modelseal/base:$CHAIN"; done
-for s in fetch-key fetch-model run; do build "$s" --build-arg BASE="modelseal/cloud-base:$CHAIN"; done
+build base "$here/base/Dockerfile" "$repo" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg SOURCE_URL="$SOURCE_URL"
+build cloud-base "$here/cloud-base/Dockerfile" "$repo" --build-arg BASE="modelseal/base:$CHAIN"
+# The stages: one Dockerfile, one target each; they copy nothing, so their context is that folder alone.
+for s in fetch-key fetch-model decrypt unpack run; do
+    build "$s" "$here/stages/Dockerfile" "$here/stages" --target "$s" \
+        --build-arg BASE="modelseal/base:$CHAIN" --build-arg CLOUD_BASE="modelseal/cloud-base:$CHAIN"
+done
 echo "modelseal/{base,cloud-base,fetch-key,fetch-model,decrypt,unpack,run}:$CHAIN"

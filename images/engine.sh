@@ -2,7 +2,7 @@
 # Ensure a Docker engine and a compose command are usable; idempotent.
 #
 #   COMPOSE=$(images/engine.sh)      # last stdout line: "docker compose" or "docker-compose"
-#   $COMPOSE -f compose/x.yml up
+#   $COMPOSE -f demo/compose.yml up
 #
 # Why: the test machines reach no container registry and may have only a docker
 # client; Debian's docker.io provides dockerd (20.10) and Debian bookworm ships

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import need, refused
 from modelseal import openpgp
+from modelseal.openpgp import s2k
 from modelseal.errors import IntegrityError
 
 
@@ -28,13 +29,13 @@ def _skesk_packet(hash_id: int, salt: bytes, count_byte: int = 0xFF, cipher: int
 
 def _count_derivations(monkeypatch) -> list:
     calls: list = []
-    real = openpgp._S2K.derive
+    real = s2k.S2K.derive
 
     def counting(self, passphrase, key_size):
         calls.append((self.hash_id, self.count))
         return real(self, passphrase, key_size)
 
-    monkeypatch.setattr(openpgp._S2K, "derive", counting)
+    monkeypatch.setattr(s2k.S2K, "derive", counting)
     return calls
 
 
@@ -48,8 +49,8 @@ def test_s2k_work_is_capped_across_packets(monkeypatch, hash_id):
     with refused(IntegrityError, match="more passphrase hashing") as e:
         for _ in openpgp.DecryptingReader(io.BytesIO(data), b"passphrase\r\n").segments():
             pass
-    name = openpgp._HASHES[hash_id]
-    per = openpgp._S2K(3, hash_id, bytes(8), openpgp.MAX_S2K_COUNT).cost(len(b"passphrase"), 32)
+    name = s2k.HASHES[hash_id]
+    per = s2k.S2K(3, hash_id, bytes(8), openpgp.MAX_S2K_COUNT).cost(len(b"passphrase"), 32)
     assert len(calls) == openpgp.S2K_BUDGET // per  # every derivation that fits, and not one more
     assert len(calls) < 32, f"{name}: all 16 packets x 2 passphrase forms were hashed"
 
@@ -60,7 +61,7 @@ def test_identical_session_key_packets_are_hashed_once(monkeypatch):
 
     calls = _count_derivations(monkeypatch)
     salt = bytes(range(8))
-    key = openpgp._S2K(3, 3, salt, openpgp.MAX_S2K_COUNT).derive(PASSPHRASE, 32)
+    key = s2k.S2K(3, 3, salt, openpgp.MAX_S2K_COUNT).derive(PASSPHRASE, 32)
     calls.clear()
     data = _skesk_packet(3, salt) * 16 + seipd(key, packet(11, literal_body(b"model")))
     with refused(IntegrityError, match="wrong passphrase"):

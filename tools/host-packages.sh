@@ -2,8 +2,8 @@
 # Host tools the tests and benchmarks drive: gpg (the old recipe), tar with
 # every compressor, GNU time (peak RSS in bench/), node and npm (s3rver, tools/s3rver),
 # the CNCF distribution registry and skopeo (the OCI tests and bench/oci.py), nginx
-# (bench/https.py starts its own, on a free port with its own configuration).
-# Installed from Debian when missing.
+# (bench/https.py starts its own, on a free port with its own configuration),
+# and the shell linter of `make lint`. Installed from Debian when missing.
 set -euo pipefail
 need=()
 command -v gpg >/dev/null || need+=(gnupg)
@@ -15,6 +15,7 @@ command -v npm >/dev/null || need+=(nodejs npm)  # s3rver (tools/s3rver) for the
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v shellcheck >/dev/null || need+=(shellcheck)  # make lint
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

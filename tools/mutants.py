@@ -44,18 +44,24 @@ PYTHON = os.environ.get("PYTHON", str(REPO / ".venv" / "bin" / "python"))
 @dataclass
 class Mutant:
     id: str
-    file: str
+    file: str | list[str]  # one file for every snippet, or one per snippet (a bug spread over two modules)
     old: str | list[str]  # one snippet, or several changed together (one bug spread over two places)
     new: str | list[str]
     tests: list[str]
     why: str
 
-    def changes(self) -> list[tuple[str, str]]:
+    @property
+    def files(self) -> str:
+        return self.file if isinstance(self.file, str) else ",".join(dict.fromkeys(self.file))
+
+    def changes(self) -> list[tuple[str, str, str]]:
+        """(file, old, new) for each snippet."""
         olds = [self.old] if isinstance(self.old, str) else self.old
         news = [self.new] if isinstance(self.new, str) else self.new
-        if len(olds) != len(news):
-            raise SystemExit(f"mutants: {self.id}: old and new differ in length")
-        return list(zip(olds, news))
+        files = [self.file] * len(olds) if isinstance(self.file, str) else self.file
+        if not len(olds) == len(news) == len(files):
+            raise SystemExit(f"mutants: {self.id}: file, old and new differ in length")
+        return list(zip(files, olds, news))
 
 
 @dataclass
@@ -116,16 +122,15 @@ def _copy(mutant: Mutant | None) -> tuple[str, str]:
     shutil.copytree(LIBRARY, os.path.join(site, "modelseal"), ignore=shutil.ignore_patterns("__pycache__"))
     if mutant is None:
         return site, ""
-    path = Path(site) / "modelseal" / mutant.file
-    if not path.is_file():
-        return site, f"no file modelseal/{mutant.file}"
-    text = path.read_text()
-    for old, new in mutant.changes():
+    for file, old, new in mutant.changes():
+        path = Path(site) / "modelseal" / file
+        if not path.is_file():
+            return site, f"no file modelseal/{file}"
+        text = path.read_text()
         count = text.count(old)
         if count != 1:
-            return site, f"a snippet occurs {count} times in {mutant.file}"
-        text = text.replace(old, new)
-    path.write_text(text)
+            return site, f"a snippet occurs {count} times in {file}"
+        path.write_text(text.replace(old, new))
     return site, ""
 
 
@@ -171,12 +176,12 @@ def main(argv: list[str]) -> int:
             outcomes.append(o)
             detail = o.detail.split("\n")[0]
             detail = detail if o.status != "killed" else detail.removeprefix("FAILED ").split(" - ")[0]
-            print(f"{o.mutant.id:34} {o.mutant.file:22} {o.status:9} {o.seconds:5.1f}  {detail}", flush=True)
+            print(f"{o.mutant.id:34} {o.mutant.files:22} {o.status:9} {o.seconds:5.1f}  {detail}", flush=True)
     bad = [o for o in outcomes if o.status != "killed"]
     total = time.monotonic() - started
     print(f"{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed in {total:.0f} s")
     for o in bad:
-        print(f"  {o.status}: {o.mutant.id} ({o.mutant.file}): {o.mutant.why}")
+        print(f"  {o.status}: {o.mutant.id} ({o.mutant.files}): {o.mutant.why}")
         for line in o.detail.split("\n")[1:]:  # a hung test's stacks
             print(f"    {line}")
     return 1 if bad else 0

@@ -12,6 +12,10 @@ syssite=$(py 'sysconfig.get_paths()["purelib"]')
 
 venvsite=$(/opt/modelseal/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
+# glibc's iconv modules, wherever libc6 put them for this image's architecture
+# (/usr/lib/x86_64-linux-gnu/gconv on amd64, /usr/lib/aarch64-linux-gnu/gconv on arm64).
+gconv=$(dpkg -L "libc6:$(dpkg --print-architecture)" | grep '/gconv$' | head -n1)
+
 # zstandard ships two 12 MB backends; CPython always loads the C one, so the
 # CFFI one is dead weight.
 rm -f "$venvsite"/zstandard/_cffi*.so "$venvsite"/zstandard/backend_cffi.py
@@ -51,7 +55,7 @@ done
 # parts no stage imports, and the base image's own pip/setuptools/wheel.
 rm -rf /var/lib/apt /var/cache/apt /var/cache/debconf /var/log/* /etc/apt \
     /usr/share/man /usr/share/info /usr/share/locale /usr/share/lintian \
-    /usr/lib/x86_64-linux-gnu/gconv \
+    ${gconv:+"$gconv"} \
     "$stdlib"/test "$stdlib"/idlelib "$stdlib"/tkinter "$stdlib"/turtledemo \
     "$stdlib"/ensurepip "$stdlib"/lib2to3 "$stdlib"/pydoc_data "$stdlib"/turtle.py \
     "$stdlib"/lib-dynload/_tkinter* \

@@ -22,10 +22,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
+import random
 import secrets
-import subprocess
-import sys
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,14 @@ def aws(moto) -> Account:
 
 
 def make_model(dest: Path, shard_bytes: int = 3 << 20) -> Path:
-    """demo/make_model.py's model (crosses several 1 MiB segments), readable by the containers' UID."""
-    subprocess.run([sys.executable, str(harness.REPO / "demo" / "make_model.py"), str(dest)], check=True,
-                   env={**os.environ, "DEMO_SHARD_BYTES": str(shard_bytes)})
+    """A model directory: float32 weights, a JSON config, a random shard that crosses several 1 MiB
+    segments and an empty directory (as SavedModels have), readable by the containers' UID."""
+    rng = random.Random(1234)
+    (dest / "variables").mkdir(parents=True, exist_ok=True)
+    (dest / "assets.extra").mkdir(exist_ok=True)
+    (dest / "variables" / "weights.f32").write_bytes(struct.pack("<12f", *(rng.uniform(-1, 1) for _ in range(12))))
+    (dest / "config.json").write_text(json.dumps({"name": "iris-linear", "inputs": 4, "outputs": 3}))
+    (dest / "variables" / "shard-00001.bin").write_bytes(rng.randbytes(shard_bytes))
     world_readable(dest)
     return dest
 

@@ -1,4 +1,4 @@
-"""compose/demo.yml and demo/compose.sh: hardened like the pod specs, and ending in a real server.
+"""demo/compose.yml and demo/compose.sh: hardened like the pod specs, and ending in a real server.
 
 Every chain of the demo (four-stage, single-stage `run`, the migrated old
 recipe through `--format openpgp`) delivers the model the owner trained to
@@ -32,8 +32,8 @@ import yaml
 import harness
 from harness import REPO, load_example, need, pod_spec
 
-COMPOSE_FILE = REPO / "compose" / "demo.yml"
-TAMPER_FILE = REPO / "compose" / "tamper.yml"
+COMPOSE_FILE = REPO / "demo" / "compose.yml"
+TAMPER_FILE = Path(__file__).parent / "compose" / "tamper.yml"  # the attacker, over the demo
 PROFILES = ["--profile", "four-stage", "--profile", "single-stage", "--profile", "legacy"]
 UID = "65532:65532"
 ROWS = json.loads((REPO / "demo" / "iris-rows.json").read_text())
@@ -77,7 +77,7 @@ def demo_images() -> None:
     need(harness.images_missing(*harness.ALL, "base"))
     need_compose()
     if harness.images_missing(*DEMO_IMAGES):
-        r = subprocess.run([str(REPO / "images" / "build-demo.sh")], capture_output=True, text=True, timeout=1800)
+        r = subprocess.run([str(REPO / "demo" / "images" / "build.sh")], capture_output=True, text=True, timeout=1800)
         assert r.returncode == 0, r.stderr[-3000:]
     need(harness.images_missing(*DEMO_IMAGES))
 
