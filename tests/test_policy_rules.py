@@ -43,7 +43,7 @@ from modelseal.errors import UnavailableError, classify
 from modelseal.sources import open_source
 from modelseal.uri import URI
 from servers import (  # noqa: F401 - fixtures
-    Fault, ObjectServer, aws_env, fast, free_port, moto, no_proxy_env, pki, write_file)
+    Fault, ObjectServer, aws_env, fast, free_port, moto, no_proxy_env, pki)
 
 MIB = 1 << 20
 FAST = "backoff=0.01&backoff_max=0.05"
@@ -82,7 +82,7 @@ def file_pages(size: int) -> int:
 
 
 _NEEDS = re.compile(r"needs ([\d,]+ MiB) \(([\d,]+ MiB) of tmpfs pages under .*?, and ([\d,]+ MiB) for the stage "
-                    r"itself\) but this container's memory limit leaves")
+                    r"itself\) but this container's memory limit leaves ([\d,]+) MiB .*to at least (\d+)Mi$")
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +113,18 @@ def in_cgroup(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
 
 
 def _refused_with(code: int, message: str, pages: str, own: str) -> None:
+    """Refused (exit 6) with these two terms; and the limit it says to raise to holds what is in use
+    already (the limit less the headroom it names) on top of both, rounded up to 16 Mi."""
     assert code == 6, message
     m = _NEEDS.search(message)
     assert m, message
     assert (m.group(2), m.group(3)) == (pages, own), message
+    needs, in_use = _int(m.group(1)) * MIB, LIMIT - _int(m.group(4)) * MIB
+    assert in_use > 0 and in_use + needs - MIB <= int(m.group(5)) * MIB < in_use + needs + 17 * MIB, message
+
+
+def _int(text: str) -> int:
+    return int(text.removesuffix(" MiB").replace(",", ""))
 
 
 @pytest.fixture

@@ -255,35 +255,114 @@ def test_a_signature_outlives_its_certificates(shm: Path):
     _check(shm, c, ok=True)
 
 
+def test_the_leaf_key_must_be_on_a_supported_curve(shm: Path):
+    """A chain that holds, a leaf that may sign, but its key is on secp256k1: not model signing's."""
+    rk, ik, lk = (ec.generate_private_key(c()) for c in (ec.SECP256R1, ec.SECP256R1, ec.SECP256K1))
+    root = _build("test root", rk, Cert())
+    inter = _build("test intermediate", ik, Cert(), root, rk)
+    leaf = _build("model signer", lk, LEAF, inter, ik)
+    model = shm / "model"
+    model.mkdir()
+    make_model(model, big=1000)
+    (model / "model.sig").write_bytes(_sign_statement(lk, _statement(model), [leaf, inter]))
+    r = _unpack(pack(model, shm / "m.tar"), shm / "out", "--verify-certificate", _pem(shm / "root.pem", root))
+    assert r.code == 4, r.stderr
+    assert "the signing certificate's key: not an EC key on P-256, P-384 or P-521" in r.error()
+    assert nothing_left(shm / "out")
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("mediaType", "application/vnd.dev.sigstore.bundle.v0.2+json", "bundle media type"),
+    ("payloadType", "application/json", "DSSE payload type"),
+])
+def test_the_envelope_must_be_model_signings(shm: Path, field: str, value: str, says: str):
+    """Neither the bundle's media type nor the DSSE payload type is covered by the signature (the PAE
+    names the in-toto type itself): another value in a validly signed bundle is refused, as model_signing
+    refuses it."""
+    model = shm / "model"
+    model.mkdir()
+    make_model(model, big=1000)
+    private, public, _ = write_key(shm, "signer")
+    assert model_signing("sign", "key", "--private_key", private, "--signature", model / "model.sig",
+                         model).returncode == 0
+    bundle = json.loads((model / "model.sig").read_text())
+    (bundle if field == "mediaType" else bundle["dsseEnvelope"])[field] = value
+    (model / "model.sig").write_text(json.dumps(bundle))
+    r = _unpack(pack(model, shm / "m.tar"), shm / "out", "--verify-key", public)
+    assert r.code == 4 and f"model.sig: {says} {value!r}" in r.error(), r.stderr
+    assert nothing_left(shm / "out")
+    assert model_signing("verify", "key", "--signature", model / "model.sig", "--public_key", public,
+                         model).returncode != 0
+
+
+@pytest.mark.parametrize("target", ["nothing.json", "sub"])
+def test_a_symlink_to_no_file_of_the_model_is_refused(shm: Path, target: str):
+    """With --allow-symlinks a link counts as its target's content: a link to nothing, or to a
+    directory, has none (verification covers files only)."""
+    model = shm / "model"
+    model.mkdir()
+    make_model(model, big=1000)
+    private, public, _ = write_key(shm, "signer")
+    assert model_signing("sign", "key", "--private_key", private, "--signature", model / "model.sig",
+                         "--allow_symlinks", model).returncode == 0
+    (model / "latest").symlink_to(target)
+    r = _unpack(pack(model, shm / "m.tar"), shm / "out", "--verify-key", public, "--allow-symlinks")
+    assert r.code == 4, r.stderr
+    assert "symlink 'latest' does not point to a file of the model" in r.error()
+    assert nothing_left(shm / "out")
+
+
 # ---- the statement: signed with the key method, built here ----------------------------------------
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sign_statement(key: ec.EllipticCurvePrivateKey, statement: dict) -> bytes:
-    """A model.sig over `statement`, as model_signing's key method writes it (DSSE PAE, SHA-256 on P-256)."""
+def _sign_statement(key: ec.EllipticCurvePrivateKey, statement: dict,
+                    certificates: list[x509.Certificate] | None = None) -> bytes:
+    """A model.sig over `statement`, as model_signing writes it (DSSE PAE, SHA-256): the key method's
+    publicKey hint, or the certificate method's chain (leaf first) when `certificates` are given."""
     payload = json.dumps(statement).encode()
     ptype = "application/vnd.in-toto+json"
     pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(payload), payload)
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if certificates:
+        material = {"x509CertificateChain": {"certificates": [
+            {"rawBytes": base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()} for c in certificates]}}
+    else:
+        pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        material = {"publicKey": {"hint": _digest(pub)}}
     return json.dumps({
         "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "verificationMaterial": {"publicKey": {"hint": _digest(pub)}, "tlogEntries": []},
+        "verificationMaterial": {**material, "tlogEntries": []},
         "dsseEnvelope": {"payload": base64.b64encode(payload).decode(), "payloadType": ptype,
                          "signatures": [{"sig": base64.b64encode(key.sign(pae, ec.ECDSA(hashes.SHA256()))).decode(),
                                          "keyid": ""}]}}).encode()
 
 
-def _statement(model: Path, root: str | None = None, ignore: list[str] | None = None) -> dict:
-    resources = [{"name": n, "algorithm": "sha256", "digest": _digest(d)} for n, d in files(model).items()
-                 if n != "model.sig" and not n.startswith(".git")]
-    digest = root or hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
+def _statement(model: Path, root: str | None = None, ignore: list[str] | None = None,
+               resources: list[dict] | None = None) -> dict:
+    """A v1.0 files statement of the model's files (or of `resources`), its root digest computed (or `root`)."""
+    if resources is None:
+        resources = [{"name": n, "algorithm": "sha256", "digest": _digest(d)} for n, d in files(model).items()
+                     if n != "model.sig" and not n.startswith(".git")]
+    digest = root or _root(resources)
     return {"_type": "https://in-toto.io/Statement/v1", "subject": [{"name": "model", "digest": {"sha256": digest}}],
             "predicateType": "https://model_signing/signature/v1.0",
             "predicate": {"serialization": {"method": "files", "hash_type": "sha256", "allow_symlinks": False,
                                             "ignore_paths": ignore or ["model.sig"]},
                           "resources": resources}}
+
+
+def _root(resources: list[dict]) -> str:
+    """The subject digest: SHA-256 over the resource digests, in order (hex digests that are not hex: zeros)."""
+    raw = b""
+    for r in resources:
+        try:
+            raw += bytes.fromhex(r["digest"])
+        except ValueError:
+            raw += bytes(32)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def test_the_root_digest_must_be_that_of_the_resources(shm: Path):
@@ -385,3 +464,96 @@ def test_a_model_sig_at_the_cap_is_read(shm: Path):
     assert r.code == 4 and r.error().startswith("model.sig: malformed Sigstore bundle: "), r.stderr
     assert "over" not in r.error() and "not a model signature" not in r.error()  # parsed, not refused by size
     assert nothing_left(shm / "out")
+
+
+# ---- the statement's own rules: what model_signing would reject is rejected -------------------------
+
+def _shards(model: Path, size: int = 1 << 20) -> dict:
+    """A v1.0 shards statement of the model (each file cut in `size` pieces; empty files have none)."""
+    resources = []
+    for name, data in files(model).items():
+        if name == "model.sig" or name.startswith(".git"):
+            continue
+        for start in range(0, len(data), size):
+            piece = data[start:start + size]
+            resources.append({"name": f"{name}:{start}:{start + len(piece)}", "algorithm": f"sha256-sharded-{size}",
+                              "digest": _digest(piece)})
+    st = _statement(model, resources=resources)
+    st["predicate"]["serialization"].update(method="shards", shard_size=size)
+    return st
+
+
+def _resources(change):
+    """A variant that edits the resources, the root digest recomputed so that only the edit is wrong."""
+    def variant(st: dict) -> None:
+        change(st["predicate"]["resources"])
+        st["subject"][0]["digest"]["sha256"] = _root(st["predicate"]["resources"])
+    return variant
+
+
+def _set(path: str, value):
+    def variant(st: dict) -> None:
+        *parents, last = path.split(".")
+        node = st
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return variant
+
+
+STATEMENTS = {  # case: (a files or a shards statement, the edit, what the refusal names)
+    "two subjects": ("files", lambda st: st["subject"].append(dict(st["subject"][0], name="other")),
+                     "expected one subject, got 2"),
+    "not an in-toto statement": ("files", _set("_type", "https://in-toto.io/Statement/v0.1"), "not an in-toto"),
+    "an unknown predicate": ("files", _set("predicateType", "https://model_signing/signature/v2.0"),
+                             "unknown predicate type"),
+    "another hash": ("files", _set("predicate.serialization.hash_type", "blake2"), "unsupported hash_type 'blake2'"),
+    "another method": ("files", _set("predicate.serialization.method", "digest"),
+                       "unsupported serialization method 'digest'"),
+    "a resource outside the model": ("files", _resources(lambda rs: rs.append(dict(rs[0], name="../outside.bin"))),
+                                     "'../outside.bin' is not a relative path inside the model"),
+    "an absolute resource": ("files", _resources(lambda rs: rs.append(dict(rs[0], name="/etc/passwd"))),
+                             "'/etc/passwd' is not a relative path inside the model"),
+    "a file listed twice": ("files", _resources(lambda rs: rs.append(dict(rs[0]))), "is listed twice"),
+    "a file listed twice, spelled ./": ("files", _resources(lambda rs: rs.append(dict(rs[0], name="./" + rs[0]["name"]))),
+                                        "is listed twice"),
+    "a digest of 63 digits": ("files", _resources(lambda rs: rs[0].update(digest=rs[0]["digest"][:-1])),
+                              "not 64 hex digits"),
+    "a digest that is not hex": ("files", _resources(lambda rs: rs[0].update(digest="zz" * 32)), "not hex"),
+    "shard size zero": ("shards", _set("predicate.serialization.shard_size", 0), "shard_size must be a positive"),
+    "shard size a fraction": ("shards", _set("predicate.serialization.shard_size", 1.5),
+                              "shard_size must be a positive"),
+    "shard size true": ("shards", _set("predicate.serialization.shard_size", True), "shard_size must be a positive"),
+    "a shard listed twice": ("shards", _resources(lambda rs: rs.append(dict(rs[0]))), "is listed twice"),
+    "a shard without its range": ("shards", _resources(lambda rs: rs[0].update(name=rs[0]["name"].split(":")[0])),
+                                  "is not PATH:START:END"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATEMENTS))
+def test_a_statement_model_signing_would_reject_is_refused(shm: Path, case: str):
+    """Each edit of a valid, validly signed statement: exit 4 naming it, nothing left. The same statement
+    unedited is accepted (so the edit is what is refused)."""
+    method, edit, says = STATEMENTS[case]
+    model = shm / "model"
+    model.mkdir()
+    make_model(model, big=1000)
+    _, public, key = write_key(shm, "signer")
+    st = _statement(model) if method == "files" else _shards(model)
+    sig = shm / "model.sig"
+    sig.write_bytes(_sign_statement(key, st))
+    tar = pack(model, shm / "m.tar")
+    r = _unpack(tar, shm / "good", "--verify-key", public, "--signature", sig)
+    assert r.code == 0, r.error()
+
+    edit(st)
+    sig.write_bytes(_sign_statement(key, st))
+    r = _unpack(tar, shm / "out", "--verify-key", public, "--signature", sig)
+    assert r.code == 4, r.stderr
+    assert r.error().startswith(f"{sig}: bad signed manifest: ") and says in r.error(), r.error()
+    assert nothing_left(shm / "out")
+    # model_signing rejects each too, except two that modelseal refuses as ambiguous: a hash_type that is
+    # not the resources' own algorithm, and a file listed twice (model_signing keeps the last entry)
+    lenient = case in ("another hash", "a file listed twice", "a file listed twice, spelled ./")
+    oracle = model_signing("verify", "key", "--signature", sig, "--public_key", public, model)
+    assert (oracle.returncode == 0) == lenient, (case, oracle.stderr)
