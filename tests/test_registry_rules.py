@@ -322,3 +322,96 @@ def test_the_realms_user_info_and_query_are_never_repeated(work, tmp_path):
         assert issuer.count() == 2  # the realm with user info was never asked
     finally:
         issuer.close()
+
+
+# ---- what the registry and its token endpoint answer is checked ---------------------------------------
+
+def test_a_token_that_is_not_one_is_refused(token_registry, work, tmp_path):
+    """The token goes into an Authorization header: visible ASCII, no spaces, at most 16 KiB. Anything
+    else in the endpoint's answer is no token (exit 4), and none of it is sent anywhere."""
+    t = token_registry
+    host = t.registry.host
+    bob = config(tmp_path / "bob", {host: basic("bob", "bob-pass-5678")})
+    issued = t.issuer.sign
+    try:
+        for bad in ("token\r\nX-Injected: yes", "two words", "x" * 16385, ""):
+            t.issuer.sign = lambda subject, access, bad=bad: bad  # the endpoint answers this as its token
+            r = fetch(f"oci://{host}/{REPO}:1?{FAST}", tmp_path / "m.seal", "--allow-http", docker=bob)
+            assert r.code == 4, (bad[:20], r.stderr)
+            assert r.error() == f"token endpoint {t.issuer.realm}: the answer holds no token", r.error()
+            assert "X-Injected" not in r.stderr
+    finally:
+        t.issuer.sign = issued
+    assert not (tmp_path / "m.seal").exists()
+
+
+def test_a_registry_token_from_the_docker_config_is_sent_as_the_bearer(token_registry, work, tmp_path):
+    """`registrytoken` is a bearer token for the registry itself: sent from the first request, so the
+    token endpoint is never asked."""
+    t = token_registry
+    host = t.registry.host
+    alice = config(tmp_path / "alice", {host: basic("alice", "alice-pass-1234")})
+    assert seal(work, f"oci://{host}/{REPO}:1", "--allow-http", docker=alice).code == 0
+    token = t.issuer.sign("bob", [{"type": "repository", "name": REPO, "actions": ["pull"]}])
+    asked = len(t.issuer.authorizations)
+    r = fetch(f"oci://{host}/{REPO}:1", tmp_path / "m.seal", "--allow-http",
+              docker=config(tmp_path / "token", {host: {"registrytoken": token}}))
+    assert r.code == 0, r.stderr
+    assert len(t.issuer.authorizations) == asked  # never asked for another
+    assert token not in r.stderr
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"{" + b" " * (1 << 20) + b"}", "larger than 1048576 bytes"),
+    (json.dumps({"auths": {"reg.corp": {"auth": base64.b64encode(b"no-colon-here").decode()}}}).encode(),
+     "'auth' for reg.corp is not base64 of user:password"),
+    (json.dumps({"auths": {"reg.corp": {"username": 7, "password": "p"}}}).encode(), "'username' of an auths entry"),
+    (json.dumps({"auths": ["reg.corp"]}).encode(), "expected an object with an 'auths' object"),
+    (json.dumps({"auths": {"reg.corp": "user:pa55"}}).encode(), "the auths entry for reg.corp is not an object"),
+], ids=["over 1 MiB", "auth without a colon", "username a number", "auths a list", "entry a string"])
+def test_a_malformed_docker_config_is_a_usage_error_naming_the_file(tmp_path, content, says):
+    """Pure logic: each way a Docker config is unusable, one line naming the file, never its content."""
+    from modelseal.errors import UsageError
+
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(UsageError) as e:
+        credentials.lookup("reg.corp", {"DOCKER_CONFIG": str(tmp_path)})
+    assert says in str(e.value) and str(tmp_path / "config.json") in str(e.value)
+    assert "\n" not in str(e.value) and "no-colon-here" not in str(e.value) and "pa55" not in str(e.value)
+
+
+def test_a_manifest_over_the_cap_is_refused(anon, work, tmp_path):
+    """A registry (or a cache in front of it) answering a manifest of more than 4 MiB: exit 4, read no
+    further than the cap."""
+    proxy = HeaderProxy(anon.port)
+    try:
+        proxy.add_fault(Fault("status", 200, method="GET", path="/manifests/", times=20,
+                              body=b'{"schemaVersion": 2, "layers": []' + b" " * (4 << 20) + b"}",
+                              headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+        r = fetch(f"oci://127.0.0.1:{proxy.port}/{REPO}:big?{FAST}", tmp_path / "m.seal", "--allow-http",
+                  docker=work / "empty")
+        assert r.code == 4 and "answer is larger than 4194304 bytes" in r.error(), r.stderr
+        assert not (tmp_path / "m.seal").exists()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("where", ["/blobs/uploads/", "/manifests/"])
+def test_a_registry_that_stored_another_digest_fails_the_push(anon, work, tmp_path, where):
+    """The registry's Docker-Content-Digest names what it stored: another digest than ours for the blob
+    or the manifest is exit 4, not a push reported as done."""
+    proxy = HeaderProxy(anon.port)
+    try:
+        proxy.add_fault(Fault("status", 201, method="PUT", path=where, times=20,
+                              headers={"Docker-Content-Digest": "sha256:" + "0" * 64, "Location": "/v2/"}))
+        r = seal(work, f"oci://127.0.0.1:{proxy.port}/{REPO}:lied?{FAST}", "--allow-http", docker=work / "empty")
+        assert r.code == 4, r.stderr
+        assert f"the registry stored sha256:{'0' * 64}, not sha256:" in r.error()
+        assert not any(x.get("event") == "pushed" for x in r.logs())
+    finally:
+        proxy.close()
+
+
+def test_an_upload_chunk_is_at_least_a_mib(anon, work):
+    r = seal(work, f"oci://{anon.host}/{REPO}:small?part_size=512KiB", "--allow-http", docker=work / "empty")
+    assert r.code == 2 and "part_size must be at least 1048576 bytes for an OCI upload" in r.error(), r.stderr
