@@ -331,3 +331,44 @@ def test_an_internal_errors_text_is_never_quoted():
         err = classify(exc)
     assert str(err).startswith("internal error: ValueError at test_policy_rules.py:")
     _never_said(str(err))
+
+
+# ---- logs: never the reason a stage fails, never litter -------------------------------------------
+
+@pytest.mark.parametrize("stderr", ["a pipe nobody reads", "closed (2>&-)"])
+def test_a_stderr_that_cannot_be_written_does_not_fail_the_stage(shm, stderr):
+    """The logs are for people; a collector that went away, or no stderr at all, changes no outcome:
+    the key is written and the stage exits 0 (and a failing stage keeps its own code)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    if stderr == "a pipe nobody reads":
+        read, write = os.pipe()
+        os.close(read)  # every write to it: EPIPE
+        run = {"stderr": write}
+    else:
+        write = None
+        run = {"preexec_fn": lambda: os.close(2)}
+    try:
+        ok = subprocess.run([sys.executable, "-m", "modelseal", "keygen", "-o", str(shm / "key")], env=env,
+                            timeout=120, **run)
+        failed = subprocess.run([sys.executable, "-m", "modelseal", "decrypt", "--in", str(shm / "absent.seal"),
+                                 "--key", str(shm / "key"), "-o", str(shm / "out.tar")], env=env, timeout=120, **run)
+    finally:
+        if write is not None:
+            os.close(write)
+    assert ok.returncode == 0 and len((shm / "key").read_bytes()) == 32
+    assert failed.returncode == 3 and not (shm / "out.tar").exists()
+
+
+def test_the_termination_message_replaces_the_file_kubernetes_provides_and_creates_none(shm):
+    """Written only where the file exists (a pod's /dev/termination-log), never created on a host, and
+    the whole file is the new message (no tail of an earlier, longer one)."""
+    absent = shm / "absent-termination-log"
+    r = modelseal("keygen", "-o", str(shm / "k1"), env={"MODELSEAL_TERMINATION_LOG": str(absent)})
+    assert r.code == 0, r.stderr
+    assert not absent.exists()
+    present = shm / "termination-log"
+    present.write_text('{"stage": "an earlier run", "error": "' + "x" * 5000 + '"}\n')
+    r = modelseal("keygen", "-o", str(shm / "k2"), env={"MODELSEAL_TERMINATION_LOG": str(present)})
+    assert r.code == 0, r.stderr
+    message = json.loads(present.read_text())
+    assert message["stage"] == "keygen" and message["status"] == "ok"
