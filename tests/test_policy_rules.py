@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from cgroups import real_cgroup
-from conftest import modelseal
+from conftest import modelseal, need
 from modelseal import capacity, parallel, retry
 from modelseal import format as sealfmt
 from modelseal.errors import UnavailableError, classify
@@ -167,6 +167,30 @@ def test_preflight_counts_the_workers_of_decrypt(shm, declared, workers):
                               "-o", str(shm / "m.tar"), stdin=seal.read_bytes())
     _refused_with(code, message, *expected(pages=file_pages(TAR_BYTES), workers=workers, buffers=0))
     assert os.listdir(shm) == []
+
+
+def test_the_size_limit_a_refusal_suggests_holds_what_the_volume_holds_already(shm, declared):
+    """A volume already holding 24 MiB (a sidecar's files, an earlier model): the emptyDir sizeLimit the
+    refusal names must hold those and the model, not the model alone."""
+    key, seal = declared
+    vol = shm / "vol"
+    vol.mkdir()
+    if os.geteuid() != 0:
+        need("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(vol)], capture_output=True)
+    if mounted.returncode:
+        need(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (vol / "already-here.bin").write_bytes(bytes(24 * MIB))
+        r = modelseal("run", "--source", str(seal), "--workers", "1", "--key", str(key), "-o", str(vol / "m"))
+        assert r.code == 6, r.stderr
+        m = re.search(r"needs ([\d,]+) MiB under .* raise the emptyDir sizeLimit to at least (\d+)Mi$", r.error())
+        assert m, r.error()
+        floor = _int(m.group(1)) * MIB + 24 * MIB
+        assert floor - MIB <= int(m.group(2)) * MIB < floor + 17 * MIB, r.error()
+        assert os.listdir(vol) == ["already-here.bin"]
+    finally:
+        subprocess.run(["umount", str(vol)], check=True)
 
 
 # ---- retry policy: every cap -----------------------------------------------------------------------
