@@ -257,6 +257,18 @@ def test_each_attempt_ends_after_the_timeout(shm, web):
     assert web.count() == 2 and os.listdir(shm) == []
 
 
+@pytest.mark.parametrize("timeout", [0.0, -1.0])
+def test_the_timeout_must_be_positive(web, timeout):
+    """The command line's bounds refuse it first; options built any other way meet the client's own
+    rule: a timeout of 0 would fail every attempt at once and read as an unavailable server."""
+    from modelseal.errors import UsageError
+    from modelseal.uri import Options
+
+    with pytest.raises(UsageError, match="^timeout must be positive$"):
+        open_source(f"{web.url}/m.seal", Options(timeout=timeout, allow_http=True)).open()
+    assert web.count() == 0
+
+
 # ---- redaction: query values and user info never reach a log, an error or the termination message ----
 
 SECRETS = ("sig-value-1234abcd", "credential-value-5678", "token-value-9999")

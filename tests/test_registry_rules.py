@@ -415,3 +415,20 @@ def test_a_registry_that_stored_another_digest_fails_the_push(anon, work, tmp_pa
 def test_an_upload_chunk_is_at_least_a_mib(anon, work):
     r = seal(work, f"oci://{anon.host}/{REPO}:small?part_size=512KiB", "--allow-http", docker=work / "empty")
     assert r.code == 2 and "part_size must be at least 1048576 bytes for an OCI upload" in r.error(), r.stderr
+
+
+def test_an_upload_status_beyond_what_was_sent_fails_the_push(anon, work):
+    """A chunk's PATCH fails; asked where the upload stands, the registry claims more bytes than were ever
+    sent: exit 4 (the blob would not be ours), the upload cancelled, no tag."""
+    proxy = HeaderProxy(anon.port)
+    try:
+        proxy.add_fault(Fault("status", 500, method="PATCH"),
+                        Fault("status", 204, method="GET", path="/blobs/uploads/", headers={
+                            "Range": "0-99999999", "Location": f"/v2/{REPO}/blobs/uploads/claimed"}))
+        r = seal(work, f"oci://127.0.0.1:{proxy.port}/{REPO}:claimed?part_size=1MiB&{FAST}", "--allow-http",
+                 docker=work / "empty")
+        assert r.code == 4, r.stderr
+        assert "the registry holds 100000000 bytes of the upload, expected 0 to 1048576" in r.error()
+        assert proxy.count("PUT", "/manifests/") == 0
+    finally:
+        proxy.close()
