@@ -11,11 +11,14 @@ tools/mutants.toml: a check that, deleted, let these answers through.
 from __future__ import annotations
 
 import os
+import socketserver
+import threading
+import time
 import uuid
 
 import pytest
 
-from modelseal.errors import IntegrityError, UsageError
+from modelseal.errors import IntegrityError, UnavailableError, UsageError
 from modelseal.sources import open_source
 from servers import Fault, FaultProxy, ObjectServer, aws_env, fast, moto, no_proxy_env, write_file  # noqa: F401
 
@@ -105,6 +108,37 @@ def test_redirects_are_followed_at_most_five_times(tmp_path):
         srv.close()
 
 
+class _Dropping(socketserver.ThreadingTCPServer):
+    """A TCP server that closes every connection at once, as a restarting server or a load balancer
+    does: the TLS handshake sees EOF, a dropped connection, not a refused peer."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+        class Drop(socketserver.BaseRequestHandler):
+            def handle(inner) -> None:  # noqa: N805 - the handler's own self
+                self.connections += 1
+                inner.request.close()
+
+        super().__init__(("127.0.0.1", 0), Drop)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+def test_a_connection_dropped_during_the_tls_handshake_is_retried():
+    """EOF during the handshake is transient (retried, then exit 5); only a refused handshake (a
+    certificate the CA does not vouch for) is a denial at once."""
+    srv = _Dropping()
+    try:
+        with pytest.raises(UnavailableError, match="unavailable after 3 attempts"):
+            open_source(f"https://127.0.0.1:{srv.server_address[1]}/m.seal", fast(retries=3)).open()
+        assert srv.connections == 3
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 # ---- s3:// -------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -153,3 +187,23 @@ def test_s3_concurrency_is_at_least_one(s3):
     with pytest.raises(UsageError, match="concurrency must be at least 1"):
         _s3(bucket, proxy, concurrency=0)
     assert proxy.count() == 0
+
+
+def test_an_aborted_upload_stops_retrying_at_once(s3):
+    """A part upload is in its first attempt when the upload is aborted (a seal failed): no further
+    attempt is made, whatever the retry budget, and nothing is left. The proxy holds the attempt for a
+    minute; the 5 s timeout ends it, long after the abort was asked for."""
+    client, bucket, data, proxy = s3
+    proxy.add_fault(Fault("stall", seconds=60, method="PUT", path="partNumber=1", times=10))
+    src = open_source(f"s3://{bucket}/aborted?part_size=5MiB",
+                      fast(endpoint_url=proxy.url, timeout=5, retries=4, extra={"backoff": "0.01", "backoff_max": "0.02"}))
+    w = src.open_write()
+    w.write(os.urandom(6 * MiB))  # the first part goes up in the background
+    deadline = time.monotonic() + 60
+    while proxy.count("PUT", "partNumber=1") == 0:  # the attempt has reached the store
+        assert time.monotonic() < deadline, "the part upload never started"
+        time.sleep(0.01)
+    w.abort()
+    assert proxy.count("PUT", "partNumber=1") == 1
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="aborted")
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
