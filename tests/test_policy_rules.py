@@ -35,9 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import real_cgroup
+from cgroups import fake_cgroup, real_cgroup
 from conftest import modelseal, need
-from modelseal import capacity, parallel, retry
+from modelseal import capacity, cgroup, parallel, retry
 from modelseal import format as sealfmt
 from modelseal.errors import UnavailableError, classify
 from modelseal.sources import open_source
@@ -408,3 +408,39 @@ def test_the_termination_message_replaces_the_file_kubernetes_provides_and_creat
     assert r.code == 0, r.stderr
     message = json.loads(present.read_text())
     assert message["stage"] == "keygen" and message["status"] == "ok"
+
+
+# ---- what the preflight knows, and what it says it does not -------------------------------------------
+
+def test_a_v1_limit_of_2_to_the_63_is_no_limit(tmp_path):
+    """cgroup v1 writes "no limit" as 2^63 rounded down to a page (v2 writes "max"): no limit to respect,
+    not a limit of eight exbibytes to report and check against."""
+    unlimited = str(9223372036854771712)
+    proc = fake_cgroup(tmp_path, 1, {"/": {
+        "memory.limit_in_bytes": unlimited, "memory.usage_in_bytes": str(200 * MIB),
+        "memory.stat": f"total_active_file 0\ntotal_inactive_file 0\nhierarchical_memory_limit {unlimited}\n"}},
+        own="/", controller="memory")
+    assert cgroup.memory(str(proc)) is None
+
+
+def test_a_compressed_archives_length_is_no_estimate_of_its_tree(shm):
+    """unpack of a zstd archive from a file: its length bounds nothing (zstd of a sparse model is a
+    fraction of it), so the preflight says it cannot check and goes on, rather than size the tree by it."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    data = os.urandom(200_000)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    (shm / "m.tar.zst").write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    r = modelseal("unpack", "--in", str(shm / "m.tar.zst"), "-o", str(shm / "out"))
+    assert r.code == 0, r.stderr
+    assert (shm / "out" / "weights.bin").read_bytes() == data
+    unknown = [x for x in r.logs() if x.get("event") == "preflight_unknown"]
+    assert unknown and "zstd-compressed" in unknown[0]["message"]
+    assert not [x for x in r.logs() if x.get("event") == "preflight"]
