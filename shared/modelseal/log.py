@@ -80,6 +80,8 @@ class Log:
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         rec = {"ts": round(time.time(), 3), "level": level, "stage": self.stage, "event": event}
         rec.update(fields)
+        if self.stream is None:  # started with no stderr at all (`2>&-`): Python gives None
+            return
         try:
             self.stream.write(_line(rec) + "\n")
             self.stream.flush()
