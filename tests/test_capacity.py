@@ -29,7 +29,7 @@ import yaml
 
 from cgroups import fake_cgroup, real_cgroup
 from conftest import SHM, modelseal, need, open_fifo_writer
-from modelseal import archive, capacity, cgroup, format as sealfmt
+from modelseal import archive, capacity, cgroup, sealfile
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 from models import make_model
 
@@ -67,14 +67,14 @@ def test_planned_tar_size_is_exact(shm: Path) -> None:
 
 
 def test_header_sizes_round_trip_and_malformed_sizes_are_integrity_errors() -> None:
-    h = sealfmt.Header(key_id="k", sizes=sealfmt.Sizes(tar_bytes=10, file_bytes=5, files=1))
-    again, _ = sealfmt.read_prefix(io.BytesIO(sealfmt.encode_prefix(h)))
+    h = sealfile.Header(key_id="k", sizes=sealfile.Sizes(tar_bytes=10, file_bytes=5, files=1))
+    again, _ = sealfile.read_prefix(io.BytesIO(sealfile.encode_prefix(h)))
     assert again.sizes == h.sizes
     for bad in (-1, True, "12", 1.5, 2**64):
         obj = h.to_json()
         obj["content"]["files"] = bad
-        with pytest.raises(sealfmt.IntegrityError, match="content.files"):
-            sealfmt.Header.from_json(obj)
+        with pytest.raises(sealfile.IntegrityError, match="content.files"):
+            sealfile.Header.from_json(obj)
 
 
 def _cgroup_tree(tmp: Path, version: int, levels: dict[str, dict[str, str]], own: str, mount_root: str = "/",
@@ -286,10 +286,10 @@ def test_archive_larger_than_its_header_declares_is_an_integrity_error(shm: Path
             info = tarfile.TarInfo(name)
             info.size = 100_000
             t.addfile(info, io.BytesIO(os.urandom(100_000)))
-    for sizes, what in ((sealfmt.Sizes(file_bytes=150_000, files=2), "file bytes"),
-                        (sealfmt.Sizes(file_bytes=200_000, files=1), "files")):
+    for sizes, what in ((sealfile.Sizes(file_bytes=150_000, files=2), "file bytes"),
+                        (sealfile.Sizes(file_bytes=200_000, files=1), "files")):
         out = io.BytesIO()
-        w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes), key)
+        w = sealfile.seal_writer(out, sealfile.Header(key_id="", sizes=sizes), key)
         w.write(tar.getvalue())
         w.close()
         (shm / "lie.seal").write_bytes(out.getvalue())
@@ -314,7 +314,7 @@ def test_decrypt_writes_no_more_than_its_header_declares(shm: Path, declared: in
     payload = os.urandom(3 * MIB + 5)
     tar_bytes = declared if declared > 0 else len(payload) + declared
     out = io.BytesIO()
-    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sealfmt.Sizes(tar_bytes=tar_bytes)), key)
+    w = sealfile.seal_writer(out, sealfile.Header(key_id="", sizes=sealfile.Sizes(tar_bytes=tar_bytes)), key)
     w.write(payload)
     w.close()
     (shm / "m.seal").write_bytes(out.getvalue())
@@ -357,8 +357,8 @@ def _sealed_named(path: Path, name: str, version: str) -> Path:
         info.size = 200_000
         t.addfile(info, io.BytesIO(os.urandom(200_000)))
     out = io.BytesIO()
-    sizes = sealfmt.Sizes(tar_bytes=len(tar.getvalue()), file_bytes=200_000, files=1)
-    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes, name=name, version=version), os.urandom(32))
+    sizes = sealfile.Sizes(tar_bytes=len(tar.getvalue()), file_bytes=200_000, files=1)
+    w = sealfile.seal_writer(out, sealfile.Header(key_id="", sizes=sizes, name=name, version=version), os.urandom(32))
     w.write(tar.getvalue())
     w.close()
     path.write_bytes(out.getvalue())

@@ -36,10 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zstandard
 
 from conftest import one_line, refused
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal import openpgp, retry, streaming, tinkkeyset
 from modelseal.errors import CapacityError, DeniedError, IntegrityError, ModelsealError, UnsafeError, UsageError
-from modelseal.format import WrappedKey
+from modelseal.sealfile import WrappedKey
 from modelseal.keys import decode, open_key
 from modelseal.sources import open_source
 from modelseal.unpack import extract
@@ -87,7 +87,7 @@ def _prefix(body: bytes) -> bytes:
 
 
 def _header(**changes) -> bytes:
-    obj = sealfmt.Header(key_id="00" * 8, name="m").to_json()
+    obj = sealfile.Header(key_id="00" * 8, name="m").to_json()
     obj.update(changes)
     return json.dumps(obj).encode()
 
@@ -144,7 +144,7 @@ HOSTILE_HEADERS = {
 @pytest.mark.parametrize("case", list(HOSTILE_HEADERS), ids=list(HOSTILE_HEADERS))
 def test_hostile_seal_header(case):
     with refused(IntegrityError) as e:
-        sealfmt.read_prefix(io.BytesIO(_prefix(HOSTILE_HEADERS[case])))
+        sealfile.read_prefix(io.BytesIO(_prefix(HOSTILE_HEADERS[case])))
 
 
 def test_header_values_in_messages_are_quoted_and_short():
@@ -152,19 +152,19 @@ def test_header_values_in_messages_are_quoted_and_short():
     forged = "x" * 10_000 + "\n{\"level\":\"info\"}"
     for body in (_header(v=forged), _header(alg=forged), _header(content={"compression": forged})):
         with refused(IntegrityError) as e:
-            sealfmt.read_prefix(io.BytesIO(_prefix(body)))
+            sealfile.read_prefix(io.BytesIO(_prefix(body)))
         text = one_line(e.value, 200)
         assert '{"level"' not in text
-    header = sealfmt.read_prefix(io.BytesIO(_prefix(_header(key_id=forged, name=forged))))[0]
+    header = sealfile.read_prefix(io.BytesIO(_prefix(_header(key_id=forged, name=forged))))[0]
     fields = header.log_fields()
     assert all(len(v) <= 80 for v in fields.values() if v) and "\n" not in json.dumps(fields)
     with refused(IntegrityError) as e:
-        sealfmt.open_sealed(io.BytesIO(_prefix(_header(key_id=forged))), lambda h: KEY)
+        sealfile.open_sealed(io.BytesIO(_prefix(_header(key_id=forged))), lambda h: KEY)
     assert "wrong key" in one_line(e.value, 300)
 
 
 def test_valid_header_still_reads():
-    header, _ = sealfmt.read_prefix(io.BytesIO(_prefix(_wrapped())))
+    header, _ = sealfile.read_prefix(io.BytesIO(_prefix(_wrapped())))
     assert header.wrapped_key is not None and header.wrapped_key.context == {"modelseal": "v1"}
     assert header.name == "m" and header.key_id == "00" * 8
 

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # servers.py, whatever the import mode
 
 from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
-from modelseal.format import WrappedKey
+from modelseal.sealfile import WrappedKey
 from modelseal.keys import open_key
 from servers import (  # noqa: F401 - fixtures
     CDHServer, Fault, FaultProxy, ObjectServer, VaultServer, aws_env, fast, moto, no_proxy_env, pki, shm_dir,

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import modelseal
 from modelseal import aws
 from modelseal.errors import DeniedError, UsageError
-from modelseal.format import WrappedKey
+from modelseal.sealfile import WrappedKey
 from modelseal.keys import open_key
 from modelseal.sources import open_source
 from modelseal.uri import URI, Options

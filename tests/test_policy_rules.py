@@ -38,7 +38,7 @@ import pytest
 from cgroups import fake_cgroup, real_cgroup
 from conftest import modelseal, need
 from modelseal import capacity, cgroup, parallel, retry
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal.errors import UnavailableError, classify
 from modelseal.sources import open_source
 from modelseal.uri import URI
@@ -65,7 +65,7 @@ def _mib(n: int) -> str:
 def expected(*, pages: int, workers: int, buffers: int) -> tuple[str, str]:
     """(tmpfs pages, the stage's own memory) as the preflight's message must state them, recomputed here
     from the documented terms: never from the functions under test."""
-    seg = sealfmt.AES256_GCM_HKDF_1MB.segment_size
+    seg = sealfile.AES256_GCM_HKDF_1MB.segment_size
     # a worker pool's shared memory: two segments (ciphertext, plaintext) per slot; slots = the workers,
     # the consumer's ring of 4, a read-ahead of 2, and 3 more of look-ahead; plus an interpreter each
     pool = 0 if workers <= 1 else (workers + 4 + 2 + 3) * 2 * seg + workers * parallel.WORKER_PRIVATE
@@ -93,7 +93,7 @@ def declared(tmp_path_factory) -> tuple[Path, Path]:
     key = os.urandom(32)
     (d / "key").write_bytes(key)
     with open(d / "m.seal", "wb") as f:
-        w = sealfmt.seal_writer(f, sealfmt.Header(key_id="", sizes=sealfmt.Sizes(
+        w = sealfile.seal_writer(f, sealfile.Header(key_id="", sizes=sealfile.Sizes(
             tar_bytes=TAR_BYTES, file_bytes=FILE_BYTES, files=FILES)), key)
         w.write(b"tar")
         w.close()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Sequence
 
 from .errors import UsageError
-from .format import Sizes
+from .sealfile import Sizes
 from .log import Log
 
 COPY_BUFSIZE = 1 << 20

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import untrusted
 from .capacity import MIB, Need, mib, quantity, tree_need
-from .format import Sizes
+from .sealfile import Sizes
 
 #: Working sets (memory beyond the tmpfs pages a stage writes), from the
 #: peaks tests/containers/test_sizing.py measures with a 1 GiB model: peak RSS

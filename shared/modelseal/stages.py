@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
+from . import archive, capacity, sealfile, tinkkeyset, tmpfs
 from .atomic import PARTIAL_SUFFIX, Check, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
@@ -27,7 +27,7 @@ from .streaming import ChunkReader, DecryptingReader
 from .overlap import BackgroundWriter
 from .uri import URI, Options
 
-PREFIX_READ = 6 + 4 + sealfmt.MAX_HEADER  # enough bytes to hold any .seal prefix
+PREFIX_READ = 6 + 4 + sealfile.MAX_HEADER  # enough bytes to hold any .seal prefix
 FORMATS = ("seal", "tink", "openpgp")
 
 
@@ -103,14 +103,14 @@ def open_input(path: str, log: Log) -> Input:
     return Input(stream, st.st_size if stat.S_ISREG(st.st_mode) else None)
 
 
-def header_from(wrapped_from: str | None, source_uri: str | None, options: Options) -> sealfmt.Header | None:
+def header_from(wrapped_from: str | None, source_uri: str | None, options: Options) -> sealfile.Header | None:
     """A .seal header for unwrapping: from a local file, or the model source's first bytes."""
     if wrapped_from:
         with open(wrapped_from, "rb") as f:
-            return sealfmt.read_prefix(f)[0]
+            return sealfile.read_prefix(f)[0]
     if source_uri:
         prefix = open_source(source_uri, options).read_prefix(PREFIX_READ)
-        return sealfmt.read_prefix(io.BytesIO(prefix))[0]
+        return sealfile.read_prefix(io.BytesIO(prefix))[0]
     return None
 
 
@@ -119,7 +119,7 @@ class Plaintext:
     """Verified plaintext of a ciphertext, and what is known up front about its size."""
 
     reader: ChunkReader
-    header: sealfmt.Header | None = None  # .seal only
+    header: sealfile.Header | None = None  # .seal only
     size: int | None = None  # exact length, when the ciphertext's length is known
 
     def file_need(self, buffers: int = 0) -> capacity.Need:
@@ -152,15 +152,15 @@ def plaintext(
     """Verified plaintext of a ciphertext stream in any supported format (`workers`: see modelseal.parallel)."""
     if fmt == "seal":
 
-        def key_for(header: sealfmt.Header) -> bytes:
+        def key_for(header: sealfile.Header) -> bytes:
             log.info("header", **header.log_fields(), **header.sizes.to_json())  # not authenticated yet: quoted, shortened
             return key_source.data_key(header.wrapped_key)
 
-        header, reader = sealfmt.open_sealed(input.stream, key_for)
+        header, reader = sealfile.open_sealed(input.stream, key_for)
         reader.workers = workers
         log.info("decrypting", workers=workers)
         payload = None if input.size is None else input.size - reader.associated_data_size
-        size = None if payload is None else sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
+        size = None if payload is None else sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
         return Plaintext(reader, header, size)
     if fmt == "tink":
         ikm, params = tinkkeyset.load(keys.secret(key_source, fmt), tink_template)
@@ -225,27 +225,27 @@ def keygen(out: str, log: Log) -> dict:
     if out != "-" and os.path.lexists(out):
         raise UsageError(f"{out} exists: refusing to overwrite a key")
     with PartialFile(out, 0o400) as f:
-        f.write(os.urandom(sealfmt.DATA_KEY_SIZE))
+        f.write(os.urandom(sealfile.DATA_KEY_SIZE))
         f.commit()
     log.info("key_written", path=out)
     return {"path": out}
 
 
-def _data_key(keys: KeySpec, options: Options) -> tuple[bytes, sealfmt.WrappedKey | None]:
+def _data_key(keys: KeySpec, options: Options) -> tuple[bytes, sealfile.WrappedKey | None]:
     """The data key for a new .seal; key services that wrap get a fresh key per file."""
     key_source = keys.source(options)
     if key_source.unwraps:  # envelope encryption
-        data_key = os.urandom(sealfmt.DATA_KEY_SIZE)
+        data_key = os.urandom(sealfile.DATA_KEY_SIZE)
         return data_key, key_source.wrap(data_key)
     return key_source.data_key(), None
 
 
-def _write_sealed(out: str, header: sealfmt.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
+def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
                   options: Options, log: Log) -> dict:
     """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
     sink = _open_sink(out, options)
     try:
-        writer = sealfmt.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
+        writer = sealfile.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
         files = fill(writer)  # type: ignore[arg-type]
         writer.close()
         sink.commit()
@@ -253,7 +253,7 @@ def _write_sealed(out: str, header: sealfmt.Header, data_key: bytes, fill: Calla
         sink.abort()
         raise
     log.info("sealed", out=URI.parse(out).redacted(), files=files, plaintext_bytes=writer.plaintext_bytes,
-             bytes=writer.ciphertext_bytes + len(sealfmt.encode_prefix(header)), key_id=header.key_id)
+             bytes=writer.ciphertext_bytes + len(sealfile.encode_prefix(header)), key_id=header.key_id)
     return {"bytes": writer.plaintext_bytes, "key_id": header.key_id, "files": files}
 
 
@@ -288,7 +288,7 @@ def seal(
 ) -> dict:
     if src != "-" and not os.path.exists(src):
         raise DeniedError(f"{src}: no such file or directory")
-    content_compression, wrap_in_tar, sizes = compress, True, sealfmt.Sizes()
+    content_compression, wrap_in_tar, sizes = compress, True, sealfile.Sizes()
     if src != "-" and os.path.isfile(src):
         with open(src, "rb") as f:
             head = f.read(512)
@@ -310,7 +310,7 @@ def seal(
         plan = plan.with_first([(signing.SIGNATURE, signing.sign_tree(src, sign_key, log, plan.regular_files()))])
     data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
     default_name = os.path.basename(os.path.abspath(src)) if src != "-" else ""
-    header = sealfmt.Header(
+    header = sealfile.Header(
         key_id="", compression=content_compression, name=name or default_name, version=version, wrapped_key=wrapped,
         sizes=plan.sizes() if plan is not None else sizes,
     )
@@ -344,7 +344,7 @@ def convert(
         chunks = reader.segments()
         first = next(chunks, memoryview(b""))
         default_name = os.path.basename(input).removesuffix(".gpg").removesuffix(".tar") if input != "-" else ""
-        header = sealfmt.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
+        header = sealfile.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
                                 name=name or default_name, version=version, wrapped_key=wrapped)
 
         def fill(writer: BinaryIO) -> int:
@@ -387,13 +387,13 @@ def _open_sink(out: str, options: Options) -> _Sink:
 
 def inspect(path: str) -> dict:
     with (open(path, "rb") if path != "-" else os.fdopen(os.dup(0), "rb")) as f:
-        header, prefix = sealfmt.read_prefix(f)
+        header, prefix = sealfile.read_prefix(f)
         size = os.fstat(f.fileno()).st_size if path != "-" else None
     info = header.to_json()
     info["prefix_bytes"] = len(prefix)
     if size is not None:
         info["payload_bytes"] = size - len(prefix)
-        info["plaintext_bytes"] = sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(size - len(prefix))
+        info["plaintext_bytes"] = sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(size - len(prefix))
     return info
 
 
@@ -419,8 +419,8 @@ def fetch_key(
     if passphrase:  # a passphrase may be guessable: no fingerprint of it in logs
         log.info("key_written", path=out)
         return {"path": out}
-    log.info("key_written", path=out, key_id=sealfmt.key_id(key))
-    return {"path": out, "key_id": sealfmt.key_id(key)}
+    log.info("key_written", path=out, key_id=sealfile.key_id(key))
+    return {"path": out, "key_id": sealfile.key_id(key)}
 
 
 def fetch_model(source: str, out: str, options: Options, log: Log, sha256: str | None = None) -> dict:

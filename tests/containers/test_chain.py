@@ -103,9 +103,9 @@ class Account:
 
     def data_key(self, sealed: bytes) -> bytes:
         """Unwrap the .seal's data key with KMS, as fetch-key does (for the disk search)."""
-        from modelseal import format as sealfmt
+        from modelseal import sealfile
 
-        wrapped = sealfmt.read_prefix(io.BytesIO(sealed))[0].wrapped_key
+        wrapped = sealfile.read_prefix(io.BytesIO(sealed))[0].wrapped_key
         return self.kms.decrypt(CiphertextBlob=wrapped.ciphertext, EncryptionContext=wrapped.context,
                                 KeyId=wrapped.key_id)["Plaintext"]
 
@@ -217,9 +217,9 @@ def test_four_stage_pod_spec_delivers_the_model_byte_for_byte(aws: Account, shm:
         assert pod.read_volume("plaintext") == {}  # --delete-input: the tar is gone
         assert pod.read_volume("secrets") == {}  # --delete-key
         assert pod.read_volume("ciphertext") == {}  # --delete-input
-        from modelseal import format as sealfmt
+        from modelseal import sealfile
 
-        header = sealfmt.read_prefix(io.BytesIO(sealed))[0]
+        header = sealfile.read_prefix(io.BytesIO(sealed))[0]
         assert header.wrapped_key and header.wrapped_key.provider == "aws-kms"
         assert results[0].termination["key_id"] == header.key_id
 

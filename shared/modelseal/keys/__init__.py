@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI, Options, discover, find_backend
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from . import KeySource
 
 SCHEMES = ("aws-kms",)

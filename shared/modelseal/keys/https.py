@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import web
-from ..format import WrappedKey
+from ..sealfile import WrappedKey
 from . import KeySource
 
 SCHEMES = ("https", "http")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from .. import web
 from ..errors import UsageError
-from ..format import WrappedKey
+from ..sealfile import WrappedKey
 from . import KeySource
 
 SCHEMES = ("kbs",)

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import WrappedKey
+from ..sealfile import WrappedKey
 from . import KeySource
 
 SCHEMES = ("secretsmanager",)

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from .. import untrusted, web
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..format import WrappedKey
+from ..sealfile import WrappedKey
 from ..uri import URI, Options
 from . import KeySource
 

@@ -20,7 +20,7 @@ import binascii
 
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from . import KeySource
 from .vault import VaultClient, _path, split_mount
 

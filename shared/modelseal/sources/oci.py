@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin
 
-from .. import format as sealfmt, retry, upload, web
+from .. import sealfile, retry, upload, web
 from ..digest import DigestReader
 from ..errors import IntegrityError, UsageError
 from ..registry import manifest
@@ -49,7 +49,7 @@ SCHEMES = ("oci",)
 DEFAULT_CHUNK = 16 << 20
 MIN_CHUNK = 1 << 20
 _UPLOAD_RANGE = re.compile(r"0-(\d+)")
-_HEAD_BYTES = 6 + 4 + sealfmt.MAX_HEADER
+_HEAD_BYTES = 6 + 4 + sealfile.MAX_HEADER
 
 
 class Backend(Source):
@@ -327,10 +327,10 @@ class BlobUpload(upload.Upload):
         retry.call(self.what, self.options, once)
         return digest
 
-    def _check_head(self) -> sealfmt.Header:
+    def _check_head(self) -> sealfile.Header:
         """The stream must be a .seal (the artifact says so); its header names the model."""
         try:
-            return sealfmt.read_prefix(io.BytesIO(bytes(self._head)))[0]
+            return sealfile.read_prefix(io.BytesIO(bytes(self._head)))[0]
         except IntegrityError as exc:
             raise UsageError(f"{self.what}: only a .seal can be pushed as a sealed model ({exc})") from None
 

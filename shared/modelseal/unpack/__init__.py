@@ -45,7 +45,7 @@ from typing import BinaryIO, Callable
 
 from ..archive import detect_compression
 from ..errors import IntegrityError, UsageError
-from ..format import Sizes
+from ..sealfile import Sizes
 from ..log import Log
 from ..overlap import WriteBehind
 from .decompress import Plain, Raw, producer

@@ -38,7 +38,7 @@ import stat
 from typing import Iterable, Protocol
 
 from ..errors import CapacityError, IntegrityError, ModelsealError, UnsafeError, from_os_error
-from ..format import Sizes
+from ..sealfile import Sizes
 from ..log import Log
 from ..untrusted import show  # entry names in messages: quoted, shortened
 from ..overlap import WriteBehind
