@@ -29,7 +29,9 @@ import yaml
 
 from cgroups import fake_cgroup, real_cgroup
 from conftest import SHM, modelseal, need, open_fifo_writer
-from modelseal import archive, capacity, cgroup, sealfile
+from modelseal import archive, sealfile
+from modelseal.placement import cgroup
+from modelseal.placement.need import PAGE, Need, quantity
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 from models import make_model
 
@@ -125,9 +127,9 @@ def test_no_cgroup_means_no_limit(tmp_path: Path) -> None:
 
 
 def test_tree_need_rounds_every_file_up_to_pages() -> None:
-    need = capacity.Need.tree(10, 3, "x")
-    assert need.bytes == 10 + 3 * (capacity.PAGE - 1) and need.files == 3
-    assert capacity.quantity(700 * MIB + 1) == "704Mi" and capacity.quantity(16 * MIB) == "16Mi"
+    need = Need.tree(10, 3, "x")
+    assert need.bytes == 10 + 3 * (PAGE - 1) and need.files == 3
+    assert quantity(700 * MIB + 1) == "704Mi" and quantity(16 * MIB) == "16Mi"
 
 
 # ---- real limits --------------------------------------------------------------------
@@ -249,7 +251,7 @@ def test_a_disk_target_is_not_held_to_the_memory_limit(shm: Path, model) -> None
         assert code == 0, err
         pre = next(x for x in logs if x["event"] == "preflight")
         assert pre["needs"] > pre["memory_headroom"]  # held to the tmpfs rule, this would have been exit 6
-        assert 0 <= pre["needs"] - (disk / "model.tar").stat().st_size < capacity.PAGE  # all of it, page-rounded
+        assert 0 <= pre["needs"] - (disk / "model.tar").stat().st_size < PAGE  # all of it, page-rounded
     finally:
         shutil.rmtree(disk, ignore_errors=True)
 
@@ -337,11 +339,11 @@ def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -
     doc = yaml.safe_load(r.stdout)
     to_bytes = lambda q: int(q.removesuffix("Mi")) * MIB
     files = [f for f in src.rglob("*") if f.is_file()]
-    tree = sum(-(-f.stat().st_size // capacity.PAGE) * capacity.PAGE for f in files)
+    tree = sum(-(-f.stat().st_size // PAGE) * PAGE for f in files)
     single, four = doc["single-stage"], doc["four-stage"]
     assert to_bytes(single["volumes"]["models"]["emptyDir"]["sizeLimit"]) >= tree
     run_mem = to_bytes(single["initContainers"]["modelseal"]["resources"]["limits"]["memory"])
-    assert run_mem >= tree + 128 * MIB  # run from s3:// peaks at ~121 MiB RSS (bench/fetch.py, sizing.S3_READER)
+    assert run_mem >= tree + 128 * MIB  # run from s3:// peaks at ~121 MiB RSS (bench/fetch.py, placement.pods.S3_READER)
     tar = json.loads(modelseal("inspect", str(seal)).stdout)["plaintext_bytes"]
     assert to_bytes(four["volumes"]["plaintext"]["emptyDir"]["sizeLimit"]) >= tar
     assert to_bytes(four["initContainers"]["decrypt"]["resources"]["limits"]["memory"]) >= tar + 64 * MIB

@@ -1,6 +1,6 @@
 """The preflight's arithmetic, the retry policy's caps and the redaction of URLs, each rule pinned by a test.
 
-- Preflight (capacity.py, stages.py, parallel.py, sources/s3.py): the memory a
+- Preflight (placement/, stages.py, parallel.py, sources/s3.py): the memory a
   stage asks of its cgroup is the tmpfs pages it will write (page-rounded
   files, plus kernel memory per entry) and its own: the working set, the
   source's buffers in flight (S3 parts) and the --workers processes (shared
@@ -37,7 +37,9 @@ import pytest
 
 from cgroups import fake_cgroup, real_cgroup
 from conftest import modelseal, need
-from modelseal import capacity, cgroup, parallel, retry
+from modelseal import parallel, retry
+from modelseal.placement import cgroup, preflight
+from modelseal.placement.need import PAGE
 from modelseal import sealfile
 from modelseal.errors import UnavailableError, classify
 from modelseal.sources import open_source
@@ -69,16 +71,16 @@ def expected(*, pages: int, workers: int, buffers: int) -> tuple[str, str]:
     # a worker pool's shared memory: two segments (ciphertext, plaintext) per slot; slots = the workers,
     # the consumer's ring of 4, a read-ahead of 2, and 3 more of look-ahead; plus an interpreter each
     pool = 0 if workers <= 1 else (workers + 4 + 2 + 3) * 2 * seg + workers * parallel.WORKER_PRIVATE
-    return _mib(pages), _mib(capacity.WORKING_SET + buffers + pool)
+    return _mib(pages), _mib(preflight.WRITE_BUFFERS + buffers + pool)
 
 
 def tree_pages() -> int:
     """The unpacked tree: every file rounded up to whole pages, and the kernel's memory per entry."""
-    return FILE_BYTES + FILES * (capacity.PAGE - 1) + FILES * capacity.PER_ENTRY
+    return FILE_BYTES + FILES * (PAGE - 1) + FILES * preflight.PER_ENTRY
 
 
 def file_pages(size: int) -> int:
-    return -(-size // capacity.PAGE) * capacity.PAGE + capacity.PER_ENTRY
+    return -(-size // PAGE) * PAGE + preflight.PER_ENTRY
 
 
 _NEEDS = re.compile(r"needs ([\d,]+ MiB) \(([\d,]+ MiB) of tmpfs pages under .*?, and ([\d,]+ MiB) for the stage "

@@ -293,14 +293,14 @@ def _convert(a: argparse.Namespace, log: Log) -> dict:
 
 def _inspect(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "file")
-    info = stages.inspect(a.file)
+    seen = stages.inspect(a.file)
     if a.resources:
-        from . import sizing
+        from .placement.advice import advice
 
-        print(sizing.advice(info), end="")
+        print(advice(seen.header, seen.payload_bytes, seen.prefix_bytes), end="")
     else:
-        print(json.dumps(info, indent=2, sort_keys=True))
-    return {"name": info.get("name")}
+        print(json.dumps(seen.to_json(), indent=2, sort_keys=True))
+    return {"name": seen.header.name}
 
 
 def _fetch_key(a: argparse.Namespace, log: Log) -> dict:
@@ -381,7 +381,7 @@ def _exit_now(code: int) -> None:
 def _peak_memory() -> dict[str, float]:
     """This process's peak RSS, and its memory cgroup's peak (tmpfs pages written included) when
     a limit applies: what the example specs' limits are measured by."""
-    from . import cgroup
+    from .placement import cgroup
 
     out: dict[str, float] = {}
     try:

@@ -46,7 +46,7 @@ import signal
 import struct
 import sys
 
-from . import cgroup
+from .placement import cgroup
 from .errors import ModelsealError
 
 #: Most workers by default: one writer takes at most ~3 GB/s into tmpfs, and

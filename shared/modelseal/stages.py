@@ -16,8 +16,8 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import archive, capacity, sealfile, tinkkeyset, tmpfs
-from .atomic import PARTIAL_SUFFIX, Check, PartialFile, remove_quietly
+from . import archive, sealfile, tinkkeyset
+from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
@@ -25,6 +25,9 @@ from .log import Log
 from .sources import open_source
 from .streaming import ChunkReader, DecryptingReader
 from .overlap import BackgroundWriter
+from .placement import Need, Preflight, file_need
+from .placement.need import declared_payload
+from .placement.tmpfs import memory_only
 from .uri import URI, Options
 
 PREFIX_READ = 6 + 4 + sealfile.MAX_HEADER  # enough bytes to hold any .seal prefix
@@ -122,27 +125,20 @@ class Plaintext:
     header: sealfile.Header | None = None  # .seal only
     size: int | None = None  # exact length, when the ciphertext's length is known
 
-    def file_need(self, buffers: int = 0) -> capacity.Need:
+    @property
+    def sizes(self) -> sealfile.Sizes | None:
+        """What the .seal header says the payload unpacks to."""
+        return self.header.sizes if self.header is not None else None
+
+    def file_need(self, buffers: int = 0) -> Need:
         """What decrypt writes: the plaintext itself."""
-        if self.size is not None:
-            return capacity.Need.file(self.size, "from the ciphertext's length", buffers)
-        h = self.header
-        if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
-            return capacity.Need.file(h.sizes.tar_bytes, "from the .seal header", buffers)
-        return capacity.Need.unknown("input of unknown length")
+        return file_need(self.size, self.sizes, self.header.compression if self.header else "none", buffers)
 
     def most_bytes(self) -> float:
         """What decrypt may write: the header's tar_bytes for an uncompressed payload (what the preflight
         sized the target by when the input's length is unknown), else no bound (inf)."""
-        h = self.header
-        if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
-            return h.sizes.tar_bytes
-        return math.inf
-
-    def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
-        """What unpacking it leaves."""
-        return capacity.tree_need(self.header.sizes if self.header is not None else None, self.size, compression,
-                                  buffers)
+        declared = declared_payload(self.sizes, self.header.compression if self.header else "none")
+        return math.inf if declared is None else declared
 
 
 def plaintext(
@@ -179,42 +175,6 @@ def _consume(paths: list[tuple[bool, str | None]], log: Log) -> None:
     for wanted, path in paths:
         if wanted and path and path != "-" and remove_quietly(path):
             log.info("deleted", path=path)
-
-
-def memory_only(allow_disk: bool, log: Log, what: str = "plaintext") -> Check:
-    """The memory-only rule, applied to each descriptor an output is written through.
-
-    --allow-disk is warned about once per stage, not once per descriptor.
-    """
-    tmpfs.warn_if_swap(log)
-    warned = False
-
-    def check(fd: int, where: str) -> None:
-        nonlocal warned
-        if not tmpfs.require_memory_fd(fd, where, allow_disk, None if warned else log, what):
-            warned = True
-
-    return check
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """The capacity check before the first write (capacity.py); `--no-preflight` turns it off, logged."""
-
-    enabled: bool
-    log: Log
-
-    def announce(self) -> "Preflight":
-        if not self.enabled:
-            self.log.warning("preflight_off", message="--no-preflight: room on the target and under the "
-                             "memory limit is not checked before writing")
-        return self
-
-    def __call__(self, fd: int, where: str, need: capacity.Need) -> None:
-        if self.enabled:
-            measured = capacity.check(fd, where, need, self.log)
-            if measured:
-                self.log.info("preflight", path=where, **measured)
 
 
 # ---- the stages -----------------------------------------------------------
@@ -385,16 +345,28 @@ def _open_sink(out: str, options: Options) -> _Sink:
     return _Sink(upload.write, upload.close, upload.abort)
 
 
-def inspect(path: str) -> dict:
+@dataclass(frozen=True)
+class Inspection:
+    """A .seal's header and lengths, as `inspect` reads them (no key needed)."""
+
+    header: sealfile.Header
+    prefix_bytes: int
+    payload_bytes: int | None  # None: read from stdin
+
+    def to_json(self) -> dict:
+        info = self.header.to_json()
+        info["prefix_bytes"] = self.prefix_bytes
+        if self.payload_bytes is not None:
+            info["payload_bytes"] = self.payload_bytes
+            info["plaintext_bytes"] = sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(self.payload_bytes)
+        return info
+
+
+def inspect(path: str) -> Inspection:
     with (open(path, "rb") if path != "-" else os.fdopen(os.dup(0), "rb")) as f:
         header, prefix = sealfile.read_prefix(f)
         size = os.fstat(f.fileno()).st_size if path != "-" else None
-    info = header.to_json()
-    info["prefix_bytes"] = len(prefix)
-    if size is not None:
-        info["payload_bytes"] = size - len(prefix)
-        info["plaintext_bytes"] = sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(size - len(prefix))
-    return info
+    return Inspection(header, len(prefix), None if size is None else size - len(prefix))
 
 
 def fetch_key(
@@ -405,7 +377,7 @@ def fetch_key(
         raise UsageError("refusing to write a key to standard output (in a pod, that is the container's log): "
                          "give -o FILE on a memory-backed volume")
     key_source = open_key(key_uri, options)
-    with PartialFile(out, 0o400, check=memory_only(allow_disk, log, "the key")) as f:
+    with PartialFile(out, 0o400, rule=memory_only(allow_disk, log, "the key")) as f:
         wrapped = None
         if key_source.unwraps:
             header = header_from(wrapped_from, source, options)
@@ -451,13 +423,13 @@ def decrypt(
 ) -> dict:
     key_source = keys.source(options)  # configuration errors first, before touching any input
     key_file = keys.deletable(delete_key)
-    check = Preflight(preflight, log).announce()
-    with PartialFile(out, 0o600, check=memory_only(allow_disk, log)) as f:
+    preflight_check = Preflight(preflight, log).announce()
+    with PartialFile(out, 0o600, rule=memory_only(allow_disk, log)) as f:
         source = open_input(input, log)
         progress = log.progress("decrypt", source.size)
         with source.stream:
             plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            check(f.fd, f.where, plain.file_need(plain.reader.worker_memory()))
+            preflight_check(f.fd, f.where, plain.file_need(plain.reader.worker_memory()))
             most, written = plain.most_bytes(), 0
             with BackgroundWriter(f.write) as background:
                 for segment in plain.reader.segments(ring=background.depth + 2):
@@ -477,14 +449,12 @@ def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_i
            allow_symlinks: bool = False, limits=None, preflight: bool = True, verify=None) -> dict:
     from . import unpack as unpacker
 
-    check = Preflight(preflight, log).announce()
-    with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
+    preflight_check = Preflight(preflight, log).announce()
+    with unpacker.Destination(out, rule=memory_only(allow_disk, log), log=log) as dest:
         source = open_input(input, log)
         with source.stream:
             stats = dest.extract(source.stream, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
-                                 preflight=lambda fd, compression: check(fd, out, capacity.tree_need(None, source.size,
-                                                                                            compression)),
-                                 verify=verify)
+                                 preflight=preflight_check, size=source.size, verify=verify)
     _consume([(delete_input, input)], log)
     log.info("unpacked", path=out, **stats)
     return stats
@@ -503,16 +473,15 @@ def run(
 
     key_source = keys.source(options)  # configuration errors first, before touching any input
     key_file = keys.deletable(delete_key)
-    check = Preflight(preflight, log).announce()
-    with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
+    preflight_check = Preflight(preflight, log).announce()
+    with unpacker.Destination(out, rule=memory_only(allow_disk, log), log=log) as dest:
         input = open_ciphertext(source, options, sha256, log)
         with input.stream:
             plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template, workers)
             buffers = input.buffers + plain.reader.worker_memory()
-            stats = dest.extract(
-                plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
-                preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, buffers)),
-                declared=plain.header.sizes if plain.header is not None else None, verify=verify)
+            stats = dest.extract(plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
+                                 preflight=preflight_check, size=plain.size, declared=plain.sizes, buffers=buffers,
+                                 verify=verify)
     _consume([(delete_key, key_file)], log)
     log.info("unpacked", path=out, **stats)
     return stats
