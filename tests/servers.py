@@ -772,11 +772,11 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fast(**kw: Any) -> Any:
-    """Options for tests: short timeouts, tiny backoff, 127.0.0.1 only."""
-    from modelseal.uri import Options
+    """Connection settings for tests: short timeouts, tiny backoff, 127.0.0.1 only."""
+    from modelseal.options import Connection
 
     extra = {"backoff": "0.01", "backoff_max": "0.05"}
     extra.update(kw.pop("extra", {}))
     kw.setdefault("timeout", 5.0)
     kw.setdefault("retries", 4)
-    return Options(extra=extra, **kw)
+    return Connection(extra=extra, **kw)

@@ -433,9 +433,9 @@ def test_kbs_usage_errors():
         open_key("kbs:///default/../key", fast())
     with pytest.raises(UsageError):  # plain http beyond loopback needs allow_http
         open_key("kbs:///default/key/k", fast(cdh_url="http://10.0.0.1:8006"))
-    from modelseal.uri import Options
+    from modelseal.options import Connection
 
-    assert open_key("kbs:///default/key/k", Options()).url == "http://127.0.0.1:8006/cdh/resource/default/key/k"
+    assert open_key("kbs:///default/key/k", Connection()).url == "http://127.0.0.1:8006/cdh/resource/default/key/k"
 
 
 def test_backends_import_no_sdk_until_used():

@@ -561,7 +561,7 @@ def test_layer_choice():
 
 def test_registry_credentials_never_go_to_another_origin(token_registry, work, out, monkeypatch):
     from modelseal.sources import open_source
-    from modelseal.uri import Options
+    from modelseal.options import Connection
 
     issuer, storage, registry, proxy = token_registry
     ref = f"oci://127.0.0.1:{proxy.port}/models/resnet:1"
@@ -569,7 +569,7 @@ def test_registry_credentials_never_go_to_another_origin(token_registry, work, o
         str(out / "alice"), f"127.0.0.1:{proxy.port}", user="alice", password="alice-pass-1234")))
     monkeypatch.setenv("DOCKER_CONFIG", docker_config(str(out / "bob"), f"127.0.0.1:{proxy.port}",
                                                       user="bob", password="bob-pass-5678"))
-    src = open_source(ref, Options(allow_http=True))
+    src = open_source(ref, Connection(allow_http=True))
     src.layer()
     reg = src.registry()
     assert reg._authorization.startswith("Bearer ")

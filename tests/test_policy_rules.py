@@ -207,7 +207,7 @@ def web():
 def _probe(srv: ObjectServer, waits: list[float], **options) -> None:
     """The https source's length probe under the policy, its waits recorded instead of slept."""
     src = open_source(f"{srv.url}/m.seal", fast(allow_http=True, **options))
-    retry.call(src.what, src.options, src._probe, sleep=waits.append)
+    retry.call(src.what, src.connection, src._probe, sleep=waits.append)
 
 
 def test_retry_after_is_honoured_up_to_its_cap(web):
@@ -264,10 +264,10 @@ def test_the_timeout_must_be_positive(web, timeout):
     """The command line's bounds refuse it first; options built any other way meet the client's own
     rule: a timeout of 0 would fail every attempt at once and read as an unavailable server."""
     from modelseal.errors import UsageError
-    from modelseal.uri import Options
+    from modelseal.options import Connection
 
     with pytest.raises(UsageError, match="^timeout must be positive$"):
-        open_source(f"{web.url}/m.seal", Options(timeout=timeout, allow_http=True)).open()
+        open_source(f"{web.url}/m.seal", Connection(timeout=timeout, allow_http=True)).open()
     assert web.count() == 0
 
 

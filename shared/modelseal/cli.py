@@ -19,13 +19,13 @@ import json
 import os
 import sys
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import __version__, bounds, stages
-from .signals import StopSignals
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
-from .uri import Options
+from .options import FORMATS, Connection, Decryption, Guards, KeySpec, Output, Sealing, SourceSpec, Unwrapping
+from .signals import StopSignals
 
 
 def _env_name(dest: str) -> str:
@@ -49,15 +49,15 @@ def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     p.add_argument(*names, **kw)
 
 
-#: Every numeric flag and its rule: the connection settings' come with Options (a URI query sets them too).
+#: Every numeric flag and its rule: the connection settings' come with Connection (a URI query sets them too).
 _NUMBERS: dict[str, bounds.Number] = {
-    **{f.name: f.metadata["number"] for f in fields(Options) if "number" in f.metadata},
+    **{f.name: f.metadata["number"] for f in fields(Connection) if "number" in f.metadata},
     "max_bytes": bounds.MAX_BYTES, "max_files": bounds.MAX_FILES, "max_file_size": bounds.MAX_FILE_SIZE,
     "max_ratio": bounds.MAX_RATIO, "workers": bounds.WORKERS,
 }
 #: Flags that ask for a check, naming what it compares against (a signer's key, a root, a digest, a
 #: CA): given empty (an unset template variable), they would turn the check off without a word.
-_CHECKS = ("verify_key", "verify_certificate", "signature", "sha256", *Options.checks())
+_CHECKS = ("verify_key", "verify_certificate", "signature", "sha256", *Connection.checks())
 
 
 def _named(dest: str, argv: list[str]) -> str:
@@ -81,6 +81,16 @@ def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
             setattr(a, dest, rule.parse(value, _named(dest, argv)))
 
 
+_Group = TypeVar("_Group")
+
+
+def _build(group: type[_Group], a: argparse.Namespace, **built: Any) -> _Group:
+    """One of options.py's groups from the parsed flags: each field from the flag of its name (a field
+    this command has no flag for keeps its default), or from `built` when the CLI makes the value."""
+    given = {f.name: getattr(a, f.name) for f in fields(group) if hasattr(a, f.name)}  # type: ignore[arg-type]
+    return group(**{**given, **built})
+
+
 def _connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (also as URI query parameters)")
     _flag(g, "--timeout", default=30.0, help="seconds for each network call")
@@ -96,12 +106,8 @@ def _connection(p: argparse.ArgumentParser) -> None:
     _flag(g, "--role", help="Vault Kubernetes-auth role")
 
 
-def _options(a: argparse.Namespace) -> Options:
-    return Options(
-        timeout=float(a.timeout), ca=a.ca, cert=a.cert, cert_key=a.cert_key, token_file=a.token_file,
-        endpoint_url=a.endpoint_url, allow_http=a.allow_http, retries=int(a.retries),
-        concurrency=int(a.concurrency), cdh_url=a.cdh_url, role=a.role,
-    )
+def _connection_of(a: argparse.Namespace) -> Connection:
+    return _build(Connection, a)
 
 
 def _keys(p: argparse.ArgumentParser) -> None:
@@ -111,17 +117,21 @@ def _keys(p: argparse.ArgumentParser) -> None:
                                "vault-transit://, kbs:///")
 
 
-def _keyspec(a: argparse.Namespace) -> stages.KeySpec:
-    return stages.KeySpec(key_file=a.key, key_uri=a.key_uri)
+def _keyspec(a: argparse.Namespace) -> KeySpec:
+    return _build(KeySpec, a, key_file=a.key)
 
 
 def _format(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--format", choices=stages.FORMATS, default="seal", help="input format")
+    _flag(p, "--format", choices=FORMATS, default="seal", help="input format")
     _flag(p, "--associated-data", default="", help="associated data for --format tink (text)")
     _flag(p, "--associated-data-hex", default="", help="associated data for --format tink (hex)")
     _flag(p, "--tink-template", default="AES256_GCM_HKDF_1MB", help="parameters for a raw Tink key")
     _flag(p, "--workers", default="auto", help="processes decrypting segments in parallel (1: in this process; "
                                              "auto: from the CPU affinity and the cgroup CPU quota)")
+
+
+def _decryption(a: argparse.Namespace) -> Decryption:
+    return _build(Decryption, a, associated_data=_aad(a), workers=_workers(a))
 
 
 def _aad(a: argparse.Namespace) -> bytes:
@@ -165,6 +175,20 @@ def _verifier(a: argparse.Namespace, log: Log):
     from . import signing
 
     return signing.verifier(a.verify_key, a.verify_certificate, a.signature, log)
+
+
+def _guards(a: argparse.Namespace, log: Log) -> Guards:
+    """The guards of a writing stage; the unpack limits and the verifier only where the command has their flags."""
+    built: dict[str, Any] = {"preflight": not getattr(a, "no_preflight", False)}
+    if hasattr(a, "max_bytes"):
+        built["limits"] = _limits_of(a)
+    if hasattr(a, "verify_key"):
+        built["verify"] = _verifier(a, log)
+    return _build(Guards, a, **built)
+
+
+def _output(a: argparse.Namespace) -> Output:
+    return _build(Output, a, path=a.output)
 
 
 def _allow_disk(p: argparse.ArgumentParser) -> None:
@@ -275,20 +299,18 @@ def _require(a: argparse.Namespace, *names: str) -> None:
 
 
 def _keygen(a: argparse.Namespace, log: Log) -> dict:
-    return stages.keygen(a.output, log)
+    return stages.keygen(_output(a), log)
 
 
 def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
-    return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
-                       version=a.model_version, compress=a.compress, sign_key=a.sign_key,
-                       follow_external_symlinks=a.follow_external_symlinks)
+    return stages.seal(a.src, _output(a), _keyspec(a), _build(Sealing, a), _connection_of(a), log)
 
 
 def _convert(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "input")
-    return stages.convert(a.input, a.output, a.passphrase_file, _keyspec(a), _options(a), log,
-                          name=a.name, version=a.model_version)
+    return stages.convert(a.input, _output(a), a.passphrase_file, _keyspec(a), _build(Sealing, a),
+                          _connection_of(a), log)
 
 
 def _inspect(a: argparse.Namespace, log: Log) -> dict:
@@ -304,32 +326,24 @@ def _inspect(a: argparse.Namespace, log: Log) -> dict:
 
 
 def _fetch_key(a: argparse.Namespace, log: Log) -> dict:
-    return stages.fetch_key(a.key_uri, a.output, _options(a), log, allow_disk=a.allow_disk,
-                            wrapped_from=a.wrapped_from, source=a.source, passphrase=a.passphrase)
+    return stages.fetch_key(a.key_uri, _output(a), _build(Unwrapping, a), _guards(a, log), _connection_of(a), log)
 
 
 def _fetch_model(a: argparse.Namespace, log: Log) -> dict:
-    return stages.fetch_model(a.source, a.output, _options(a), log, sha256=a.sha256)
+    return stages.fetch_model(_build(SourceSpec, a), _output(a), _connection_of(a), log)
 
 
 def _decrypt(a: argparse.Namespace, log: Log) -> dict:
-    return stages.decrypt(a.input, a.output, _keyspec(a), _options(a), log, fmt=a.format,
-                          allow_disk=a.allow_disk, delete_key=a.delete_key, delete_input=a.delete_input,
-                          associated_data=_aad(a), tink_template=a.tink_template, preflight=not a.no_preflight,
-                          workers=_workers(a))
+    return stages.decrypt(a.input, _output(a), _keyspec(a), _decryption(a), _guards(a, log), _connection_of(a), log)
 
 
 def _unpack(a: argparse.Namespace, log: Log) -> dict:
-    return stages.unpack(a.input, a.output, log, allow_disk=a.allow_disk, delete_input=a.delete_input,
-                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a), preflight=not a.no_preflight,
-                         verify=_verifier(a, log))
+    return stages.unpack(a.input, _output(a), _guards(a, log), log)
 
 
 def _run(a: argparse.Namespace, log: Log) -> dict:
-    return stages.run(a.source, a.output, _keyspec(a), _options(a), log, fmt=a.format, sha256=a.sha256,
-                      allow_disk=a.allow_disk, allow_symlinks=a.allow_symlinks, limits=_limits_of(a),
-                      delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template,
-                      preflight=not a.no_preflight, verify=_verifier(a, log), workers=_workers(a))
+    return stages.run(_build(SourceSpec, a), _output(a), _keyspec(a), _decryption(a), _guards(a, log),
+                      _connection_of(a), log)
 
 
 def _workers(a: argparse.Namespace) -> int:

@@ -25,15 +25,15 @@ SCHEMES = ("https", "http")
 
 
 class Backend(KeySource):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)  # URI.parse has refused user info
+    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, connection)  # URI.parse has refused user info
         self.what = uri.redacted()
-        web.check_scheme(uri.scheme, uri.hostname, self.options, self.what)
+        web.check_scheme(uri.scheme, uri.hostname, self.connection, self.what)
         self.url = web.server_url(uri)
         self._client: Any = None
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
         if self._client is None:
-            self._client = web.Client(self.options, bearer=True)
+            self._client = web.Client(self.connection, bearer=True)
         _, body = web.request_small(self._client, "GET", self.url, self.what)
         return body

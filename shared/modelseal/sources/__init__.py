@@ -13,15 +13,16 @@ import sys
 from typing import BinaryIO, ClassVar
 
 from ..errors import UsageError
-from ..uri import URI, Options, discover, find_backend
+from ..options import Connection
+from ..uri import URI, discover, find_backend
 
 
 class Source:
     SCHEMES: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, uri: URI, options: Options) -> None:
+    def __init__(self, uri: URI, connection: Connection) -> None:
         self.uri = uri
-        self.options = options.with_query(uri.query)
+        self.connection = connection.with_query(uri.query)
 
     @property
     def size(self) -> int | None:
@@ -46,10 +47,10 @@ def backends() -> dict:
     return discover(sys.modules[__name__])
 
 
-def open_source(uri: str | URI, options: Options | None = None) -> Source:
+def open_source(uri: str | URI, connection: Connection | None = None) -> Source:
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
     module = find_backend(sys.modules[__name__], parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))
         raise UsageError(f"unknown source URI scheme {parsed.scheme!r} (known: {known})")
-    return module.Backend(parsed, options or Options())
+    return module.Backend(parsed, connection or Connection())

@@ -68,10 +68,10 @@ def _check_encoding(resp: Any, what: str) -> None:
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)  # URI.parse has refused user info
+    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, connection)  # URI.parse has refused user info
         self.what = uri.redacted()
-        web.check_scheme(uri.scheme, uri.hostname, self.options, self.what)
+        web.check_scheme(uri.scheme, uri.hostname, self.connection, self.what)
         self.url = web.server_url(uri)
         self._client: Any = None
         self._size: int | None = None
@@ -80,13 +80,13 @@ class Backend(Source):
     def get(self, headers: dict[str, str]) -> Any:
         """One streaming GET (not retried here); redirects to plain http are refused."""
         if self._client is None:
-            self._client = web.Client(self.options, bearer=True, redirects=True)
+            self._client = web.Client(self.connection, bearer=True, redirects=True)
         return self._client.request("GET", self.url, self.what, headers=headers)
 
     @property
     def size(self) -> int | None:
         if not self._size_known:
-            self._size = retry.call(self.what, self.options, self._probe)
+            self._size = retry.call(self.what, self.connection, self._probe)
             self._size_known = True
         return self._size
 
@@ -119,12 +119,12 @@ class Backend(Source):
             finally:
                 resp.close()
 
-        return retry.call(self.what, self.options, once)
+        return retry.call(self.what, self.connection, once)
 
     def open(self) -> BinaryIO:
         """Connect at once (so 401/403/404 surface here, as for S3); the length comes with the answer."""
         stream = HttpStream(self)
-        retry.call(self.what, self.options, stream._connect)
+        retry.call(self.what, self.connection, stream._connect)
         if stream.total is not None and not self._size_known:
             self._size, self._size_known = stream.total, True
         return stream  # type: ignore[return-value]
@@ -260,7 +260,7 @@ class HttpStream(io.RawIOBase):
                         raise
                     raise err from None
                 retry.log().warning("resume", what=self.what, at_byte=self.pos, reason=retry.reason(exc))
-        return retry.call(self.what, self.b.options, self._read_once, view)
+        return retry.call(self.what, self.b.connection, self._read_once, view)
 
     def close(self) -> None:
         self._drop()

@@ -53,8 +53,8 @@ _HEAD_BYTES = 6 + 4 + sealfile.MAX_HEADER
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, connection)
         self.ref = Reference.parse(uri)
         self.what = str(self.ref)
         self._registry: Registry | None = None
@@ -64,7 +64,7 @@ class Backend(Source):
     def registry(self, push: bool = False) -> Registry:
         with self._lock:
             if self._registry is None:
-                self._registry = Registry(self.ref, self.options, push=push)
+                self._registry = Registry(self.ref, self.connection, push=push)
             return self._registry
 
     def layer(self) -> manifest.Descriptor:
@@ -94,7 +94,7 @@ class Backend(Source):
     def open(self) -> BinaryIO:
         layer = self.layer()
         stream = HttpStream(self)  # type: ignore[arg-type]
-        retry.call(self.what, self.options, stream._connect)
+        retry.call(self.what, self.connection, stream._connect)
         if stream.total is not None and stream.total != layer.size:
             stream.close()
             raise IntegrityError(f"{self.what}: the registry sent {stream.total} bytes for a "
@@ -115,7 +115,7 @@ class Backend(Source):
             finally:
                 resp.close()
 
-        return retry.call(self.what, self.options, once)
+        return retry.call(self.what, self.connection, once)
 
     def open_write(self) -> "BlobUpload":
         check_push_target(self.ref)
@@ -126,14 +126,14 @@ class BlobUpload(upload.Upload):
     """The .seal as a chunked blob upload in the sealing pass; the manifest is PUT on close()."""
 
     def __init__(self, backend: Backend) -> None:
-        chunk = parse_size(backend.options.extra.get("part_size", DEFAULT_CHUNK))
+        chunk = parse_size(backend.connection.extra.get("part_size", DEFAULT_CHUNK))
         if chunk < MIN_CHUNK:
             raise UsageError(f"part_size must be at least {MIN_CHUNK} bytes for an OCI upload")
         reg = backend.registry(push=True)
         super().__init__()
         self.b = backend
         self.what = backend.what
-        self.options = backend.options
+        self.connection = backend.connection
         self.reg = reg
         self.chunk = chunk
         self._buf = bytearray()
@@ -177,7 +177,7 @@ class BlobUpload(upload.Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _move(self, resp: Any) -> None:
         """Follow the upload's Location (it changes with every answer)."""
@@ -229,7 +229,7 @@ class BlobUpload(upload.Upload):
                 resp.close()
             self._offset, self._unsure = end + 1, False
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _hash_and_patch(self, start: int, part: bytes) -> None:
         # Hashed here, in order (one worker), so sha256 (which releases the GIL) overlaps the sealing.
@@ -278,7 +278,7 @@ class BlobUpload(upload.Upload):
                 resp.close()
             self._unsure = False
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _blob_exists(self, digest: str, size: int) -> bool:
         resp = self.reg.request("HEAD", self.reg.url(f"/blobs/{digest}"), self.what)
@@ -310,7 +310,7 @@ class BlobUpload(upload.Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _put_manifest(self, body: bytes) -> str:
         digest = manifest.digest_of(body)
@@ -324,7 +324,7 @@ class BlobUpload(upload.Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
         return digest
 
     def _check_head(self) -> sealfile.Header:

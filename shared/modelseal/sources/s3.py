@@ -66,19 +66,19 @@ def parse_size(text: str | int) -> int:
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(uri, connection)
         self.bucket = uri.netloc
         self.key = uri.path[1:] if uri.path.startswith("/") else uri.path
         if not self.bucket or not self.key:
             raise UsageError("an S3 source needs a bucket and a key: s3://bucket/key")
         self.what = f"s3://{self.bucket}/{self.key}"
-        self.part_size = parse_size(self.options.extra.get("part_size", DEFAULT_PART_SIZE))
+        self.part_size = parse_size(self.connection.extra.get("part_size", DEFAULT_PART_SIZE))
         if self.part_size < MIN_PART_SIZE:
             raise UsageError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        if self.options.concurrency < 1:
+        if self.connection.concurrency < 1:
             raise UsageError("concurrency must be at least 1")
-        self.version_id = self.options.extra.get("version_id")
+        self.version_id = self.connection.extra.get("version_id")
         self._client: Any = None
         self._head: tuple[int, str | None, str | None] | None = None
         self._lock = threading.Lock()
@@ -87,7 +87,7 @@ class Backend(Source):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = aws.client("s3", self.options)
+                self._client = aws.client("s3", self.connection)
             return self._client
 
     def _version(self, version_id: str | None = None) -> dict[str, str]:
@@ -97,7 +97,7 @@ class Backend(Source):
     def head(self) -> tuple[int, str | None, str | None]:
         """(size, ETag, VersionId) from HeadObject, under the retry policy."""
         if self._head is None:
-            resp = aws.call(self.what, self.options, self.client.head_object,
+            resp = aws.call(self.what, self.connection, self.client.head_object,
                             Bucket=self.bucket, Key=self.key, **self._version())
             size, etag, version = resp.get("ContentLength"), resp.get("ETag"), resp.get("VersionId")
             if type(size) is not int or not 0 <= size <= MAX_OBJECT:
@@ -114,7 +114,7 @@ class Backend(Source):
     @property
     def buffer_bytes(self) -> int:
         # S3Stream: `concurrency` parts in flight plus the one being read.
-        return (self.options.concurrency + 1) * self.part_size
+        return (self.connection.concurrency + 1) * self.part_size
 
     def read_prefix(self, n: int) -> bytes:
         if n <= 0:
@@ -171,7 +171,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
         finally:
             body.close()
 
-    retry.call(b.what, b.options, once, sleep=retry.interruptible_sleep(cancel))
+    retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
 
 
@@ -198,7 +198,7 @@ class S3Stream(io.RawIOBase):
         self.b = backend
         self.size, self._etag, self._version = backend.head()
         self._parts = -(-self.size // backend.part_size)  # ranges are computed as needed: no list of them
-        self._window = max(1, min(backend.options.concurrency, self._parts))
+        self._window = max(1, min(backend.connection.concurrency, self._parts))
         self._cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=self._window, thread_name_prefix="modelseal-s3")
         self._pending: deque[tuple[Future, memoryview]] = deque()
@@ -270,7 +270,7 @@ class S3Stream(io.RawIOBase):
 
 def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum: dict[str, str],
                  cancel: threading.Event) -> dict[str, Any]:
-    resp = aws.call(b.what, b.options, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
+    resp = aws.call(b.what, b.connection, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
                     PartNumber=number, Body=data, sleep=retry.interruptible_sleep(cancel), **checksum)
     if not isinstance(resp.get("ETag"), str):
         raise IntegrityError(f"{b.what}: the store's UploadPart answer has no ETag")
@@ -337,14 +337,14 @@ class S3Writer(Upload):
             # turns it off for stores that do not support it).
             if getattr(self.b.client.meta.config, "request_checksum_calculation", None) == "when_supported":
                 self._checksum = {"ChecksumAlgorithm": "CRC32"}
-            resp = aws.call(self.what, self.b.options, self.b.client.create_multipart_upload,
+            resp = aws.call(self.what, self.b.connection, self.b.client.create_multipart_upload,
                             Bucket=self.b.bucket, Key=self.b.key, **self._checksum)
             if not isinstance(resp.get("UploadId"), str) or not resp["UploadId"]:
                 raise IntegrityError(f"{self.what}: the store's CreateMultipartUpload answer has no UploadId")
             self._upload_id = resp["UploadId"]
-            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.options.concurrency),
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.connection.concurrency),
                                             thread_name_prefix="modelseal-s3-up")
-        while len(self._inflight) >= max(1, self.b.options.concurrency):
+        while len(self._inflight) >= max(1, self.b.connection.concurrency):
             self._done.append(self._inflight.popleft().result())  # bounded memory; raises a failed part
         self._number += 1
         assert self._pool is not None
@@ -357,7 +357,7 @@ class S3Writer(Upload):
         """Upload what is left and complete the object."""
         if self._upload_id is None:
             data = bytes(self._buf)
-            aws.call(self.what, self.b.options, self.b.client.put_object,
+            aws.call(self.what, self.b.connection, self.b.client.put_object,
                      Bucket=self.b.bucket, Key=self.b.key, Body=data)
         else:
             if self._buf or self._number == 0:
@@ -365,7 +365,7 @@ class S3Writer(Upload):
             while self._inflight:
                 self._done.append(self._inflight.popleft().result())
             parts = sorted(self._done, key=lambda p: p["PartNumber"])
-            aws.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
+            aws.call(self.what, self.b.connection, self.b.client.complete_multipart_upload,
                      Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
                      MultipartUpload={"Parts": parts})
         self._buf = bytearray()
@@ -384,7 +384,7 @@ class S3Writer(Upload):
         self._buf = bytearray()
         if self._upload_id is not None:
             try:
-                aws.call(self.what, self.b.options, self.b.client.abort_multipart_upload,
+                aws.call(self.what, self.b.connection, self.b.client.abort_multipart_upload,
                          Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id)
             except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
