@@ -24,7 +24,8 @@ from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
 from .log import Log
 from .options import FORMATS, Connection, Decryption, Guards, KeySpec, Output, Sealing, SourceSpec, Unwrapping
-from .sources import open_source
+from .sources import Stream, open_sink, open_source
+from .sources.file import open_local as open_file
 from .streaming import ChunkReader, DecryptingReader
 from .overlap import BackgroundWriter
 from .placement import Need, Preflight, file_need
@@ -44,7 +45,7 @@ class Opened:
     """An opened input (a ciphertext, or an archive for unpack): its stream, its length when known,
     and what its source buffers ahead."""
 
-    stream: BinaryIO
+    stream: Stream
     size: int | None
     buffers: int = 0
 
@@ -55,16 +56,12 @@ def open_ciphertext(source: SourceSpec, connection: Connection, log: Log) -> Ope
     backend = open_source(source.source, connection)
     log.info("source", uri=backend.uri.redacted())
     stream = backend.open()
-    return Opened(DigestReader(stream, pin) if pin else stream, backend.size,  # type: ignore[arg-type]
-                  backend.buffer_bytes)
+    return Opened(DigestReader(stream, pin) if pin else stream, backend.size, backend.buffer_bytes)
 
 
 def open_local(path: str, log: Log) -> Opened:
     """A local input file (`--in`), or stdin for `-`: a path, never parsed as a URI."""
-    if path == "-":
-        stream = os.fdopen(os.dup(0), "rb", buffering=0)
-    else:
-        stream = open(path, "rb", buffering=0)
+    stream = open_file(path)
     log.info("input", path=path)
     st = os.fstat(stream.fileno())
     return Opened(stream, st.st_size if stat.S_ISREG(st.st_mode) else None)
@@ -167,12 +164,12 @@ def _data_key(key: KeySpec, connection: Connection) -> tuple[bytes, sealfile.Wra
 def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
                   connection: Connection, log: Log) -> dict:
     """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
-    sink = _open_sink(out, connection)
+    sink = open_sink(out, connection)
     try:
         writer = sealfile.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
         files = fill(writer)  # type: ignore[arg-type]
         writer.close()
-        sink.commit()
+        sink.close()  # completes the object: the rename, the multipart completion, the manifest
     except BaseException:
         sink.abort()
         raise
@@ -285,26 +282,6 @@ def _is_tar(path: str) -> bool:
         return False
 
 
-class _Sink:
-    """Where sealed bytes go: a local file (atomic) or a backend's upload stream."""
-
-    def __init__(self, write: Callable, commit: Callable[[], None], abort: Callable[[], None]) -> None:
-        self.write, self.commit, self.abort = write, commit, abort
-
-
-def _open_sink(out: str, connection: Connection) -> _Sink:
-    parsed = URI.parse(out)
-    if parsed.scheme == "file":
-        f = PartialFile(parsed.path, 0o644)
-        return _Sink(f.write, f.commit, f.abort)
-    source = open_source(out, connection)
-    opener = getattr(source, "open_write", None)
-    if opener is None:
-        raise UsageError(f"{parsed.scheme}: cannot write sealed output there")
-    upload = opener()
-    return _Sink(upload.write, upload.close, upload.abort)
-
-
 @dataclass(frozen=True)
 class Inspection:
     """A .seal's header and lengths, as `inspect` reads them (no key needed)."""
@@ -360,16 +337,9 @@ def fetch_model(source: SourceSpec, output: Output, connection: Connection, log:
     ciphertext = open_ciphertext(source, connection, log)
     progress = log.progress("fetch", ciphertext.size)
     with ciphertext.stream, PartialFile(out, 0o644) as f:
-        read_view = getattr(ciphertext.stream, "read_view", None)  # S3: write straight from the part buffers
-        if callable(read_view):
-            while view := read_view(1 << 20):
-                f.write(view)
-                progress.add(len(view))
-        else:
-            buf = bytearray(1 << 20)
-            while n := ciphertext.stream.readinto(buf):
-                f.write(memoryview(buf)[:n])
-                progress.add(n)
+        while view := ciphertext.stream.read_view(1 << 20):  # S3: straight from the part buffers
+            f.write(view)
+            progress.add(len(view))
         f.commit()
     log.info("fetched", path=out, **progress.summary())
     return progress.summary()

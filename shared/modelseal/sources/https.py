@@ -30,12 +30,11 @@ from modelseal.retry. Progress is reported by the caller.
 
 from __future__ import annotations
 
-import io
-from typing import Any, BinaryIO
+from typing import Any
 
 from .. import retry, web
 from ..errors import IntegrityError, UnavailableError
-from . import Source
+from . import Source, Stream
 
 SCHEMES = ("https", "http")
 
@@ -121,16 +120,16 @@ class Backend(Source):
 
         return retry.call(self.what, self.connection, once)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> Stream:
         """Connect at once (so 401/403/404 surface here, as for S3); the length comes with the answer."""
         stream = HttpStream(self)
         retry.call(self.what, self.connection, stream._connect)
         if stream.total is not None and not self._size_known:
             self._size, self._size_known = stream.total, True
-        return stream  # type: ignore[return-value]
+        return stream
 
 
-class HttpStream(io.RawIOBase):
+class HttpStream(Stream):
     """The whole object as one raw stream; reconnects with Range from the last good byte."""
 
     def __init__(self, backend: Backend) -> None:

@@ -31,7 +31,7 @@ import io
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote, urljoin
 
 from .. import sealfile, retry, upload, web
@@ -40,7 +40,7 @@ from ..errors import IntegrityError, UsageError
 from ..registry import manifest
 from ..registry.client import Registry, check_push_target
 from ..registry.reference import Reference
-from . import Source
+from . import Source, Stream
 from .https import HttpStream, _check_encoding
 from .s3 import parse_size
 
@@ -91,7 +91,7 @@ class Backend(Source):
         reg = self.registry()
         return reg.request("GET", reg.url(f"/blobs/{self.layer().digest}"), self.what, headers=headers)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> Stream:
         layer = self.layer()
         stream = HttpStream(self)  # type: ignore[arg-type]
         retry.call(self.what, self.connection, stream._connect)
@@ -99,7 +99,7 @@ class Backend(Source):
             stream.close()
             raise IntegrityError(f"{self.what}: the registry sent {stream.total} bytes for a "
                                  f"{layer.size}-byte layer")
-        return DigestReader(stream, layer.hex, size=layer.size, what=f"{self.what} layer {layer.digest}")  # type: ignore[return-value]
+        return DigestReader(stream, layer.hex, size=layer.size, what=f"{self.what} layer {layer.digest}")
 
     def read_prefix(self, n: int) -> bytes:
         n = min(n, self.layer().size)

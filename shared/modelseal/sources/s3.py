@@ -28,17 +28,16 @@ truncated object behind. Objects smaller than one part go up in one PutObject.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 from .. import aws, retry, untrusted, web
 from ..errors import IntegrityError, UsageError
 from ..upload import Upload
-from . import Source
+from . import Source, Stream
 
 SCHEMES = ("s3",)
 
@@ -125,8 +124,8 @@ class Backend(Source):
             return b""
         return bytes(fetch_range(self, 0, n - 1, size, etag, version, threading.Event()))
 
-    def open(self) -> BinaryIO:
-        return S3Stream(self)  # type: ignore[return-value]
+    def open(self) -> Stream:
+        return S3Stream(self)
 
     def open_write(self) -> "S3Writer":
         """A writable stream uploading to this URI (multipart); close() completes, abort() aborts."""
@@ -190,7 +189,7 @@ def _reader(body: Any) -> Callable[[memoryview], int]:
     return readinto
 
 
-class S3Stream(io.RawIOBase):
+class S3Stream(Stream):
     """The whole object, in order, from parallel ranged GETs; bounded memory."""
 
     def __init__(self, backend: Backend) -> None:
