@@ -27,13 +27,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cgroups import fake_cgroup, real_cgroup
+from support.cgroups import fake_cgroup, real_cgroup
 from conftest import SHM, modelseal, need, open_fifo_writer
 from modelseal import archive, sealfile
 from modelseal.placement import cgroup
 from modelseal.placement.need import PAGE, Need, quantity
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
-from models import make_model
+from support.models import make_model
 
 MIB = 1 << 20
 
@@ -140,7 +140,7 @@ def model() -> tuple[Path, Path, Path]:
     base = SHM / f"modelseal-cap-{uuid.uuid4().hex[:8]}"
     base.mkdir()
     try:
-        src = make_model(base / "src", 256 * MIB, shards=2, small=50)
+        src = make_model(base / "src", tree_bytes=256 * MIB, shards=2, small=50)
         key = base / "key"
         key.write_bytes(os.urandom(32))
         r = modelseal("seal", str(src), "-o", str(base / "m.seal"), "--key", str(key), "--compress", "zstd")

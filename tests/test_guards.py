@@ -28,7 +28,9 @@ from modelseal.errors import CapacityError, IntegrityError
 from modelseal.sources import open_source
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 from modelseal.unpack import Limits, extract
-from servers import Fault, ObjectServer, fast, no_proxy_env, pki  # noqa: F401 - fixtures
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import ObjectServer
 
 MIB = 1 << 20
 

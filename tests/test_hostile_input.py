@@ -5,11 +5,10 @@ RecursionError, not ValueError), numbers of thousands of digits (int() raises
 ValueError past 4300), a string or a list where an object belongs
 (AttributeError), bytes that are not UTF-8, lone surrogates, NaN, lengths that
 lie. The services are real servers on 127.0.0.1 that answer hostile bytes
-(tests/servers.py); the archive and OpenPGP parsers also get a seeded mutation
+(tests/support/); the archive and OpenPGP parsers also get a seeded mutation
 run. A pass is a ModelsealError of the expected class (never a bare Python
 exception, which the CLI reports as exit 1), with a one-line, bounded message.
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -43,9 +42,12 @@ from modelseal.sealfile import WrappedKey
 from modelseal.keys import decode, open_key
 from modelseal.sources import open_source
 from modelseal.unpack import extract
-from servers import (  # noqa: F401 - fixtures
-    Fault, FaultProxy, ObjectServer, Server, aws_env, fast, no_proxy_env, pki, shm_dir, write_file)
-from tinkhelp import keyset_json
+from support.faults import Fault, FaultProxy
+from support.fixtures import fast
+from support.http import Server
+from support.objects import ObjectServer
+from support.processes import write_file
+from support.tinkkeys import keyset_json
 
 KEY = bytes(range(1, 33))
 DEEP = b"[" * 100_000 + b"]" * 100_000  # RecursionError in json.loads
@@ -507,7 +509,7 @@ def _keyset(**key_data) -> bytes:
 
 
 def _field(number: int, value) -> bytes:
-    from tinkhelp import _field as f
+    from support.tinkkeys import _field as f
     return f(number, value)
 
 
@@ -601,7 +603,7 @@ def test_raw_tink_key_starting_with_a_brace_is_a_raw_key():
 @pytest.fixture(scope="module")
 def sealed_on_a_registry(tmp_path_factory):
     """A real registry holding a sealed model (models/m:1), and a fault proxy in front of it."""
-    from registries import Registry
+    from support.registry import Registry
 
     from conftest import modelseal
 
@@ -670,7 +672,7 @@ def test_a_manifest_with_a_good_config_still_reads(sealed_on_a_registry):
 @pytest.mark.parametrize("body", [DEEP, DEEP_OBJ, b'{"token": ' + DEEP + b"}"], ids=["deep", "deep-object", "deep-token"])
 def test_hostile_token_answer(tmp_path, body):
     """The token endpoint a registry's challenge names answers nested JSON: exit 4, not a crash."""
-    from registries import Registry, TokenIssuer
+    from support.registry import Registry, TokenIssuer
 
     issuer = TokenIssuer(str(tmp_path))
     issuer.grant("", "models/m", "pull")

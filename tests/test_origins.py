@@ -5,7 +5,6 @@ Two listeners on 127.0.0.1 are two origins (scheme, host, port); so are
 request's path, headers and body, so a test can say that it never saw the
 token, the JWT or the client certificate, not just that the call failed.
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -28,8 +27,11 @@ from modelseal.keys import open_key
 from modelseal.sources import open_source
 from modelseal.options import Connection
 from modelseal.uri import URI
-from servers import (  # noqa: F401 - fixtures
-    CDHServer, Fault, ObjectServer, VaultServer, aws_env, fast, moto, no_proxy_env, pki, shm_dir, write_file)
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import CDHServer, ObjectServer
+from support.processes import write_file
+from support.vault import VaultServer
 
 KEY = bytes(range(1, 33))
 TOKEN = "hvs.CAESIsecret-vault-token"

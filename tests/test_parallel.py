@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import fake_cgroup, real_cgroup
+from support.cgroups import fake_cgroup, real_cgroup
 from test_streaming import encrypt as streaming_encrypt
 from modelseal import parallel
 from modelseal.placement import cgroup

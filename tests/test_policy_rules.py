@@ -11,7 +11,7 @@
 - Retry policy (retry.py, web.py): a server's Retry-After is honoured up to
   RETRY_AFTER_MAX, the backoff never waits more than backoff_max, a call makes
   at most `retries` attempts, and each attempt ends after `timeout`: the total
-  time is bounded by those caps. Real HTTP servers (tests/servers.py); the
+  time is bounded by those caps. Real HTTP servers (tests/support/); the
   waits are recorded through the policy's own `sleep` hook, never timed.
 - Redaction: a URL's query values (a presigned URL's signature, a token) and
   user info never reach a log line, an error or the termination message,
@@ -21,7 +21,6 @@
 
 Each rule has its mutant in tools/mutants.toml (issue 27).
 """
-# ruff: noqa: F811 - fixtures imported from servers.py
 
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import fake_cgroup, real_cgroup
+from support.cgroups import fake_cgroup, real_cgroup
 from conftest import modelseal, need
 from modelseal import parallel, retry
 from modelseal.placement import cgroup, preflight
@@ -44,8 +43,10 @@ from modelseal import sealfile
 from modelseal.errors import UnavailableError, classify
 from modelseal.sources import open_source
 from modelseal.uri import URI
-from servers import (  # noqa: F401 - fixtures
-    Fault, ObjectServer, aws_env, fast, free_port, moto, no_proxy_env, pki)
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import ObjectServer
+from support.processes import free_port
 
 MIB = 1 << 20
 FAST = "backoff=0.01&backoff_max=0.05"

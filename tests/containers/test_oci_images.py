@@ -43,7 +43,7 @@ SPEC_REF = "oci://registry.example.com/models/resnet@sha256:" + "2" * 64
 
 @pytest.fixture(scope="module")
 def published():
-    from registries import Registry, need_tool
+    from support.registry import need_tool, Registry
 
     need(harness.engine_missing())
     need_tool("docker-registry")

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import LOCAL, free_port, start_child, stop_process
+from .processes import LOCAL, free_port, start_child, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 S3RVER = REPO / "tools" / "s3rver" / "node_modules" / ".bin" / "s3rver"
