@@ -58,9 +58,10 @@ SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/
 
 lint: lint-python lint-shell  ## every linter (CI runs it first)
 
-# The Python linters (ruff, mypy) join compileall in this recipe.
-lint-python: setup  ## every module byte-compiles
-	$(PY) -m compileall -q shared/modelseal tests bench
+lint-python: setup  ## every module byte-compiles; ruff (ruff.toml) on all Python, mypy (shared/pyproject.toml) on the library
+	$(PY) -m compileall -q shared/modelseal tests bench tools
+	$(PY) -m ruff check shared/modelseal tests bench tools
+	cd shared && $(abspath $(PY)) -m mypy --config-file pyproject.toml
 
 lint-shell: setup  ## shellcheck (Debian's, from tools/host-packages.sh) on every shell script
 	shellcheck $(SCRIPTS)

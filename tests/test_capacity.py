@@ -337,7 +337,9 @@ def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -
     r = modelseal("inspect", str(seal), "--resources")
     assert r.code == 0, r.stderr
     doc = yaml.safe_load(r.stdout)
-    to_bytes = lambda q: int(q.removesuffix("Mi")) * MIB
+    def to_bytes(q: str) -> int:
+        return int(q.removesuffix("Mi")) * MIB
+
     files = [f for f in src.rglob("*") if f.is_file()]
     tree = sum(-(-f.stat().st_size // PAGE) * PAGE for f in files)
     single, four = doc["single-stage"], doc["four-stage"]

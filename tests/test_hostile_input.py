@@ -145,7 +145,7 @@ HOSTILE_HEADERS = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_HEADERS), ids=list(HOSTILE_HEADERS))
 def test_hostile_seal_header(case):
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         sealfile.read_prefix(io.BytesIO(_prefix(HOSTILE_HEADERS[case])))
 
 
@@ -195,7 +195,7 @@ HOSTILE_MATERIAL = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_MATERIAL), ids=list(HOSTILE_MATERIAL))
 def test_hostile_key_material_field(case):
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         decode(HOSTILE_MATERIAL[case], "data.k", "base64")
 
 
@@ -250,7 +250,7 @@ def test_hostile_vault_kv_answer(canned_tls, pki, shm_dir, case):
     canned_tls.answer = (200, {"Content-Type": "application/json"}, body)
     token = write_file(os.path.join(shm_dir, "token"), "hvs.test")
     uri = f"vault://127.0.0.1:{canned_tls.port}/secret/model"
-    with refused(expected) as e:
+    with refused(expected):
         open_key(uri, fast(ca=pki.ca, token_file=token)).data_key()
 
 
@@ -302,7 +302,7 @@ def test_hostile_kms_and_secrets_manager_answers(canned, aws_env, case):
     canned.answer = (200, {"Content-Type": "application/x-amz-json-1.1"}, AWS_ANSWERS[case])
     options = fast(endpoint_url=canned.url, retries=1)
     wrapped = WrappedKey("aws-kms", "alias/k", b"blob", {"modelseal": "v1"})
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         open_key("aws-kms://alias/k", options).data_key(wrapped)
     with refused(IntegrityError):
         open_key("aws-kms://alias/k", options).wrap(KEY)
@@ -541,7 +541,7 @@ HOSTILE_KEYSETS = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_KEYSETS), ids=list(HOSTILE_KEYSETS))
 def test_hostile_tink_keyset(case):
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         tinkkeyset.load(HOSTILE_KEYSETS[case])
 
 

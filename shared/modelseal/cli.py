@@ -19,12 +19,22 @@ import json
 import os
 import sys
 from dataclasses import fields
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import __version__, bounds, stages
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
-from .options import FORMATS, Connection, Decryption, Guards, KeySpec, Output, Sealing, SourceSpec, Unwrapping
+from .options import (
+    FORMATS,
+    Connection,
+    Decryption,
+    Guards,
+    KeySpec,
+    Output,
+    Sealing,
+    SourceSpec,
+    Unwrapping,
+)
 from .signals import StopSignals
 
 
@@ -32,7 +42,7 @@ def _env_name(dest: str) -> str:
     return "MODELSEAL_" + dest.upper()
 
 
-def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
+def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, **kw: Any) -> None:
     """Add a flag whose default comes from its environment variable, for pod specs."""
     dest = kw.get("dest") or next((n for n in names if n.startswith("--")), names[0]).lstrip("-").replace("-", "_")
     env = _env_name(dest)
@@ -81,13 +91,16 @@ def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
             setattr(a, dest, rule.parse(value, _named(dest, argv)))
 
 
-_Group = TypeVar("_Group")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Group = TypeVar("_Group", bound="DataclassInstance")
 
 
 def _build(group: type[_Group], a: argparse.Namespace, **built: Any) -> _Group:
     """One of options.py's groups from the parsed flags: each field from the flag of its name (a field
     this command has no flag for keeps its default), or from `built` when the CLI makes the value."""
-    given = {f.name: getattr(a, f.name) for f in fields(group) if hasattr(a, f.name)}  # type: ignore[arg-type]
+    given = {f.name: getattr(a, f.name) for f in fields(group) if hasattr(a, f.name)}
     return group(**{**given, **built})
 
 

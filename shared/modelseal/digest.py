@@ -36,7 +36,7 @@ class DigestReader(Stream):
         self._seen = 0
         self._what = f"{what}: " if what else ""
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         n = self._src.readinto(buf)
         self._account(memoryview(buf)[:n or 0])
         return n or 0

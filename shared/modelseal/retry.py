@@ -32,7 +32,14 @@ import time
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import extras, untrusted
-from .errors import DeniedError, IntegrityError, ModelsealError, UnavailableError, UsageError, from_os_error
+from .errors import (
+    DeniedError,
+    IntegrityError,
+    ModelsealError,
+    UnavailableError,
+    UsageError,
+    from_os_error,
+)
 from .log import Log
 from .options import Connection
 

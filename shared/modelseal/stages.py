@@ -15,7 +15,7 @@ import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import Callable
 
 from . import archive, sealfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
@@ -23,14 +23,24 @@ from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
 from .log import Log
-from .options import FORMATS, Connection, Decryption, Guards, KeySpec, Output, Sealing, SourceSpec, Unwrapping
-from .sources import Stream, open_sink, open_source
-from .sources.file import open_local as open_file
-from .streaming import ChunkReader, DecryptingReader
+from .options import (
+    FORMATS,
+    Connection,
+    Decryption,
+    Guards,
+    KeySpec,
+    Output,
+    Sealing,
+    SourceSpec,
+    Unwrapping,
+)
 from .overlap import BackgroundWriter
 from .placement import Need, Preflight, file_need
 from .placement.need import declared_payload
 from .placement.tmpfs import memory_only
+from .sources import Stream, open_sink, open_source
+from .sources.file import open_local as open_file
+from .streaming import ChunkReader, DecryptingReader, Readable, Writable
 from .uri import URI
 
 PREFIX_READ = 6 + 4 + sealfile.MAX_HEADER  # enough bytes to hold any .seal prefix
@@ -108,7 +118,8 @@ def decrypting(ciphertext: Opened, decryption: Decryption, key: KeySpec, key_sou
     if fmt == "seal":
 
         def key_for(header: sealfile.Header) -> bytes:
-            log.info("header", **header.log_fields(), **header.sizes.to_json())  # not authenticated yet: quoted, shortened
+            # Not authenticated yet: its strings are quoted and shortened.
+            log.info("header", **header.log_fields(), **header.sizes.to_json())
             return key_source.data_key(header.wrapped_key)
 
         header, reader = sealfile.open_sealed(ciphertext.stream, key_for)
@@ -161,13 +172,13 @@ def _data_key(key: KeySpec, connection: Connection) -> tuple[bytes, sealfile.Wra
     return key_source.data_key(), None
 
 
-def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
+def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Callable[[Writable], int],
                   connection: Connection, log: Log) -> dict:
     """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
     sink = open_sink(out, connection)
     try:
-        writer = sealfile.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
-        files = fill(writer)  # type: ignore[arg-type]
+        writer = sealfile.seal_writer(sink, header, data_key)
+        files = fill(writer)
         writer.close()
         sink.close()  # completes the object: the rename, the multipart completion, the manifest
     except BaseException:
@@ -178,8 +189,8 @@ def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Call
     return {"bytes": writer.plaintext_bytes, "key_id": header.key_id, "files": files}
 
 
-def _copy(stream: BinaryIO) -> Callable[[BinaryIO], int]:
-    def fill(writer: BinaryIO) -> int:
+def _copy(stream: Readable) -> Callable[[Writable], int]:
+    def fill(writer: Writable) -> int:
         buf = bytearray(1 << 20)
         while n := stream.readinto(buf):
             writer.write(memoryview(buf)[:n])
@@ -223,7 +234,9 @@ def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection:
     plan = archive.plan_tar(model, follow_external=sealing.follow_external_symlinks, skip=_outputs(out),
                             log=log) if wrap_in_tar else None
     if sign_key:  # model.sig for exactly the planned files (model_signing's format), the archive's first member
-        from . import signing  # x509 and friends: 60 ms of imports every other command does without
+        from . import (
+            signing,  # x509 and friends: 60 ms of imports every other command does without
+        )
 
         assert plan is not None
         plan = plan.with_first([(signing.SIGNATURE, signing.sign_tree(model, sign_key, log, plan.regular_files()))])
@@ -234,7 +247,7 @@ def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection:
         wrapped_key=wrapped, sizes=plan.sizes() if plan is not None else sizes,
     )
 
-    def tar(writer: BinaryIO) -> int:
+    def tar(writer: Writable) -> int:
         assert plan is not None
         comp = archive.compressor(writer, compress)
         files = archive.write_tar(plan, comp)
@@ -243,8 +256,8 @@ def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection:
 
     if wrap_in_tar:
         return _write_sealed(out, header, data_key, tar, connection, log)
-    with (open(model, "rb", buffering=0) if model != "-" else os.fdopen(os.dup(0), "rb", buffering=0)) as f:
-        return _write_sealed(out, header, data_key, _copy(f), connection, log)
+    with open_file(model) as stream:
+        return _write_sealed(out, header, data_key, _copy(stream), connection, log)
 
 
 def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, sealing: Sealing, connection: Connection,
@@ -264,7 +277,7 @@ def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, seali
         header = sealfile.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
                                  name=sealing.name or default_name, version=sealing.model_version, wrapped_key=wrapped)
 
-        def fill(writer: BinaryIO) -> int:
+        def fill(writer: Writable) -> int:
             writer.write(first)
             for chunk in chunks:
                 writer.write(chunk)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import IntegrityError, ModelsealError
 
@@ -97,10 +97,11 @@ def depth_within(doc: Any, max_depth: int) -> bool:
     todo: list[tuple[Any, int]] = [(doc, 1)]
     while todo:
         node, depth = todo.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
-            children = node  # type: ignore[assignment]
+            children = node
         else:
             continue
         if depth > max_depth:

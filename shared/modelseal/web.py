@@ -24,7 +24,7 @@ import ipaddress
 import os
 import re
 from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import SplitResult, unquote_plus, urljoin, urlsplit, urlunsplit
 
 from . import extras, retry, untrusted
@@ -297,7 +297,16 @@ def timeouts(connection: Connection) -> tuple[float, float]:
     return (connection.timeout, connection.timeout)
 
 
-def request_small(client: Client, method: str, url: str, what: str, *,
+class Requester(Protocol):
+    """What sends one request: a Client, or a client of its own kind (registry.client.Registry)."""
+
+    connection: Connection
+
+    def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
+                json: Any = None, data: Any = None) -> Any: ...
+
+
+def request_small(client: Requester, method: str, url: str, what: str, *,
                   headers: dict[str, str] | None = None, json: Any = None, data: Any = None,
                   ok: tuple[int, ...] = (200,), statuses: dict[int, type] | None = None,
                   max_bytes: int = MAX_SECRET) -> tuple[int, bytes]:

@@ -16,8 +16,8 @@ from typing import ClassVar
 
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
-from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..options import Connection
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI, discover, find_backend
 
 

@@ -24,7 +24,9 @@ from typing import Any
 
 from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("aws-kms",)
@@ -35,7 +37,7 @@ BASE_CONTEXT = {"modelseal": "v1"}
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.key_id = (uri.netloc + uri.path).strip("/")
         if not self.key_id:

@@ -18,14 +18,16 @@ from __future__ import annotations
 from typing import Any
 
 from .. import web
+from ..options import Connection
 from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("https", "http")
 
 
 class Backend(KeySource):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)  # URI.parse has refused user info
         self.what = uri.redacted()
         web.check_scheme(uri.scheme, uri.hostname, self.connection, self.what)

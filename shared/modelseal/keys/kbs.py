@@ -23,14 +23,16 @@ from urllib.parse import quote
 
 from .. import web
 from ..errors import UsageError
+from ..options import Connection
 from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("kbs",)
 
 
 class Backend(KeySource):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         parts = [p for p in uri.path.split("/") if p]
         if len(parts) != 3 or any(p in (".", "..") for p in parts):
@@ -44,6 +46,6 @@ class Backend(KeySource):
     def material(self, wrapped: WrappedKey | None) -> bytes:
         if self._client is None:
             # No proxies from the environment when the CDH is on loopback.
-            self._client = web.Client(self.connection, use_env=not web.is_loopback(self.host), loopback_http=True)
+            self._client = web.Client(self.connection, use_env=not web.is_loopback(self.host or ""), loopback_http=True)
         _, body = web.request_small(self._client, "GET", self.url, self.what)
         return body

@@ -16,14 +16,16 @@ from urllib.parse import unquote
 
 from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("secretsmanager",)
 
 
 class Backend(KeySource):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         # Percent-decoded: a name may hold "@" (as %40), which the URI's authority refuses.
         self.secret_id = unquote((uri.netloc + uri.path).strip("/"))
@@ -34,7 +36,7 @@ class Backend(KeySource):
     def material(self, wrapped: WrappedKey | None) -> bytes:
         client: Any = aws.client("secretsmanager", self.connection, region=aws.region_of_arn(self.secret_id),
                                  require_region=True)
-        kwargs = {"SecretId": self.secret_id}
+        kwargs: dict[str, Any] = {"SecretId": self.secret_id}
         if self.connection.extra.get("version_id"):
             kwargs["VersionId"] = self.connection.extra["version_id"]
         if self.connection.extra.get("version_stage"):

@@ -31,8 +31,8 @@ from urllib.parse import quote
 
 from .. import untrusted, web
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..sealfile import WrappedKey
 from ..options import Connection
+from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource
 
@@ -129,7 +129,7 @@ def split_mount(uri: URI, connection: Connection, what: str, default_mount: str 
 
 
 class Backend(KeySource):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.what = uri.redacted()
         self.mount, self.path = split_mount(uri, self.connection, self.what)

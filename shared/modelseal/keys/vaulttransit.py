@@ -20,7 +20,9 @@ import binascii
 
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI
 from . import KeySource
 from .vault import VaultClient, _path, split_mount
 
@@ -31,7 +33,7 @@ PROVIDER = "vault-transit"
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.what = uri.redacted()
         self.mount, rest = split_mount(uri, self.connection, self.what, default_mount="transit")

@@ -58,7 +58,8 @@ def check(fd: int, where: str, need: Need, log: Log, *,
     if need.bytes > free:
         raise CapacityError(
             f"needs {mib(need.bytes)} under {place} ({need.source}) but its filesystem has {mib(free)} free: "
-            f"raise the emptyDir sizeLimit to at least {quantity(need.bytes + (st.f_blocks - st.f_bfree) * st.f_frsize)}")
+            "raise the emptyDir sizeLimit to at least "
+            f"{quantity(need.bytes + (st.f_blocks - st.f_bfree) * st.f_frsize)}")
     if st.f_files and need.files > st.f_favail:
         raise CapacityError(f"needs {need.files} files under {place} ({need.source}) but its filesystem has "
                             f"room for {st.f_favail} more (nr_inodes)")

@@ -126,6 +126,7 @@ class Registry:
                 raise DeniedError(f"{what}: the registry asks for a username and password, and no Docker config "
                                   f"(DOCKER_CONFIG, ~/.docker/config.json) has them for {self.ref.registry}")
             if sent == basic:
+                assert creds is not None  # basic came from them
                 raise DeniedError(f"{what}: the registry refused the credentials from {creds.source} (HTTP 401)")
             return basic
         if scheme == "bearer":

@@ -46,7 +46,7 @@ class FileUpload(Upload):
         super().__init__()
         self.partial = partial
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted file upload")
         return self.partial.write(data)

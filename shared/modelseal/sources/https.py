@@ -30,10 +30,12 @@ from modelseal.retry. Progress is reported by the caller.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from .. import retry, web
 from ..errors import IntegrityError, UnavailableError
+from ..options import Connection
+from ..uri import URI
 from . import Source, Stream
 
 SCHEMES = ("https", "http")
@@ -67,7 +69,7 @@ def _check_encoding(resp: Any, what: str) -> None:
 
 
 class Backend(Source):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)  # URI.parse has refused user info
         self.what = uri.redacted()
         web.check_scheme(uri.scheme, uri.hostname, self.connection, self.what)
@@ -129,10 +131,19 @@ class Backend(Source):
         return stream
 
 
+class Resumable(Protocol):
+    """What HttpStream reads through: one GET with the headers it asks for (https, and oci's blobs)."""
+
+    what: str
+    connection: Connection
+
+    def get(self, headers: dict[str, str]) -> Any: ...
+
+
 class HttpStream(Stream):
     """The whole object as one raw stream; reconnects with Range from the last good byte."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Resumable) -> None:
         super().__init__()
         self.b = backend
         self.what = backend.what
@@ -241,7 +252,7 @@ class HttpStream(Stream):
         self.pos += n
         return n
 
-    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+    def readinto(self, buf: Any) -> int:
         if self.closed:
             raise ValueError("read from a closed stream")
         view = memoryview(buf).cast("B")

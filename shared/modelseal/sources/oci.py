@@ -34,12 +34,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urljoin
 
-from .. import sealfile, retry, upload, web
+from .. import retry, sealfile, upload, web
 from ..digest import DigestReader
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..registry import manifest
 from ..registry.client import Registry, check_push_target
 from ..registry.reference import Reference
+from ..uri import URI
 from . import Source, Stream
 from .https import HttpStream, _check_encoding
 from .s3 import parse_size
@@ -53,7 +55,7 @@ _HEAD_BYTES = 6 + 4 + sealfile.MAX_HEADER
 
 
 class Backend(Source):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.ref = Reference.parse(uri)
         self.what = str(self.ref)
@@ -93,7 +95,7 @@ class Backend(Source):
 
     def open(self) -> Stream:
         layer = self.layer()
-        stream = HttpStream(self)  # type: ignore[arg-type]
+        stream = HttpStream(self)
         retry.call(self.what, self.connection, stream._connect)
         if stream.total is not None and stream.total != layer.size:
             stream.close()
@@ -150,7 +152,7 @@ class BlobUpload(upload.Upload):
         self._state = "open"
         self.digest: str | None = None  # the manifest's, once pushed
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted OCI upload")
         if self._error is not None:

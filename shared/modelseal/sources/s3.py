@@ -36,7 +36,9 @@ from typing import Any, Callable
 
 from .. import aws, retry, untrusted, web
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..upload import Upload
+from ..uri import URI
 from . import Source, Stream
 
 SCHEMES = ("s3",)
@@ -65,7 +67,7 @@ def parse_size(text: str | int) -> int:
 
 
 class Backend(Source):
-    def __init__(self, uri, connection) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.bucket = uri.netloc
         self.key = uri.path[1:] if uri.path.startswith("/") else uri.path
@@ -89,7 +91,7 @@ class Backend(Source):
                 self._client = aws.client("s3", self.connection)
             return self._client
 
-    def _version(self, version_id: str | None = None) -> dict[str, str]:
+    def _version(self, version_id: str | None = None) -> dict[str, Any]:
         v = version_id or self.version_id
         return {"VersionId": v} if v else {}
 
@@ -138,7 +140,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
     from the last good byte."""
     view = memoryview(bytearray(end - start + 1)) if into is None else into[:end - start + 1]
     filled = 0
-    extra: dict[str, str] = dict(b._version(version))
+    extra: dict[str, Any] = dict(b._version(version))
     if etag:
         extra["IfMatch"] = etag
     get = aws.parsed(b.what, b.client.get_object)
@@ -248,7 +250,7 @@ class S3Stream(Stream):
         self.pos += k
         return out
 
-    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+    def readinto(self, buf: Any) -> int:
         out = memoryview(buf).cast("B")
         if not len(out):
             return 0
@@ -296,7 +298,7 @@ class S3Writer(Upload):
         self.base_part = max(MIN_UPLOAD_PART, backend.part_size)
         self._buf = bytearray()
         self._upload_id: str | None = None
-        self._checksum: dict[str, str] = {}
+        self._checksum: dict[str, Any] = {}
         self._number = 0
         self._inflight: deque[Future] = deque()
         self._done: list[dict[str, Any]] = []
@@ -313,7 +315,7 @@ class S3Writer(Upload):
     def _part_size(self) -> int:
         return min(MAX_UPLOAD_PART, self.base_part << (self._number // 1000))
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted S3 upload")
         view = memoryview(data).cast("B")

@@ -41,7 +41,6 @@ import secrets
 import shutil
 import stat
 import time
-from typing import BinaryIO
 
 from ..archive import detect_compression
 from ..atomic import TargetRule
@@ -50,6 +49,7 @@ from ..log import Log
 from ..overlap import WriteBehind
 from ..placement import Preflight, tree_need
 from ..sealfile import Sizes
+from ..streaming import Readable
 from .decompress import Archive, Decompressed, producer
 from .limits import Limits
 from .tar import extract_tar
@@ -118,7 +118,7 @@ class Destination:
 
     def __init__(self, dest: str, *, rule: TargetRule | None = None, log: Log | None = None) -> None:
         self.dest = dest
-        self.log = log if log is not None else Log("unpack", stream=_NullStream())  # type: ignore[arg-type]
+        self.log = log if log is not None else Log("unpack", stream=_NullStream())
         parent, self.name = os.path.split(os.path.abspath(dest))
         if self.name in ("", ".", ".."):
             raise UsageError(f"cannot extract into {dest!r}: give a new directory's path")
@@ -175,7 +175,7 @@ class Destination:
             self._fds.append(fd)
         return fd
 
-    def extract(self, archive: BinaryIO, *, limits: Limits = Limits(), allow_symlinks: bool = False,
+    def extract(self, archive: Readable, *, limits: Limits = Limits(), allow_symlinks: bool = False,
                 preflight: Preflight | None = None, size: int | None = None, declared: Sizes | None = None,
                 buffers: int = 0, verify: Digests | None = None) -> dict:
         """Fill the staging directory from `archive`, then rename it to dest; see extract()."""
@@ -186,6 +186,7 @@ class Destination:
             if verify is not None:
                 stats.update(verify.finish())  # the input has ended: check before the rename
             os.fchmod(self.root, 0o755)
+            assert self.staging is not None  # made in __init__, removed only by close()
             try:
                 os.rename(self.staging, self.name, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
             except OSError as e:
@@ -226,11 +227,12 @@ class Destination:
         self.close()
 
 
-def extract(archive: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
+def extract(archive: Readable, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
             log: Log | None = None, rule: TargetRule | None = None, preflight: Preflight | None = None,
             size: int | None = None, declared: Sizes | None = None, buffers: int = 0,
             verify: Digests | None = None) -> dict:
-    """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `archive` into a new directory `dest`.
+    """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `archive` into a new
+    directory `dest`.
 
     Returns stats {"files", "dirs", "symlinks", "bytes", "format", "compression", "seconds"}.
     Raises UsageError (bad dest), UnsafeError (hostile entry, or `rule` refused the target),
@@ -247,7 +249,7 @@ def extract(archive: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_sy
                                    size=size, declared=declared, buffers=buffers, verify=verify)
 
 
-def _extract_into(source: BinaryIO, root: int, dest: str, limits: Limits, allow_symlinks: bool, log: Log,
+def _extract_into(source: Readable, root: int, dest: str, limits: Limits, allow_symlinks: bool, log: Log,
                   preflight: Preflight | None, size: int | None, declared: Sizes | None, buffers: int,
                   verify: Digests | None) -> dict:
     behind = WriteBehind(name="modelseal-tree-writer")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from typing import BinaryIO, Iterator
+from typing import Any, Generator
 
 from ..errors import CapacityError, IntegrityError
 from ..overlap import WriteBehind
-from ..streaming import ChunkReader
+from ..streaming import ChunkReader, Readable
 from .limits import Limits
 
 CHUNK = 1 << 20  # copy buffer, archive read size and decompressed piece size
@@ -34,7 +34,7 @@ ZSTD_MAX_WINDOW = 1 << 27
 RING = 4
 
 
-def _read_ring(src: BinaryIO, ring: int) -> Iterator[memoryview]:
+def _read_ring(src: Any, ring: int) -> Generator[memoryview, None, None]:
     """A plain stream in views of a ring of CHUNK-sized buffers, one read each."""
     bufs = [bytearray(CHUNK) for _ in range(ring)]
     readinto = getattr(src, "readinto", None)
@@ -66,8 +66,8 @@ class Archive:
     has run (WriteBehind.paced), so file writes can keep it instead of a copy.
     """
 
-    def __init__(self, src: BinaryIO, behind: WriteBehind | None = None) -> None:
-        self._source: Iterator[memoryview] = (
+    def __init__(self, src: Readable, behind: WriteBehind | None = None) -> None:
+        self._source: Generator[memoryview, None, None] = (
             src.segments(ring=RING) if isinstance(src, ChunkReader) else _read_ring(src, RING))
         self._views = behind.paced(self._source, RING) if behind is not None else self._source
         self._cur = memoryview(b"")
@@ -103,7 +103,7 @@ class Archive:
     def close(self) -> None:
         """Stop the source (a decryptor's read-ahead thread) when the extraction ends early."""
         for gen in (self._views, self._source):
-            gen.close()  # type: ignore[attr-defined]
+            gen.close()
 
 
 class PassThrough:
@@ -301,7 +301,9 @@ class ZstdDecompressor:
         self.archive = archive
         self.frames = ZstdFrames()
         dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-        self._reader = dctx.stream_reader(self, read_size=IN_CHUNK, read_across_frames=True, closefd=False)
+        # `self` is the compressed source, read through read(): an IO in all but name.
+        self._reader = dctx.stream_reader(self, read_size=IN_CHUNK, read_across_frames=True,  # type: ignore[arg-type]
+                                          closefd=False)
         self._finished = False
 
     @property

@@ -129,7 +129,8 @@ def _tar_entries(stream: Decompressed, limits: Limits) -> Iterator[_Entry]:
             if n_ext > EXT_HEADERS_MAX:
                 raise IntegrityError(f"malformed tar archive: more than {EXT_HEADERS_MAX} extended headers in a row")
             if info.size > EXT_HEADER_MAX:
-                raise CapacityError(f"tar extended header of {info.size} bytes at offset {offset}, over {EXT_HEADER_MAX}")
+                raise CapacityError(f"tar extended header of {info.size} bytes at offset {offset}, "
+                                    f"over {EXT_HEADER_MAX}")
             data = stream.read_exact(info.size + _pad(info.size))
             if len(data) < info.size + _pad(info.size):
                 raise IntegrityError("truncated tar archive: it ends inside an extended header")
@@ -142,8 +143,10 @@ def _tar_entries(stream: Decompressed, limits: Limits) -> Iterator[_Entry]:
                 (glob if info.type == tarfile.XGLTYPE else local).update(_parse_pax(data, offset))
         pax = {**glob, **local}
         path, linkpath = pax.get("path"), pax.get("linkpath")
-        name = path if path is not None else longname if longname is not None else info.name.encode("utf-8", "surrogateescape")
-        link = linkpath if linkpath is not None else longlink if longlink is not None else info.linkname.encode("utf-8", "surrogateescape")
+        name = path if path is not None else longname if longname is not None else \
+            info.name.encode("utf-8", "surrogateescape")
+        link = linkpath if linkpath is not None else longlink if longlink is not None else \
+            info.linkname.encode("utf-8", "surrogateescape")
         size = info.size
         if pax.get("size") is not None:
             # ASCII digits, at most 19 (int() refuses over 4300 digits with a ValueError)
@@ -152,8 +155,9 @@ def _tar_entries(stream: Decompressed, limits: Limits) -> Iterator[_Entry]:
                 raise IntegrityError(f"malformed pax size for {show(name)}")
             size = pax_size
         mtime: float | None = info.mtime
-        if pax.get("mtime") is not None:
-            m = _PAX_TIME.fullmatch(pax["mtime"])  # type: ignore[arg-type]
+        pax_mtime = pax.get("mtime")
+        if pax_mtime is not None:
+            m = _PAX_TIME.fullmatch(pax_mtime)
             mtime = float(m.group(0)) if m else None  # not float(): it takes "inf", "1_0", huge strings
         parts = parts_of(name, limits)
         if "GNU.sparse" in pax:

@@ -39,7 +39,7 @@ class _SpoolFile(io.FileIO):
         super().__init__(fd, "rb", closefd=False)
         self._size = size
 
-    def read(self, n: int | None = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
             n = max(0, self._size - self.tell())
         if n > ZIP_CD_MAX:
