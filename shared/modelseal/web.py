@@ -218,8 +218,12 @@ class Client:
         self.session = s
 
     def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-                json: Any = None, data: Any = None) -> Any:
-        """One streaming request (not retried here), following redirects by the rule above."""
+                json: Any = None, data: Any = None, answers: tuple[int, ...] = ()) -> Any:
+        """One streaming request (not retried here), following redirects by the rule above.
+
+        `answers`: 3xx statuses that are this API's answers, not redirects
+        (GCS answers 308 Resume Incomplete to a resumable upload's chunks).
+        """
         home = origin(url)
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -229,7 +233,7 @@ class Client:
                 stream=True, allow_redirects=False,
                 timeout=timeouts(self.options), verify=self.verify,
                 cert=self.cert if ours else None, auth=None if ours else _NO_CREDENTIALS)
-            if not 300 <= resp.status_code < 400:
+            if not 300 <= resp.status_code < 400 or resp.status_code in answers:
                 return resp
             status, location = resp.status_code, resp.headers.get("Location")
             resp.close()
