@@ -242,6 +242,14 @@ def test_service_account_malformed_answers_exit_4(oauth, key_file, pki, body):
         gcp.credentials(fast(ca=pki.ca)).headers()
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_token_endpoint_denial_exits_3(oauth, key_file, pki, status):
+    oauth.add_fault(Fault("status", status, body=b'{"error": "unauthorized_client"}'))
+    with pytest.raises(DeniedError):
+        gcp.credentials(fast(ca=pki.ca)).headers()
+    assert oauth.count() == 1
+
+
 def test_token_endpoint_redirect_is_refused_and_carries_nothing(oauth, key_file, pki, elsewhere):
     oauth.add_fault(Fault("status", 307, headers={"Location": f"{elsewhere.url}/token"}))
     with pytest.raises(UsageError, match="redirect"):
@@ -609,14 +617,21 @@ def test_gs_malformed_answers_exit_4(gcs, pki, fault):
         open_source(gs_uri(gcs, pki), fast()).open().read()
 
 
-def test_gs_bearer_goes_to_the_endpoint(pki, metadata):
+def test_gs_bearer_goes_to_the_endpoint_and_nowhere_else(pki, metadata, elsewhere):
     with GCSServer(tls=pki.server_context()) as srv:
         srv.put("bkt", "m", b"sealed")
-        srv.token = None
-        got = open_source(f"gs://bkt/m?endpoint_url={srv.url}&ca={pki.ca}", fast()).open().read()
+        uri = f"gs://bkt/m?endpoint_url={srv.url}&ca={pki.ca}"
+        got = open_source(uri, fast()).open().read()
         assert got == b"sealed"
         assert {h.get("Authorization") for _, _, h, _ in srv.seen} == {f"Bearer {metadata.token}"}
         assert metadata.count() == 1
+        srv.add_fault(Fault("status", 302, path="alt=media", headers={"Location": f"{elsewhere.url}/token"}))
+        with pytest.raises(UsageError, match="redirect"):
+            open_source(uri, fast()).open().read()
+        assert elsewhere.count() == 0
+        srv.token = "ya29.another"  # the store does not take this token: 401
+        with pytest.raises(DeniedError):
+            open_source(uri, fast()).open()
 
 
 # --------------------------------------------------------------------------- GCS: resumable uploads

@@ -31,7 +31,7 @@ else https://storage.googleapis.com. Credentials: modelseal.gcp (Workload
 Identity / the metadata server, a service-account key file), or none with
 `anonymous=true` for public buckets. No CRC32C or MD5 of the whole object is
 checked on the way in or out: the .seal format authenticates every segment,
-and a per-byte pure-Python checksum would slow the stream.
+and modelseal.crc32c (pure Python, about 13 MiB/s) would slow the stream.
 """
 
 from __future__ import annotations
