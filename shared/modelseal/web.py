@@ -222,12 +222,14 @@ class Client:
         self.session = s
 
     def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-                json: Any = None, data: Any = None) -> Any:
+                json: Any = None, data: Any = None, answers: tuple[int, ...] = ()) -> Any:
         """One streaming request (not retried here), following redirects by the rule above.
 
         `url` itself passes the same rule as every hop: it may come from a
         server's answer (a registry's upload Location), so an https
-        conversation is never continued over plain http without allow_http."""
+        conversation is never continued over plain http without allow_http.
+        `answers`: 3xx statuses that are this API's answers, not redirects
+        (GCS answers 308 Resume Incomplete to a resumable upload's chunks)."""
         home = origin(self._target(url, what, "a request to"))
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -237,7 +239,7 @@ class Client:
                 stream=True, allow_redirects=False,
                 timeout=timeouts(self.connection), verify=self.verify,
                 cert=self.cert if ours else None, auth=None if ours else _NO_CREDENTIALS)
-            if not 300 <= resp.status_code < 400:
+            if not 300 <= resp.status_code < 400 or resp.status_code in answers:
                 return resp
             status, location = resp.status_code, resp.headers.get("Location")
             resp.close()
