@@ -2,12 +2,10 @@
 
 GCS against gcp-storage-emulator (through the fault proxy) where it has the
 feature; the generation pin, the upload cancel and hostile answers against
-tests/gcp_servers.GCSServer, which follows the documented shapes. Cloud KMS,
+tests/support/gcp.GCSServer, which follows the documented shapes. Cloud KMS,
 the metadata server and the OAuth token endpoint have no emulator: see
-tests/gcp_servers.py for the documents each server follows.
+tests/support/gcp.py for the documents each server follows.
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -20,19 +18,21 @@ import uuid
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # servers.py, whatever the import mode
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/support, whatever the import mode
 
 from conftest import modelseal
-from gcp_servers import (GCSServer, KMSServer, MetadataServer, OAuthServer, crc, gcs_emulator,
-                         make_service_account)
 from modelseal import gcp
 from modelseal.crc32c import crc32c
 from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
-from modelseal.format import WrappedKey
 from modelseal.keys import open_key
 from modelseal.keys.gcpkms import canonical_context
+from modelseal.sealfile import WrappedKey
 from modelseal.sources import open_source
-from servers import Fault, FaultProxy, ObjectServer, fast, no_proxy_env, pki, shm_dir  # noqa: F401 - fixtures
+from support.faults import Fault, FaultProxy
+from support.fixtures import fast
+from support.gcp import (GCSServer, KMSServer, MetadataServer, OAuthServer, crc, gcs_emulator,
+                         make_service_account)
+from support.objects import ObjectServer
 from test_cli import make_tree, tree
 
 MiB = 1 << 20
@@ -172,7 +172,7 @@ def test_metadata_unavailable_is_retried(metadata):
 
 
 def test_metadata_server_absent_is_unavailable(monkeypatch):
-    from servers import free_port
+    from support.processes import free_port
 
     monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{free_port()}")
     with pytest.raises(UnavailableError):

@@ -42,11 +42,12 @@ import os
 import re
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from . import retry, untrusted, web
 from .errors import DeniedError, IntegrityError, UsageError, from_os_error
-from .uri import Options
+from .options import Connection
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 METADATA_HOST = "metadata.google.internal"
@@ -106,20 +107,22 @@ class Anonymous(Credentials):
 class MetadataServer(Credentials):
     """The metadata server of a GKE node (Workload Identity) or a VM."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, connection: Connection) -> None:
         host = os.environ.get("GCE_METADATA_HOST") or METADATA_HOST
         if not _HOST.fullmatch(host):
             raise UsageError("GCE_METADATA_HOST must be host[:port], nothing else")
         self.host = host
         self.what = "gcp metadata server"
-        self.options = options
+        self.connection = connection
 
     def identity(self) -> tuple[str, ...]:
         return ("metadata", self.host)
 
     def fetch(self) -> tuple[str, int]:
         # No proxy from the environment: the metadata server is link-local, and a proxy would see the token.
-        client = web.Client(self.options, use_env=False)
+        # Plain http is its protocol (there is no TLS on it); this client follows no redirect, so the
+        # allowance (web.Client refuses plain http without allow_http) reaches no other host.
+        client = web.Client(replace(self.connection, allow_http=True), use_env=False)
         holder: dict[str, Any] = {}
 
         def once() -> None:
@@ -134,16 +137,16 @@ class MetadataServer(Credentials):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
         return token_answer(holder["body"], self.what)
 
 
 class ServiceAccountKey(Credentials):
     """A service-account key file: a signed JWT exchanged for an access token."""
 
-    def __init__(self, path: str, options: Options) -> None:
+    def __init__(self, path: str, connection: Connection) -> None:
         self.what = "gcp service-account key (GOOGLE_APPLICATION_CREDENTIALS)"
-        self.options = options
+        self.connection = connection
         doc = _read_key_file(path, self.what)
         if doc.get("type") != "service_account":
             raise UsageError(f"{self.what}: only \"type\": \"service_account\" key files are supported "
@@ -151,7 +154,7 @@ class ServiceAccountKey(Credentials):
         self.email = _key_text(doc, "client_email", self.what)
         self.key_id = _key_text(doc, "private_key_id", self.what, optional=True)
         self.token_uri = _key_text(doc, "token_uri", self.what, optional=True) or DEFAULT_TOKEN_URI
-        web.parse_endpoint(self.token_uri, f"{self.what}: token_uri", options)
+        web.parse_endpoint(self.token_uri, f"{self.what}: token_uri", connection)
         self._key = _private_key(_key_text(doc, "private_key", self.what), self.what)
 
     def identity(self) -> tuple[str, ...]:
@@ -169,7 +172,7 @@ class ServiceAccountKey(Credentials):
         return (signing_input + b"." + _b64url(signature)).decode("ascii")
 
     def fetch(self) -> tuple[str, int]:
-        client = web.Client(self.options)
+        client = web.Client(self.connection)
         # OAuth answers 400 invalid_grant to a bad signature, an unknown or disabled key, a wrong aud.
         _, body = web.request_small(client, "POST", self.token_uri, f"{self.what}: token exchange",
                                     data={"grant_type": JWT_BEARER, "assertion": self.assertion()},
@@ -177,14 +180,14 @@ class ServiceAccountKey(Credentials):
         return token_answer(body, f"{self.what}: token exchange")
 
 
-def credentials(options: Options, *, anonymous: bool = False) -> Credentials:
+def credentials(connection: Connection, *, anonymous: bool = False) -> Credentials:
     """The credentials of this pod or host, by the order above."""
     if anonymous:
         return Anonymous()
     path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if path:
-        return ServiceAccountKey(path, options)
-    return MetadataServer(options)
+        return ServiceAccountKey(path, connection)
+    return MetadataServer(connection)
 
 
 def token_answer(body: bytes, what: str) -> tuple[str, int]:

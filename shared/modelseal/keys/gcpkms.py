@@ -46,7 +46,9 @@ from urllib.parse import urlunsplit
 from .. import gcp, untrusted, web
 from ..crc32c import crc32c
 from ..errors import IntegrityError, ModelsealError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..options import Connection
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("gcp-kms",)
@@ -74,17 +76,17 @@ class _Refused(IntegrityError):
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.name = (uri.netloc + uri.path).strip("/")
         parts = self.name.split("/")
         if not _NAME.fullmatch(self.name) or not all(_SEGMENT.fullmatch(p) for p in parts[1::2]):
             raise UsageError("gcp-kms: the URI is gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K")
         self.what = f"gcp-kms://{self.name}"
-        endpoint = web.parse_endpoint(self.options.endpoint_url or DEFAULT_ENDPOINT, f"{self.what} endpoint",
-                                      self.options, loopback_ok=True)
+        endpoint = web.parse_endpoint(self.connection.endpoint_url or DEFAULT_ENDPOINT, f"{self.what} endpoint",
+                                      self.connection, loopback_ok=True)
         self.base = urlunsplit((endpoint.scheme, endpoint.netloc, endpoint.path.rstrip("/"), "", ""))
-        self.user_context = {k[len("context."):]: v for k, v in self.options.extra.items()
+        self.user_context = {k[len("context."):]: v for k, v in self.connection.extra.items()
                              if k.startswith("context.") and len(k) > len("context.")}
         self._client: Any = None
         self._credentials: gcp.Credentials | None = None
@@ -93,8 +95,8 @@ class Backend(KeySource):
     def _call(self, method: str, body: dict[str, str], statuses: dict[int, type] | None = None) -> dict[str, Any]:
         with self._lock:
             if self._client is None:
-                self._client = web.Client(self.options)  # no redirects: the token stays with this endpoint
-                self._credentials = gcp.credentials(self.options)
+                self._client = web.Client(self.connection, loopback_http=True)  # no redirects: the token stays here
+                self._credentials = gcp.credentials(self.connection)
         assert self._credentials is not None
         headers = self._credentials.headers()
         _, raw = web.request_small(self._client, "POST", f"{self.base}/v1/{self.name}:{method}", self.what,

@@ -3,7 +3,7 @@
 Reading: the object's metadata (`GET /storage/v1/b/BUCKET/o/OBJECT`) gives
 its size and generation; the bytes come as parallel ranged reads
 (`?alt=media` with `Range`), `concurrency` parts of `part_size` bytes in
-flight, handed out in order (s3's stream, with this module's fetch). A part
+flight, handed out in order (sources/ranged.py, with this module's fetch). A part
 whose connection drops resumes from its last good byte. Every read carries
 `ifGenerationMatch=G` (or `generation=G` when the URI names one), so a
 replaced object answers 412 and the download exits 4 instead of splicing two
@@ -44,9 +44,12 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
 from .. import gcp, retry, untrusted, web
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..upload import Upload
-from . import Source
-from .s3 import MIN_PART_SIZE, READ_CHUNK, S3Stream, parse_size
+from ..uri import URI
+from . import Source, Stream
+from .ranged import RangedStream
+from .s3 import MIN_PART_SIZE, READ_CHUNK, parse_size
 
 SCHEMES = ("gs",)
 
@@ -62,8 +65,8 @@ _PERSISTED = re.compile(r"bytes=0-([0-9]{1,19})", re.ASCII)
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.bucket = uri.netloc
         self.object = uri.path[1:] if uri.path.startswith("/") else uri.path
         if not self.bucket or not self.object:
@@ -74,24 +77,24 @@ class Backend(Source):
                 any(c in self.object for c in "\r\n"):
             raise UsageError("gs://: the object name is longer than 1024 bytes or has a line break")
         self.what = f"gs://{self.bucket}/{self.object}"
-        self.part_size = parse_size(self.options.extra.get("part_size", DEFAULT_PART_SIZE))
+        self.part_size = parse_size(self.connection.extra.get("part_size", DEFAULT_PART_SIZE))
         if self.part_size < MIN_PART_SIZE:
             raise UsageError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        if self.options.concurrency < 1:
+        if self.connection.concurrency < 1:
             raise UsageError("concurrency must be at least 1")
-        pinned = self.options.extra.get("generation")
+        pinned = self.connection.extra.get("generation")
         if pinned is not None and untrusted.decimal(pinned) is None:
             raise UsageError(f"{self.what}: generation= must be a decimal number")
         self.pinned = pinned
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        endpoint = self.options.endpoint_url or emulator or DEFAULT_ENDPOINT
+        endpoint = self.connection.endpoint_url or emulator or DEFAULT_ENDPOINT
         if endpoint == emulator and "://" not in endpoint:
             endpoint = "http://" + endpoint  # the SDKs' reading of a bare host:port
-        parts = web.parse_endpoint(endpoint, f"{self.what} endpoint", self.options, loopback_ok=True)
+        parts = web.parse_endpoint(endpoint, f"{self.what} endpoint", self.connection, loopback_ok=True)
         self.base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.origin = web.origin(self.base)
-        self.anonymous = self.options.extra.get("anonymous", "").lower() in ("1", "true", "yes") or (
-            bool(emulator) and not self.options.endpoint_url)
+        self.anonymous = self.connection.extra.get("anonymous", "").lower() in ("1", "true", "yes") or (
+            bool(emulator) and not self.connection.endpoint_url)
         self.object_url = f"{self.base}/storage/v1/b/{self.bucket}/o/{quote(self.object, safe='')}"
         self._credentials: gcp.Credentials | None = None
         self._local = threading.local()
@@ -103,14 +106,15 @@ class Backend(Source):
         """One web.Client per thread (parts are fetched by a pool); no redirects are followed."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = web.Client(self.options)
+            # plain http to loopback, as parse_endpoint(loopback_ok=True) allowed for the endpoint (an emulator)
+            client = self._local.client = web.Client(self.connection, loopback_http=True)
         return client
 
     def auth(self) -> dict[str, str]:
         """The Authorization header for a request to this endpoint (none when anonymous)."""
         with self._lock:
             if self._credentials is None:
-                self._credentials = gcp.credentials(self.options, anonymous=self.anonymous)
+                self._credentials = gcp.credentials(self.connection, anonymous=self.anonymous)
         return self._credentials.headers()
 
     def head(self) -> tuple[int, str, None]:
@@ -130,6 +134,7 @@ class Backend(Source):
                 raise IntegrityError(f"{self.what}: the object's metadata has no usable size")
             if _uint64(generation) is None or (self.pinned and generation != self.pinned):
                 raise IntegrityError(f"{self.what}: the object's metadata has no usable generation")
+            assert isinstance(generation, str)  # a decimal string: _uint64 took it
             self._head = (size, generation, None)
         return self._head
 
@@ -139,7 +144,7 @@ class Backend(Source):
 
     @property
     def buffer_bytes(self) -> int:
-        return (self.options.concurrency + 1) * self.part_size
+        return (self.connection.concurrency + 1) * self.part_size
 
     def media_url(self, generation: str) -> str:
         # A generation named in the URI reads that (immutable) generation; otherwise the live
@@ -156,15 +161,20 @@ class Backend(Source):
             return b""
         return bytes(fetch_range(self, 0, n - 1, size, generation, None, threading.Event()))
 
-    def open(self) -> GSStream:  # type: ignore[override]
-        return GSStream(self)
+    def open(self) -> Stream:
+        return RangedStream(self, "gs")
+
+    def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
+              cancel: threading.Event, into: memoryview | None = None) -> memoryview:
+        assert pin is not None  # head() has a generation or raised
+        return fetch_range(self, start, end, size, pin, version, cancel, into)
 
     def open_write(self) -> GSWriter:
         """A writable stream uploading to this URI (resumable session); close() completes, abort() cancels."""
         return GSWriter(self)
 
 
-def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _unused: None,
+def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _unused: str | None,
                 cancel: threading.Event, into: memoryview | None = None) -> memoryview:
     """Bytes start..end (inclusive) of the pinned generation, in `into` (or a new buffer); retried,
     resuming from the last good byte."""
@@ -205,7 +215,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
         finally:
             resp.close()
 
-    retry.call(b.what, b.options, once, sleep=retry.interruptible_sleep(cancel))
+    retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
 
 
@@ -221,12 +231,6 @@ def _reader(raw: Any) -> Any:
 def _uint64(value: Any) -> int | None:
     """A uint64 of the JSON API (written as a decimal string); None for anything else."""
     return untrusted.decimal(value) if isinstance(value, str) else None
-
-
-class GSStream(S3Stream):
-    """The whole object, in order, from parallel ranged reads of one generation; bounded memory."""
-
-    fetch = staticmethod(fetch_range)
 
 
 class GSWriter(Upload):
@@ -245,7 +249,7 @@ class GSWriter(Upload):
         self.chunks = 0
         self.result: dict[str, Any] | None = None  # the object resource of a completed upload
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted GCS upload")
         view = memoryview(data).cast("B")
@@ -271,7 +275,7 @@ class GSWriter(Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.b.options, once)
+        retry.call(self.what, self.b.connection, once)
         session = urljoin(url, holder["location"].strip()) if holder["location"] else ""
         parts = urlsplit(session)
         if not session or parts.scheme.lower() not in ("http", "https") or "@" in parts.netloc:
@@ -301,7 +305,7 @@ class GSWriter(Upload):
                 if self.result is None and self._persisted <= before:
                     raise retry.TransientError("the upload session persisted nothing of a chunk")
 
-        retry.call(self.what, self.b.options, once)
+        retry.call(self.what, self.b.connection, once)
         self.chunks += 1
 
     def _put(self, span: str, body: bytes, start: int, end: int, final: bool) -> int:
@@ -362,7 +366,7 @@ class GSWriter(Upload):
                 resp.close()
 
         try:
-            retry.call(self.what, self.b.options, once)
+            retry.call(self.what, self.b.connection, once)
         except Exception as exc:  # noqa: BLE001 - best effort: an uncompleted session expires after a week
             retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))
 

@@ -1,11 +1,8 @@
 """`s3://bucket/key`: a ciphertext in S3 or an S3-compatible store, read with parallel ranged GETs.
 
-Why not boto3's download_fileobj: it needs a seekable file to write parts out
-of order, and `run` consumes a stream that goes straight into decryption.
-Here `open()` returns one raw stream of the whole object, fetched as parts of
-`part_size` bytes (default 8 MiB) by `concurrency` workers, handed out in
-order. Memory stays bounded: at most `concurrency` parts in flight or waiting,
-plus the one being read.
+Reading: `open()` returns one stream of the whole object from parallel
+ranged GETs (sources/ranged.py: `concurrency` parts of `part_size` bytes,
+default 8 MiB, in flight, handed out in order, memory bounded).
 
 Each part is its own ranged GET under the retry policy, and a part whose
 connection drops resumes from its last good byte (a new Range for the rest
@@ -40,6 +37,7 @@ from ..options import Connection
 from ..upload import Upload
 from ..uri import URI
 from . import Source, Stream
+from .ranged import RangedStream
 
 SCHEMES = ("s3",)
 
@@ -114,7 +112,7 @@ class Backend(Source):
 
     @property
     def buffer_bytes(self) -> int:
-        # S3Stream: `concurrency` parts in flight plus the one being read.
+        # The RangedStream: `concurrency` parts in flight plus the one being read.
         return (self.connection.concurrency + 1) * self.part_size
 
     def read_prefix(self, n: int) -> bytes:
@@ -127,7 +125,11 @@ class Backend(Source):
         return bytes(fetch_range(self, 0, n - 1, size, etag, version, threading.Event()))
 
     def open(self) -> Stream:
-        return S3Stream(self)
+        return RangedStream(self, "s3")
+
+    def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
+              cancel: threading.Event, into: memoryview | None = None) -> memoryview:
+        return fetch_range(self, start, end, size, pin, version, cancel, into)
 
     def open_write(self) -> "S3Writer":
         """A writable stream uploading to this URI (multipart); close() completes, abort() aborts."""
@@ -189,90 +191,6 @@ def _reader(body: Any) -> Callable[[memoryview], int]:
         return len(chunk)
 
     return readinto
-
-
-class S3Stream(Stream):
-    """The whole object, in order, from parallel ranged GETs; bounded memory.
-
-    `fetch` reads one range; another store with ranged reads and a pin
-    (gs://) subclasses this with its own.
-    """
-
-    fetch = staticmethod(fetch_range)
-
-    def __init__(self, backend: Backend) -> None:
-        super().__init__()
-        self.b = backend
-        self.size, self._etag, self._version = backend.head()
-        self._parts = -(-self.size // backend.part_size)  # ranges are computed as needed: no list of them
-        self._window = max(1, min(backend.connection.concurrency, self._parts))
-        self._cancel = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=self._window, thread_name_prefix="modelseal-s3")
-        self._pending: deque[tuple[Future, memoryview]] = deque()
-        # window + 1 part buffers, reused: one per part in flight, one being read
-        # (allocated as needed, never zeroed again, no allocator churn).
-        self._free: list[memoryview] = []
-        self._held: memoryview | None = None  # the buffer of the part being read
-        self._next = 0
-        self._cur = memoryview(b"")
-        self._off = 0
-        self.pos = 0
-        self._fill_window()
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill_window(self) -> None:
-        while len(self._pending) < self._window and self._next < self._parts:
-            start = self._next * self.b.part_size
-            end = min(start + self.b.part_size, self.size) - 1
-            self._next += 1
-            buf = self._free.pop() if self._free else memoryview(bytearray(self.b.part_size))
-            self._pending.append((self._pool.submit(
-                self.fetch, self.b, start, end, self.size, self._etag, self._version, self._cancel, buf), buf))
-
-    def read_view(self, n: int) -> memoryview:
-        """Up to n bytes (empty at the end) as a view of the current part, no copy: valid until the next read."""
-        if self.closed:
-            raise ValueError("read from a closed stream")
-        while self._off >= len(self._cur):
-            if not self._pending:
-                return memoryview(b"")
-            fut, buf = self._pending.popleft()
-            self._cur = memoryview(b"")
-            if self._held is not None:  # the consumed part's buffer takes the next range
-                self._free.append(self._held)
-            self._held = buf
-            self._fill_window()
-            try:
-                part = fut.result()
-            except BaseException:
-                self.close()
-                raise
-            self._cur, self._off = part, 0
-        k = min(n, len(self._cur) - self._off)
-        out = self._cur[self._off:self._off + k]
-        self._off += k
-        self.pos += k
-        return out
-
-    def readinto(self, buf: Any) -> int:
-        out = memoryview(buf).cast("B")
-        if not len(out):
-            return 0
-        view = self.read_view(len(out))
-        out[:len(view)] = view
-        return len(view)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._cancel.set()
-            for fut, _ in self._pending:
-                fut.cancel()
-            self._pending.clear()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._cur = memoryview(b"")
-        super().close()
 
 
 def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum: dict[str, str],

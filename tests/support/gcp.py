@@ -36,7 +36,7 @@
   400 INVALID_ARGUMENT when a ciphertext does not decrypt, 401 without a
   known bearer token, 403 for a key the caller may not use.
 
-Every server records each request (servers.Server.seen), so tests check what
+Every server records each request (http.Server.seen), so tests check what
 the client sent: the Metadata-Flavor header, the JWT, the bearer, the AAD.
 `answer` hooks replace an answer to play malformed variants.
 """
@@ -59,7 +59,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import google_crc32c
 
-from servers import LOCAL, Fault, Server, free_port, start_child, stop_process, write_file
+from .faults import Fault
+from .http import Server
+from .processes import LOCAL, free_port, start_child, stop_process, write_file
 
 METADATA_TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
