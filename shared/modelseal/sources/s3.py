@@ -191,7 +191,13 @@ def _reader(body: Any) -> Callable[[memoryview], int]:
 
 
 class S3Stream(io.RawIOBase):
-    """The whole object, in order, from parallel ranged GETs; bounded memory."""
+    """The whole object, in order, from parallel ranged GETs; bounded memory.
+
+    `fetch` reads one range; another store with ranged reads and a pin
+    (gs://) subclasses this with its own.
+    """
+
+    fetch = staticmethod(fetch_range)
 
     def __init__(self, backend: Backend) -> None:
         super().__init__()
@@ -222,7 +228,7 @@ class S3Stream(io.RawIOBase):
             self._next += 1
             buf = self._free.pop() if self._free else memoryview(bytearray(self.b.part_size))
             self._pending.append((self._pool.submit(
-                fetch_range, self.b, start, end, self.size, self._etag, self._version, self._cancel, buf), buf))
+                self.fetch, self.b, start, end, self.size, self._etag, self._version, self._cancel, buf), buf))
 
     def read_view(self, n: int) -> memoryview:
         """Up to n bytes (empty at the end) as a view of the current part, no copy: valid until the next read."""
