@@ -888,15 +888,23 @@ def test_blob_missing_is_exit_3(container, proxy, key_env):
         open_source(blob_uri(container, "missing"), fast(endpoint_url=via(proxy))).open()
 
 
-def test_blob_credentials_never_follow_a_redirect(container, proxy, pki, shm_dir):
+@pytest.mark.parametrize("credential", ["account key", "SAS", "bearer token"])
+def test_blob_credentials_never_follow_a_redirect(container, proxy, pki, shm_dir, credential):
+    """A redirect from the store is refused (exit 2): no key signature, SAS or token is sent on anywhere."""
     elsewhere = ObjectServer({}, tls=pki.server_context())
+    sas = "sv=2024-08-04&sr=b&sp=r&sig=c2VjcmV0LXNhcy1zaWduYXR1cmU%3D"
+    token = "eyJ0eXAiOiJKV1QifQ.secret-storage-token.c2ln"
+    query = {"account key": f"?account_key_file={write_file(os.path.join(shm_dir, 'key'), DEV_KEY)}",
+             "SAS": f"?sas_file={write_file(os.path.join(shm_dir, 'sas'), sas)}",
+             "bearer token": f"?identity=token_file&token_file={write_file(os.path.join(shm_dir, 'tok'), token)}"}
     try:
-        proxy.add_fault(Fault("status", status=307, headers={"Location": f"{elsewhere.url}/m.seal"}))
-        path = write_file(os.path.join(shm_dir, "key"), DEV_KEY)
-        with refused(UsageError, "redirect"):
-            open_source(blob_uri(container, query=f"?account_key_file={path}"),
-                        fast(endpoint_url=via(proxy), ca=pki.ca)).open()
+        for status in (301, 302, 307, 308):
+            proxy.add_fault(Fault("status", status=status, headers={"Location": f"{elsewhere.url}/m.seal"}))
+            with refused(UsageError, "redirect"):
+                open_source(blob_uri(container, query=query[credential]),
+                            fast(endpoint_url=via(proxy), ca=pki.ca)).open()
         assert elsewhere.count() == 0
+        assert not elsewhere.saw(token) and not elsewhere.saw("c2VjcmV0LXNhcy1zaWduYXR1cmU")
     finally:
         elsewhere.close()
 
