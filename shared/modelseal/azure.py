@@ -29,8 +29,8 @@ A `Credential` gives a bearer token for one resource (`https://vault.azure.net`,
    azure-identity honours for the same purpose), e.g. a loopback test server.
    https://learn.microsoft.com/en-us/entra/identity/managed-identities-azure-resources/how-to-use-vm-token#get-a-token-using-http
 
-Tokens are cached per resource until five minutes before they expire (or
-half their life, when that is shorter) and are never logged, put in a
+Tokens are cached per resource until five minutes before they expire (half
+their life when they live less than ten minutes) and are never logged, put in a
 message or sent anywhere but the origin they were asked for: every request
 goes through a web.Client that follows no redirect. A token endpoint's 400
 or 401 (a refused assertion, an unknown client or identity) is exit 3.
@@ -99,7 +99,8 @@ class Credential:
             if cached is not None and time.monotonic() < cached[1]:
                 return cached[0]
             token, lifetime = self._fetch(resource)
-            self._cache[resource] = (token, time.monotonic() + min(lifetime - MARGIN_S, lifetime / 2))
+            # Renewed five minutes before it expires; a token shorter-lived than ten minutes, at half its life.
+            self._cache[resource] = (token, time.monotonic() + max(lifetime - MARGIN_S, lifetime / 2))
             return token
 
     def headers(self, resource: str) -> dict[str, str]:
