@@ -883,6 +883,20 @@ def test_blob_wrong_key_is_exit_3_and_the_key_is_not_shown(container, proxy, shm
     assert not (shm / "m.seal").exists() and not (shm / "m.seal.partial").exists()
 
 
+def test_blob_wrong_sas_is_exit_3_and_the_sas_is_not_shown(container, proxy, shm):
+    container.upload_blob("m.seal", b"x" * 1000)
+    sas = "sv=2024-08-04&sr=b&sp=r&se=2099-01-01T00%3A00%3A00Z&sig=d3JvbmctYnV0LXNlY3JldC1zaWduYXR1cmU%3D"
+    term = shm / "termination"
+    term.write_text("")
+    r = modelseal("run", "--source", blob_uri(container), "-o", str(shm / "m"), "--key", "/dev/null",
+                  "--endpoint-url", via(proxy), env={"AZURE_STORAGE_SAS_TOKEN": sas,
+                                                     "MODELSEAL_TERMINATION_LOG": str(term)})
+    assert r.code == 3 and "403" in r.error(), r.stderr
+    assert "d3JvbmctYnV0LXNlY3JldC1zaWduYXR1cmU" not in r.stdout.decode() + r.stderr + term.read_text()
+    assert "sig=" in proxy.seen[0][1]  # it was sent, to the store only
+    assert not (shm / "m").exists()
+
+
 def test_blob_missing_is_exit_3(container, proxy, key_env):
     with refused(DeniedError):
         open_source(blob_uri(container, "missing"), fast(endpoint_url=via(proxy))).open()
@@ -989,6 +1003,7 @@ def test_seal_with_key_vault_then_run_with_the_attested_release(kv, sidecar, wi_
                   f"azure-kv://{VAULT_HOST}/keys/models?endpoint_url={kv.url}&context.model=resnet",
                   env={**wi_env, "MODELSEAL_TERMINATION_LOG": str(term)})
     assert r.code == 0, r.stderr
+    seal_output = r.stderr
     header = json.loads(modelseal("inspect", str(sealed)).stdout)
     assert header["wrapped_key"]["provider"] == "azure-kv"
     assert header["wrapped_key"]["key_id"] == kv.kid("models", kv.version)
@@ -999,7 +1014,8 @@ def test_seal_with_key_vault_then_run_with_the_attested_release(kv, sidecar, wi_
     assert r.code == 0, r.stderr
     assert tree(out) == tree(model_dir)
     assert len(sidecar.seen) == 1
-    everything = r.stderr + term.read_text()
+    everything = seal_output + r.stderr + term.read_text()
+    assert tokens.issued  # the seal side did exchange and use a token
     secrets_absent(everything, tokens, private_jwk(kv.key)["d"][:40])
 
 
