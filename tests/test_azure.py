@@ -177,6 +177,19 @@ def test_imds_updating_or_throttling_is_retried(imds, monkeypatch):
     assert imds.count() == 4
 
 
+def test_imds_is_asked_directly_never_through_a_proxy(imds, monkeypatch):
+    proxy = ObjectServer({})
+    try:
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
+        for k in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(k, proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        assert azure.credential(fast()).token(VAULT)
+        assert proxy.count() == 0 and imds.count() == 1
+    finally:
+        proxy.close()
+
+
 def test_imds_address_is_checked(monkeypatch):
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://10.0.0.1:80")
     with refused(UsageError, "plain http"):

@@ -80,6 +80,8 @@ class Credential:
     """A source of bearer tokens; `headers(resource)` is what a request to that resource carries."""
 
     what = "Azure identity"
+    #: Honour HTTPS_PROXY and friends (not for IMDS: a link-local address that no proxy should see a token of).
+    use_env = True
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -90,7 +92,8 @@ class Credential:
     @property
     def client(self) -> web.Client:
         if self._client is None:
-            self._client = web.Client(self.options)  # no redirects: a token or an assertion stays where it was sent
+            # No redirects: a token or an assertion stays where it was sent.
+            self._client = web.Client(self.options, use_env=self.use_env)
         return self._client
 
     def token(self, resource: str) -> str:
@@ -187,6 +190,7 @@ class ManagedIdentity(Credential):
     """A managed identity through IMDS (the node's, or AZURE_CLIENT_ID's user-assigned one)."""
 
     what = "Azure managed identity (IMDS)"
+    use_env = False
 
     def __init__(self, options: Options, env: dict[str, str]) -> None:
         super().__init__(options)
