@@ -745,6 +745,31 @@ def test_blob_replaced_and_the_store_ignores_if_match_is_exit_4(container, proxy
         stream.read()
 
 
+@pytest.mark.parametrize("case,message", [
+    ("HEAD without ETag", "no usable ETag"), ("HEAD with a bad length", "malformed Content-Length"),
+    ("GET of another range", "another range"), ("GET ignoring Range", "unexpected answer"),
+    ("GET with another ETag", "another ETag"), ("GET with a bad Content-Range", "malformed Content-Range"),
+])
+def test_blob_malformed_store_answers_are_exit_4(container, proxy, key_env, case, message):
+    data = pattern(200_000, seed=21)
+    container.upload_blob("m.seal", data)
+    etag = container.get_blob_client("m.seal").get_blob_properties().etag
+    method = case.split()[0]
+    headers = {"HEAD without ETag": {"Content-Length": "200000"},
+               "HEAD with a bad length": {"Content-Length": "12abc", "ETag": etag},
+               "GET of another range": {"Content-Range": "bytes 5-99/200000", "ETag": etag},
+               "GET ignoring Range": {"ETag": etag},
+               "GET with another ETag": {"Content-Range": "bytes 0-199999/200000", "ETag": '"0x1"'},
+               "GET with a bad Content-Range": {"Content-Range": "bytes 0-x/200000", "ETag": etag}}[case]
+    status = 206 if method == "GET" and case != "GET ignoring Range" else 200
+    body = b"" if method == "HEAD" else data[:95 if "another range" in case else 200_000]
+    proxy.add_fault(Fault("status", status=status, method=method, body=body, headers=headers))
+    with refused(IntegrityError, message) as e:
+        with open_source(blob_uri(container), fast(endpoint_url=via(proxy))).open() as stream:
+            stream.read()
+    assert e.value.exit_code == 4
+
+
 def test_fetch_model_blob_replaced_mid_download_exits_4_and_leaves_nothing(container, proxy, shm):
     container.upload_blob("m.seal", pattern(2 * MiB))
     replace = lambda: container.upload_blob("m.seal", pattern(2 * MiB, seed=3), overwrite=True)  # noqa: E731
@@ -804,21 +829,23 @@ def test_small_seal_goes_up_in_one_put_blob(container, proxy, shm):
     assert r.code == 0 and (shm / "o").read_bytes() == b"tiny model"
 
 
-@pytest.mark.parametrize("fail", ["commit", "block"])
-def test_a_failed_upload_leaves_no_blob_and_an_existing_blob_as_it_was(container, proxy, model_dir, shm, fail):
+@pytest.mark.parametrize("fail,code", [("commit", 5), ("block", 3), ("md5", 4)])
+def test_a_failed_upload_leaves_no_blob_and_an_existing_blob_as_it_was(container, proxy, model_dir, shm, fail, code):
     key = shm / "key"
     key.write_bytes(os.urandom(32))
     if fail == "commit":
         proxy.add_fault(Fault("status", status=500, method="PUT", path="comp=blocklist", times=100))
-    else:  # the third block is refused: the seal stops mid-stream
+    else:  # the third block is refused (no permission, or its Content-MD5 did not match): the seal stops mid-stream
         proxy.add_fault(Fault("tamper", method="PUT", path="comp=block&", times=2),
-                        Fault("status", status=403, method="PUT", path="comp=block&", times=100))
+                        Fault("status", status=403 if fail == "block" else 400, method="PUT", path="comp=block&",
+                              times=100))
     env = {"AZURE_STORAGE_CONNECTION_STRING": proxy_connection_string(proxy)}
     container.upload_blob("old.seal", b"the previous model")
     for name in ("new.seal", "old.seal"):
         r = modelseal("seal", str(model_dir), "-o", blob_uri(container, name, "?part_size=1MiB"), "--key", str(key),
                       "--retries", "2", env=env)
-        assert r.code == (5 if fail == "commit" else 3), r.stderr
+        assert r.code == code, r.stderr
+        assert fail != "md5" or "Content-MD5" in r.error()
     assert [b.name for b in container.list_blobs()] == ["old.seal"]
     assert container.download_blob("old.seal").readall() == b"the previous model"
 
