@@ -11,13 +11,18 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY) tools/s3rver/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
 	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
 
 tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
 	@tools/host-packages.sh
 	cd tools/s3rver && npm ci --silent --no-audit --no-fund
+	@touch $@
+
+tools/azurite/node_modules: tools/azurite/package-lock.json  ## Azurite (npm): Microsoft's Azure Storage emulator, for the azblob:// tests
+	@tools/host-packages.sh
+	cd tools/azurite && npm ci --silent --no-audit --no-fund
 	@touch $@
 
 demo:  ## the main job end to end: a trained model sealed, each chain over tmpfs, MLServer answering correctly
