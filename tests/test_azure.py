@@ -1,11 +1,9 @@
 """Azure: azure-kv:// (Key Vault wrap/unwrap), azure-skr:// (attested release through the confidential
 sidecar), azblob:// (Blob Storage), and the identities pods use (workload identity, IMDS), against real
-servers on 127.0.0.1: Azurite for Blob, and the documented-shape servers of tests/azure_servers.py for
+servers on 127.0.0.1: Azurite for Blob, and the documented-shape servers of tests/support/azure.py for
 what has no emulator. `cryptography` is the oracle of every RSA-OAEP-256 wrap; the Azure SDK (test-only)
 is the oracle of what is stored in Azurite.
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -21,17 +19,19 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from azure_servers import (
-    CLIENT_ID, DEV_ACCOUNT, DEV_KEY, STORAGE, TENANT, VAULT, EntraServer, IMDSServer, KeyVaultServer, SKRSidecar,
-    Tokens, azurite_missing, azurite_server, oaep, private_jwk, public_jwk, rsa_key)
 from conftest import modelseal, need, one_line, refused
 from modelseal import azure
 from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
-from modelseal.format import WrappedKey
 from modelseal.keys import open_key
+from modelseal.sealfile import WrappedKey
 from modelseal.sources import open_source
-from servers import (  # noqa: F401 - fixtures
-    Fault, FaultProxy, ObjectServer, fast, no_proxy_env, pki, shm_dir, write_file)
+from support.azure import (
+    CLIENT_ID, DEV_ACCOUNT, DEV_KEY, STORAGE, TENANT, VAULT, EntraServer, IMDSServer, KeyVaultServer, SKRSidecar,
+    Tokens, azurite_missing, azurite_server, oaep, private_jwk, public_jwk, rsa_key)
+from support.faults import Fault, FaultProxy
+from support.fixtures import fast
+from support.objects import ObjectServer
+from support.processes import write_file
 
 KEY = bytes(range(1, 33))
 VAULT_HOST = "models-kv.vault.azure.net"
@@ -998,7 +998,8 @@ def azurite_oauth(pki_module):
 
 @pytest.fixture(scope="module")
 def pki_module():
-    from servers import make_pki, make_shm_dir
+    from support.pki import make_pki
+    from support.processes import make_shm_dir
 
     d = make_shm_dir("modelseal-azpki-")
     try:

@@ -51,12 +51,13 @@ import os
 import re
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode, urlunsplit
 
 from . import retry, untrusted, web
 from .errors import DeniedError, IntegrityError, UsageError
-from .uri import Options
+from .options import Connection
 
 KEY_VAULT = "https://vault.azure.net"
 MANAGED_HSM = "https://managedhsm.azure.net"
@@ -82,9 +83,12 @@ class Credential:
     what = "Azure identity"
     #: Honour HTTPS_PROXY and friends (not for IMDS: a link-local address that no proxy should see a token of).
     use_env = True
+    #: Plain http to loopback (an endpoint parse_endpoint allowed there), or anywhere (IMDS, link-local by design).
+    loopback_http = False
+    plain_http = False
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[str, float]] = {}  # resource -> (token, renew at, monotonic)
         self._client: web.Client | None = None
@@ -93,7 +97,8 @@ class Credential:
     def client(self) -> web.Client:
         if self._client is None:
             # No redirects: a token or an assertion stays where it was sent.
-            self._client = web.Client(self.options, use_env=self.use_env)
+            connection = replace(self.connection, allow_http=True) if self.plain_http else self.connection
+            self._client = web.Client(connection, use_env=self.use_env, loopback_http=self.loopback_http)
         return self._client
 
     def token(self, resource: str) -> str:
@@ -149,7 +154,7 @@ class TokenFile(Credential):
     what = "Azure token file"
 
     def token(self, resource: str) -> str:
-        return web.read_secret_file(str(self.options.token_file), "Azure access token")
+        return web.read_secret_file(str(self.connection.token_file), "Azure access token")
 
 
 class WorkloadIdentity(Credential):
@@ -157,8 +162,8 @@ class WorkloadIdentity(Credential):
 
     what = "Azure workload identity"
 
-    def __init__(self, options: Options, env: dict[str, str]) -> None:
-        super().__init__(options)
+    def __init__(self, connection: Connection, env: dict[str, str]) -> None:
+        super().__init__(connection)
         self.token_file = env["AZURE_FEDERATED_TOKEN_FILE"]
         self.client_id = env.get("AZURE_CLIENT_ID", "")
         tenant = env.get("AZURE_TENANT_ID", "")
@@ -167,7 +172,7 @@ class WorkloadIdentity(Credential):
                              "AZURE_TENANT_ID is missing or malformed (the workload identity webhook sets all three: "
                              "is the pod labelled azure.workload.identity/use: \"true\"?)")
         authority = env.get("AZURE_AUTHORITY_HOST") or DEFAULT_AUTHORITY
-        parts = web.parse_endpoint(authority, f"{self.what} (AZURE_AUTHORITY_HOST)", options)
+        parts = web.parse_endpoint(authority, f"{self.what} (AZURE_AUTHORITY_HOST)", connection)
         self.url = urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{tenant}/oauth2/v2.0/token",
                                "", ""))
 
@@ -191,16 +196,18 @@ class ManagedIdentity(Credential):
 
     what = "Azure managed identity (IMDS)"
     use_env = False
+    loopback_http = True
 
-    def __init__(self, options: Options, env: dict[str, str]) -> None:
-        super().__init__(options)
+    def __init__(self, connection: Connection, env: dict[str, str]) -> None:
+        super().__init__(connection)
         host = env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST")
         if host:
-            parts = web.parse_endpoint(host, f"{self.what} (AZURE_POD_IDENTITY_AUTHORITY_HOST)", options,
+            parts = web.parse_endpoint(host, f"{self.what} (AZURE_POD_IDENTITY_AUTHORITY_HOST)", connection,
                                        loopback_ok=True)
             base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         else:
             base = IMDS  # link-local plain http by design: the hypervisor answers, nothing crosses a network
+            self.plain_http = True
         self.url = f"{base}/metadata/identity/oauth2/token"
         self.client_id = env.get("AZURE_CLIENT_ID", "")
         if self.client_id and not _CLIENT.fullmatch(self.client_id):
@@ -216,22 +223,22 @@ class ManagedIdentity(Credential):
         return self._answer(body)
 
 
-def credential(options: Options, env: dict[str, str] | None = None) -> Credential:
-    """The token source for these options and this environment (see the module's docstring)."""
+def credential(connection: Connection, env: dict[str, str] | None = None) -> Credential:
+    """The token source for these connection and this environment (see the module's docstring)."""
     env = dict(os.environ) if env is None else env
-    choice = options.extra.get("identity", "").lower()
+    choice = connection.extra.get("identity", "").lower()
     if choice not in ("", "token_file", "workload", "imds"):
         raise UsageError("identity= is token_file, workload or imds")
-    if choice == "token_file" or (not choice and options.token_file):
-        if not options.token_file:
+    if choice == "token_file" or (not choice and connection.token_file):
+        if not connection.token_file:
             raise UsageError("identity=token_file needs --token-file (or token_file=)")
-        return TokenFile(options)
+        return TokenFile(connection)
     if choice == "workload" or (not choice and env.get("AZURE_FEDERATED_TOKEN_FILE")):
         if not env.get("AZURE_FEDERATED_TOKEN_FILE"):
             raise UsageError("identity=workload needs AZURE_FEDERATED_TOKEN_FILE (set by the workload identity "
                              "webhook)")
-        return WorkloadIdentity(options, env)
-    return ManagedIdentity(options, env)
+        return WorkloadIdentity(connection, env)
+    return ManagedIdentity(connection, env)
 
 
 def resource_of(host: str, override: str | None = None) -> str:

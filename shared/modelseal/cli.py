@@ -123,11 +123,15 @@ def _connection_of(a: argparse.Namespace) -> Connection:
     return _build(Connection, a)
 
 
+_KEY_URIS = ("key URI: file://, env:, https://, aws-kms://, secretsmanager://, gcp-kms://, azure-kv://, "
+             "azure-skr://, vault://, vault-transit://, kbs:///")
+_SOURCES = "s3://, gs://, azblob://, https://, oci://, file:// or -"
+
+
 def _keys(p: argparse.ArgumentParser) -> None:
     _flag(p, "--key", help="key file (32 raw bytes; a Tink keyset or raw key with --format tink; "
                             "a passphrase file with --format openpgp)")
-    _flag(p, "--key-uri", help="key URI: file://, env:, https://, aws-kms://, secretsmanager://, vault://, "
-                               "vault-transit://, kbs:///")
+    _flag(p, "--key-uri", help=_KEY_URIS)
 
 
 def _keyspec(a: argparse.Namespace) -> KeySpec:
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("seal", _seal, "tar (optionally compress) and encrypt a model into one .seal")
     _flag(p, "src", metavar="SRC", help="model directory or file; - for stdin")
-    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://bucket/key or oci://REGISTRY/REPO:TAG")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://BUCKET/KEY, gs://BUCKET/OBJECT, "
+          "azblob://ACCOUNT/CONTAINER/BLOB or oci://REGISTRY/REPO:TAG")
     _keys(p)
     _flag(p, "--name", help="model name recorded in the header (default: SRC's name)")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
@@ -242,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
     _flag(p, "input", metavar="IN", help="model.tar.gpg, or - for stdin")
-    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, or s3://bucket/key")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://BUCKET/KEY, gs://BUCKET/OBJECT, "
+          "azblob://ACCOUNT/CONTAINER/BLOB or oci://REGISTRY/REPO:TAG")
     _flag(p, "--passphrase-file", required=True, help="the gpg passphrase (first line)")
     _keys(p)
     _flag(p, "--name", help="model name recorded in the header")
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "model needs, four-stage and single-stage")
 
     p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
-    _flag(p, "--key-uri", required=True, help="key URI")
+    _flag(p, "--key-uri", required=True, help=_KEY_URIS)
     _flag(p, "-o", "--output", required=True, help="key file to write")
     _flag(p, "--wrapped-from", help="local .seal whose header carries the wrapped key")
     _flag(p, "--source", help="model source whose header carries the wrapped key (a ranged read)")
@@ -265,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection(p)
 
     p = command("fetch-model", _fetch_model, "download the ciphertext (may be on disk)")
-    _flag(p, "--source", required=True, help="s3://, https://, oci://, file:// or -")
+    _flag(p, "--source", required=True, help=_SOURCES)
     _flag(p, "-o", "--output", required=True, help="file to write")
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
     _connection(p)
@@ -291,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--delete-input", action="store_true", help="delete the archive after success")
 
     p = command("run", _run, "fetch, decrypt and unpack in one streaming pass")
-    _flag(p, "--source", required=True, help="s3://, https://, oci://, file:// or -")
+    _flag(p, "--source", required=True, help=_SOURCES)
     _flag(p, "-o", "--output", required=True, help="directory to create (on tmpfs)")
     _keys(p)
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")

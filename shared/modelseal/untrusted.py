@@ -61,7 +61,7 @@ def _short_repr(value: Any, limit: int) -> str:
     return f"<{type(value).__name__}>"
 
 
-def json_document(data: bytes | str, what: str, error: type[ModelsealError] = IntegrityError,
+def json_document(data: bytes | bytearray | str, what: str, error: type[ModelsealError] = IntegrityError,
                   max_depth: int = MAX_DEPTH) -> Any:
     """Parse UTF-8 JSON from outside; any failure is `error(f"{what}: ...")`.
 

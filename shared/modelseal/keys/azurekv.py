@@ -58,7 +58,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .. import azure, untrusted, web
 from ..errors import IntegrityError, ModelsealError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..options import Connection
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("azure-kv",)
@@ -133,8 +135,8 @@ class KeyRef:
         return KeyRef(self.vault, self.name, theirs.version or self.version)
 
 
-def user_context(options: Any) -> dict[str, str]:
-    return {k[len("context."):]: v for k, v in options.extra.items()
+def user_context(connection: Any) -> dict[str, str]:
+    return {k[len("context."):]: v for k, v in connection.extra.items()
             if k.startswith("context.") and len(k) > len("context.")}
 
 
@@ -198,16 +200,16 @@ class _Refused(IntegrityError):
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.ref = KeyRef.of_uri(uri)
         self.what = f"azure-kv://{self.ref.vault}/keys/{self.ref.name}" + (f"/{self.ref.version}"
                                                                            if self.ref.version else "")
-        endpoint = self.options.endpoint_url or f"https://{self.ref.vault}"
-        parts = web.parse_endpoint(endpoint, f"{self.what} endpoint", self.options, loopback_ok=True)
+        endpoint = self.connection.endpoint_url or f"https://{self.ref.vault}"
+        parts = web.parse_endpoint(endpoint, f"{self.what} endpoint", self.connection, loopback_ok=True)
         self.base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-        self.resource = azure.resource_of(self.ref.vault, self.options.extra.get("resource"))
-        self.user_context = user_context(self.options)
+        self.resource = azure.resource_of(self.ref.vault, self.connection.extra.get("resource"))
+        self.user_context = user_context(self.connection)
         self._client: web.Client | None = None
         self._credential: azure.Credential | None = None
         self._lock = threading.Lock()
@@ -217,8 +219,9 @@ class Backend(KeySource):
         """POST one key operation; the key the answer names (which must be `ref`) and its `value`, decoded."""
         with self._lock:
             if self._client is None:
-                self._client = web.Client(self.options)  # no redirects: the token stays with this endpoint
-                self._credential = azure.credential(self.options)
+                # No redirects: the token stays with this endpoint; plain http to loopback as parse_endpoint allowed.
+                self._client = web.Client(self.connection, loopback_http=True)
+                self._credential = azure.credential(self.connection)
         assert self._credential is not None
         path = f"/keys/{ref.name}" + (f"/{ref.version}" if ref.version else "")
         _, raw = web.request_small(self._client, "POST", f"{self.base}{path}/{op}?api-version={API_VERSION}",

@@ -51,10 +51,22 @@ from urllib.parse import urlunsplit
 
 from .. import retry, untrusted, web
 from ..errors import IntegrityError, UsageError, from_os_error
-from ..format import WrappedKey
+from ..options import Connection
+from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 from .azurekv import (
-    BASE_CONTEXT, HOST, RSA_BITS, KeyRef, b64url_decode, bind, check_context, check_provider, unbind, user_context)
+    BASE_CONTEXT,
+    HOST,
+    RSA_BITS,
+    KeyRef,
+    b64url_decode,
+    bind,
+    check_context,
+    check_provider,
+    unbind,
+    user_context,
+)
 
 SCHEMES = ("azure-skr",)
 PROVIDER = "azure-skr"
@@ -173,19 +185,19 @@ def public_key_of(data: bytes, what: str) -> tuple[Any, str | None]:
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.ref = KeyRef.of_uri(uri)
         self.what = f"azure-skr://{self.ref.vault}/keys/{self.ref.name}" + (f"/{self.ref.version}"
                                                                             if self.ref.version else "")
-        self.user_context = user_context(self.options)
+        self.user_context = user_context(self.connection)
         self._client: web.Client | None = None
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- seal side
 
     def wrap(self, data_key: bytes) -> WrappedKey:
-        path = self.options.extra.get("public_key")
+        path = self.connection.extra.get("public_key")
         if not path:
             raise UsageError(f"{self.what}: sealing needs the key's public part: add public_key=PATH (a PEM, a JWK, "
                              "or `az keyvault key show` output)")
@@ -213,12 +225,12 @@ class Backend(KeySource):
     # ---------------------------------------------------------------- pod side
 
     def _sidecar(self) -> str:
-        url = self.options.extra.get("sidecar", DEFAULT_SIDECAR)
-        parts = web.parse_endpoint(url, f"{self.what} sidecar", self.options, loopback_ok=True)
+        url = self.connection.extra.get("sidecar", DEFAULT_SIDECAR)
+        parts = web.parse_endpoint(url, f"{self.what} sidecar", self.connection, loopback_ok=True)
         return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
     def _maa(self) -> str:
-        maa = self.options.extra.get("maa", "").lower()
+        maa = self.connection.extra.get("maa", "").lower()
         host = maa[len("https://"):].rstrip("/") if maa.startswith("https://") else maa
         if not HOST.fullmatch(host):
             raise UsageError(f"{self.what}: give maa=HOST, the attestation provider of the key's release policy "
@@ -232,7 +244,8 @@ class Backend(KeySource):
                 "kid": ref.name + (f"/{ref.version}" if ref.version else "")}
         with self._lock:
             if self._client is None:
-                self._client = web.Client(self.options, use_env=False)  # the pod's loopback, never a proxy
+                # The pod's loopback, never through a proxy, plain http as parse_endpoint allowed.
+                self._client = web.Client(self.connection, use_env=False, loopback_http=True)
         client = self._client
         what = f"{self.what} (key release)"
 
@@ -259,7 +272,7 @@ class Backend(KeySource):
             finally:
                 resp.close()
 
-        return retry.call(what, self.options, once)
+        return retry.call(what, self.connection, once)
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
         assert wrapped is not None  # KeySource.data_key checks

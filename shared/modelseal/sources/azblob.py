@@ -2,8 +2,8 @@
 
 Reading: Get Blob Properties (HEAD) gives the blob's length and ETag; the
 bytes come as parallel ranged Get Blob requests (`Range: bytes=a-b`),
-`concurrency` parts of `part_size` bytes in flight, handed out in order (s3's
-stream, with this module's fetch). A part whose connection drops resumes
+`concurrency` parts of `part_size` bytes in flight, handed out in order (the
+ranged stream of sources/ranged.py, with this module's fetch). A part whose connection drops resumes
 from its last good byte. Every read carries `If-Match: <ETag>`, so a blob
 replaced mid-download answers 412 and the download exits 4 instead of
 splicing two versions; every answer's ETag and Content-Range must also be
@@ -61,9 +61,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from .. import azure, retry, untrusted, web
 from ..errors import IntegrityError, UsageError, from_os_error
+from ..options import Connection
 from ..upload import Upload
-from . import Source
-from .s3 import MIN_PART_SIZE, READ_CHUNK, S3Stream, parse_size
+from ..uri import URI
+from . import Source, Stream
+from .ranged import RangedStream
+from .s3 import MIN_PART_SIZE, READ_CHUNK, parse_size
 
 SCHEMES = ("azblob",)
 
@@ -183,18 +186,18 @@ def _secret_file(path: str, what: str) -> str:
     return text
 
 
-def _flag(options: Any, name: str) -> bool:
-    return options.extra.get(name, "").lower() in ("1", "true", "yes")
+def _flag(connection: Any, name: str) -> bool:
+    return connection.extra.get(name, "").lower() in ("1", "true", "yes")
 
 
-def authorization(account: str, options: Any, env: dict[str, str]) -> tuple[Any, str | None]:
+def authorization(account: str, connection: Any, env: dict[str, str]) -> tuple[Any, str | None]:
     """(the credential, the endpoint it comes with or None), by the order in the module's docstring."""
-    if _flag(options, "anonymous"):
+    if _flag(connection, "anonymous"):
         return Anonymous(), None
-    if options.extra.get("sas_file"):
-        return SAS(_secret_file(options.extra["sas_file"], "SAS token"), "sas_file"), None
-    if options.extra.get("account_key_file"):
-        return SharedKey(account, _secret_file(options.extra["account_key_file"], "account key"),
+    if connection.extra.get("sas_file"):
+        return SAS(_secret_file(connection.extra["sas_file"], "SAS token"), "sas_file"), None
+    if connection.extra.get("account_key_file"):
+        return SharedKey(account, _secret_file(connection.extra["account_key_file"], "account key"),
                          "account_key_file"), None
     conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
     if conn:
@@ -219,14 +222,14 @@ def authorization(account: str, options: Any, env: dict[str, str]) -> tuple[Any,
         if named and named != account:
             raise UsageError(f"AZURE_STORAGE_ACCOUNT is {untrusted.show(named, 40)}, the URI names {account}")
         return SharedKey(account, env["AZURE_STORAGE_KEY"], "AZURE_STORAGE_KEY"), None
-    return Bearer(azure.credential(options, env)), None
+    return Bearer(azure.credential(connection, env)), None
 
 
 # --------------------------------------------------------------------------- the source
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.account = uri.netloc
         container, _, blob = uri.path.lstrip("/").partition("/")
         if not _ACCOUNT.fullmatch(self.account) or not _CONTAINER.fullmatch(container) or not blob:
@@ -237,14 +240,14 @@ class Backend(Source):
                              "or a '.' or '..' segment")
         self.container, self.blob = container, blob
         self.what = f"azblob://{self.account}/{self.container}/{self.blob}"
-        self.part_size = parse_size(self.options.extra.get("part_size", DEFAULT_PART_SIZE))
+        self.part_size = parse_size(self.connection.extra.get("part_size", DEFAULT_PART_SIZE))
         if self.part_size < MIN_PART_SIZE:
             raise UsageError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        if self.options.concurrency < 1:
+        if self.connection.concurrency < 1:
             raise UsageError("concurrency must be at least 1")
-        self.auth, endpoint = authorization(self.account, self.options, dict(os.environ))
-        endpoint = self.options.endpoint_url or endpoint or f"https://{self.account}.blob.core.windows.net"
-        parts = web.parse_endpoint(endpoint, f"{self.what} endpoint", self.options, loopback_ok=True)
+        self.auth, endpoint = authorization(self.account, self.connection, dict(os.environ))
+        endpoint = self.connection.endpoint_url or endpoint or f"https://{self.account}.blob.core.windows.net"
+        parts = web.parse_endpoint(endpoint, f"{self.what} endpoint", self.connection, loopback_ok=True)
         base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.url = f"{base}/{self.container}/{quote(self.blob, safe='/~')}"
         self._local = threading.local()
@@ -255,7 +258,8 @@ class Backend(Source):
         """One web.Client per thread (parts are fetched by a pool); no redirect is followed."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = web.Client(self.options)
+            # plain http to loopback, as parse_endpoint(loopback_ok=True) allowed for the endpoint (Azurite)
+            client = self._local.client = web.Client(self.connection, loopback_http=True)
         return client
 
     def request(self, method: str, what: str, *, query: list[tuple[str, str]] | None = None,
@@ -286,7 +290,7 @@ class Backend(Source):
                     raise IntegrityError(f"{self.what}: the blob's properties have no usable ETag")
                 return size, etag, None
 
-            self._head = retry.call(self.what, self.options, once)
+            self._head = retry.call(self.what, self.connection, once)
         return self._head
 
     @property
@@ -295,7 +299,7 @@ class Backend(Source):
 
     @property
     def buffer_bytes(self) -> int:
-        return (self.options.concurrency + 1) * self.part_size
+        return (self.connection.concurrency + 1) * self.part_size
 
     def read_prefix(self, n: int) -> bytes:
         if n <= 0:
@@ -306,15 +310,20 @@ class Backend(Source):
             return b""
         return bytes(fetch_range(self, 0, n - 1, size, etag, None, threading.Event()))
 
-    def open(self) -> "BlobStream":  # type: ignore[override]
-        return BlobStream(self)
+    def open(self) -> Stream:
+        return RangedStream(self, "azblob")
+
+    def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
+              cancel: threading.Event, into: memoryview | None = None) -> memoryview:
+        assert pin is not None  # head() has an ETag or raised
+        return fetch_range(self, start, end, size, pin, version, cancel, into)
 
     def open_write(self) -> "BlobWriter":
         """A writable stream uploading to this URI (blocks); close() commits, abort() commits nothing."""
         return BlobWriter(self)
 
 
-def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused: None,
+def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused: str | None,
                 cancel: threading.Event, into: memoryview | None = None) -> memoryview:
     """Bytes start..end (inclusive) of the pinned blob, in `into` (or a new buffer); retried, resuming
     from the last good byte."""
@@ -349,7 +358,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
         finally:
             resp.close()
 
-    retry.call(b.what, b.options, once, sleep=retry.interruptible_sleep(cancel))
+    retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
 
 
@@ -360,12 +369,6 @@ def _reader(raw: Any) -> Callable[[memoryview], int]:
         return len(chunk)
 
     return readinto
-
-
-class BlobStream(S3Stream):
-    """The whole blob, in order, from parallel ranged reads pinned to one ETag; bounded memory."""
-
-    fetch = staticmethod(fetch_range)
 
 
 # --------------------------------------------------------------------------- upload
@@ -390,7 +393,7 @@ def _put(b: Backend, query: list[tuple[str, str]], headers: dict[str, str], data
         finally:
             resp.close()
 
-    retry.call(what, b.options, once, sleep=retry.interruptible_sleep(cancel) if cancel is not None else None)
+    retry.call(what, b.connection, once, sleep=retry.interruptible_sleep(cancel) if cancel is not None else None)
 
 
 def _put_block(b: Backend, block_id: str, data: bytes, cancel: threading.Event) -> None:
@@ -424,7 +427,7 @@ class BlobWriter(Upload):
     def _part_size(self) -> int:
         return min(MAX_UPLOAD_PART, self.b.part_size << (len(self._ids) // 10000))
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted blob upload")
         view = memoryview(data).cast("B")
@@ -441,9 +444,9 @@ class BlobWriter(Upload):
         if len(self._ids) >= MAX_BLOCKS:
             raise UsageError(f"{self.what}: blob too large for {MAX_BLOCKS} blocks")
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.options.concurrency),
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.connection.concurrency),
                                             thread_name_prefix="modelseal-azblob-up")
-        while len(self._inflight) >= max(1, self.b.options.concurrency):
+        while len(self._inflight) >= max(1, self.b.connection.concurrency):
             self._inflight.popleft().result()  # bounded memory; raises a failed block
         block_id = _block_id(len(self._ids))
         self._ids.append(block_id)

@@ -22,7 +22,7 @@ the client sends.
   dp, dq, qi, key_ops when the key has them). `attested=False` plays a guest whose attestation does
   not satisfy the key's release policy.
 
-Every server is a tests/servers.py `Server`: it records each request (method, path, headers, body)
+Every server is a tests/support/http.py `Server`: it records each request (method, path, headers, body)
 and takes the same scripted faults, so a test can replace one answer with a malformed one
 (`Fault("status", 200, body=...)`) and prove a token never reached it (`saw`).
 """
@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from servers import LOCAL, Fault, Server, free_port, start_child, stop_process
+from .faults import Fault
+from .http import Server
+from .processes import LOCAL, free_port, start_child, stop_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AZURITE = REPO / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
