@@ -9,10 +9,13 @@
     advice.py     `inspect --resources`: pods.py's numbers as YAML
 
 The preflight, `inspect --resources` and an injection into a workload all
-size a model by need.py's one rule.
+size a model by need.py's one rule; shapes() turns a sealed header (and the
+payload's length) into every number of each stage shape, which advice.py
+and an injector only format.
 """
 
 from .need import Need, file_need, tree_need
+from .pods import Shapes, shapes
 from .preflight import Preflight
 
-__all__ = ["Need", "Preflight", "file_need", "tree_need"]
+__all__ = ["Need", "Preflight", "Shapes", "file_need", "shapes", "tree_need"]
