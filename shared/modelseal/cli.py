@@ -94,6 +94,9 @@ def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from .signing import StreamVerifier
+    from .unpack import Limits
+
 _Group = TypeVar("_Group", bound="DataclassInstance")
 
 
@@ -169,7 +172,7 @@ def _limits(p: argparse.ArgumentParser) -> None:
     _flag(g, "--allow-symlinks", action="store_true", help="extract symlinks that stay inside the target")
 
 
-def _limits_of(a: argparse.Namespace):
+def _limits_of(a: argparse.Namespace) -> Limits:
     from .unpack import Limits
 
     # _read_values has read these (command line or $MODELSEAL_*) by their bounds.Number rules.
@@ -186,7 +189,7 @@ def _verify(p: argparse.ArgumentParser) -> None:
           "model.sig) or an absolute path to a separate file")
 
 
-def _verifier(a: argparse.Namespace, log: Log):
+def _verifier(a: argparse.Namespace, log: Log) -> StreamVerifier | None:
     if not (a.verify_key or a.verify_certificate or a.signature):
         return None  # no signature asked for: spare every run the x509 imports (~60 ms)
     from . import signing
