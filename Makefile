@@ -11,13 +11,18 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY) tools/s3rver/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
 	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
 
 tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
 	@tools/host-packages.sh
 	cd tools/s3rver && npm ci --silent --no-audit --no-fund
+	@touch $@
+
+tools/azurite/node_modules: tools/azurite/package-lock.json  ## Azurite (npm): Microsoft's Azure Storage emulator, for the azblob:// tests
+	@tools/host-packages.sh
+	cd tools/azurite && npm ci --silent --no-audit --no-fund
 	@touch $@
 
 demo:  ## the main job end to end: a trained model sealed, each chain over tmpfs, MLServer answering correctly
@@ -58,9 +63,10 @@ SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/
 
 lint: lint-python lint-shell  ## every linter (CI runs it first)
 
-# The Python linters (ruff, mypy) join compileall in this recipe.
-lint-python: setup  ## every module byte-compiles
-	$(PY) -m compileall -q shared/modelseal tests bench
+lint-python: setup  ## every module byte-compiles; ruff (ruff.toml) on all Python, mypy (shared/pyproject.toml) on the library
+	$(PY) -m compileall -q shared/modelseal tests bench tools
+	$(PY) -m ruff check shared/modelseal tests bench tools
+	cd shared && $(abspath $(PY)) -m mypy --config-file pyproject.toml
 
 lint-shell: setup  ## shellcheck (Debian's, from tools/host-packages.sh) on every shell script
 	shellcheck $(SCRIPTS)

@@ -24,7 +24,7 @@ TINK_DECRYPT = r"""
 import io, struct, sys
 sys.path.insert(0, sys.argv[4])
 import tink
-from tinkhelp import keyset_json, tink_primitive
+from support.tinkkeys import keyset_json, tink_primitive
 key = open(sys.argv[2], "rb").read()
 src = open(sys.argv[1], "rb")
 head = src.read(10); prefix = head + src.read(struct.unpack(">I", head[6:10])[0])

@@ -33,7 +33,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from measure import Contender, fill, interleave, record_group, table  # noqa: E402
-from s3server import ACCESS_KEY, SECRET_KEY, missing, s3rver_server  # noqa: E402
+from support.s3rver import ACCESS_KEY, missing, s3rver_server, SECRET_KEY
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZE = int(float(os.environ.get("BENCH_FETCH_GIB", "1")) * 2**30)

@@ -21,7 +21,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from measure import Contender, fill, interleave, record_group, table  # noqa: E402
-from servers import LOCAL, free_port, make_pki  # noqa: E402
+from support.pki import make_pki
+from support.processes import free_port, LOCAL
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZE = int(float(os.environ.get("BENCH_HTTPS_GIB", "1")) * 2**30)

@@ -26,7 +26,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from measure import Contender, fill, interleave, record_group, table  # noqa: E402
-from registries import Registry  # noqa: E402
+from support.registry import Registry
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 SIZE = int(float(os.environ.get("BENCH_OCI_GIB", "1")) * 2**30)

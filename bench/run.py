@@ -17,8 +17,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
-from measure import Contender, fill, interleave, record_group, table
+from measure import Contender, interleave, record_group, table
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from support.models import make_model  # noqa: E402
 
 VOLUME = os.environ.get("BENCH_DIR", "/dev/shm")
 DISK = os.environ.get("BENCH_DISK", "/var/tmp")
@@ -52,17 +56,6 @@ class VolumePeak:
         self._thread.join()
 
 
-def make_model(root: str, size: int) -> None:
-    os.makedirs(os.path.join(root, "variables"))
-    os.makedirs(os.path.join(root, "assets"))
-    shards = 4
-    for i in range(shards):
-        fill(os.path.join(root, "variables", f"shard-{i:05d}"), size // shards - 1000 * 4096 // shards)
-    for i in range(1000):
-        with open(os.path.join(root, "assets", f"vocab-{i:04d}.txt"), "wb") as f:
-            f.write(os.urandom(4096))
-
-
 def tree_bytes(root: str) -> int:
     total = 0
     for dirpath, _, files in os.walk(root):
@@ -77,7 +70,7 @@ def bench(size_gib: int, everything: bool) -> list[list[str]]:
     plain_dir = tempfile.mkdtemp(prefix="bench-run-tar-", dir=VOLUME)
     try:
         model = os.path.join(src, "model")
-        make_model(model, size_gib << 30)
+        make_model(Path(model), tree_bytes=size_gib << 30, small_bytes=4096)
         key = os.path.join(src, "key")
         sealed = os.path.join(src, "model.seal")
         subprocess.run(["modelseal", "keygen", "-o", key], check=True, stderr=subprocess.DEVNULL)

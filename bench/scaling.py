@@ -186,7 +186,6 @@ def main() -> None:
                    note=f"parent {parent:.2f} + workers {kids:.2f} CPU s/GiB")
 
         # The projection (see the module docstring): CPU seconds per byte of each thread.
-        segments = SIZE / P.plaintext_size
         r = stages["read ciphertext from tmpfs"] / SIZE
         a_ = stages["AES-GCM decrypt_into, 1 core"] / SIZE
         w = stages["write into a new tmpfs file"] / SIZE

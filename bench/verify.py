@@ -21,12 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from measure import Contender, interleave, record_group, table
-from run import make_model
+from run import make_model  # the tests' one (support.models)
 
 VOLUME = os.environ.get("BENCH_DIR", "/dev/shm")
 DISK = os.environ.get("BENCH_DISK", "/var/tmp")
@@ -52,7 +53,7 @@ def main() -> None:
     vol = tempfile.mkdtemp(prefix="bench-verify-vol-", dir=VOLUME)
     try:
         model = os.path.join(src, "model")
-        make_model(model, SIZE_GIB << 30)
+        make_model(Path(model), tree_bytes=SIZE_GIB << 30, small_bytes=4096)
         key, private, public = (os.path.join(src, n) for n in ("key", "sign.pem", "sign.pub"))
         signer = ec.generate_private_key(ec.SECP256R1())
         with open(private, "wb") as f:

@@ -1,4 +1,9 @@
-"""Shared fixtures: a scratch directory on tmpfs and a way to run the real CLI."""
+"""Shared fixtures: a scratch directory on tmpfs and a way to run the real CLI.
+
+The test servers, the PKI, fault injection and the other helpers are the
+tests/support package; its fixtures (support/fixtures.py: moto, pki, shm_dir,
+aws_env, and no_proxy_env for every test) are registered here for the whole suite.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+pytest_plugins = ["support.fixtures"]
 
 SHM = Path(os.environ.get("MODELSEAL_TEST_SHM", "/dev/shm"))
 #: Under CI (.ci/run sets it) nothing may skip: a missing tool or privilege is a failure.

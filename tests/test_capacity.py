@@ -27,11 +27,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cgroups import fake_cgroup, real_cgroup
+from support.cgroups import fake_cgroup, real_cgroup
 from conftest import SHM, modelseal, need, open_fifo_writer
-from modelseal import archive, capacity, cgroup, format as sealfmt
+from modelseal import archive, sealfile
+from modelseal.placement import cgroup
+from modelseal.placement.need import PAGE, Need, quantity
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
-from models import make_model
+from support.models import make_model
 
 MIB = 1 << 20
 
@@ -67,14 +69,14 @@ def test_planned_tar_size_is_exact(shm: Path) -> None:
 
 
 def test_header_sizes_round_trip_and_malformed_sizes_are_integrity_errors() -> None:
-    h = sealfmt.Header(key_id="k", sizes=sealfmt.Sizes(tar_bytes=10, file_bytes=5, files=1))
-    again, _ = sealfmt.read_prefix(io.BytesIO(sealfmt.encode_prefix(h)))
+    h = sealfile.Header(key_id="k", sizes=sealfile.Sizes(tar_bytes=10, file_bytes=5, files=1))
+    again, _ = sealfile.read_prefix(io.BytesIO(sealfile.encode_prefix(h)))
     assert again.sizes == h.sizes
     for bad in (-1, True, "12", 1.5, 2**64):
         obj = h.to_json()
         obj["content"]["files"] = bad
-        with pytest.raises(sealfmt.IntegrityError, match="content.files"):
-            sealfmt.Header.from_json(obj)
+        with pytest.raises(sealfile.IntegrityError, match="content.files"):
+            sealfile.Header.from_json(obj)
 
 
 def _cgroup_tree(tmp: Path, version: int, levels: dict[str, dict[str, str]], own: str, mount_root: str = "/",
@@ -125,9 +127,9 @@ def test_no_cgroup_means_no_limit(tmp_path: Path) -> None:
 
 
 def test_tree_need_rounds_every_file_up_to_pages() -> None:
-    need = capacity.Need.tree(10, 3, "x")
-    assert need.bytes == 10 + 3 * (capacity.PAGE - 1) and need.files == 3
-    assert capacity.quantity(700 * MIB + 1) == "704Mi" and capacity.quantity(16 * MIB) == "16Mi"
+    need = Need.tree(10, 3, "x")
+    assert need.bytes == 10 + 3 * (PAGE - 1) and need.files == 3
+    assert quantity(700 * MIB + 1) == "704Mi" and quantity(16 * MIB) == "16Mi"
 
 
 # ---- real limits --------------------------------------------------------------------
@@ -138,7 +140,7 @@ def model() -> tuple[Path, Path, Path]:
     base = SHM / f"modelseal-cap-{uuid.uuid4().hex[:8]}"
     base.mkdir()
     try:
-        src = make_model(base / "src", 256 * MIB, shards=2, small=50)
+        src = make_model(base / "src", tree_bytes=256 * MIB, shards=2, small=50)
         key = base / "key"
         key.write_bytes(os.urandom(32))
         r = modelseal("seal", str(src), "-o", str(base / "m.seal"), "--key", str(key), "--compress", "zstd")
@@ -249,7 +251,7 @@ def test_a_disk_target_is_not_held_to_the_memory_limit(shm: Path, model) -> None
         assert code == 0, err
         pre = next(x for x in logs if x["event"] == "preflight")
         assert pre["needs"] > pre["memory_headroom"]  # held to the tmpfs rule, this would have been exit 6
-        assert 0 <= pre["needs"] - (disk / "model.tar").stat().st_size < capacity.PAGE  # all of it, page-rounded
+        assert 0 <= pre["needs"] - (disk / "model.tar").stat().st_size < PAGE  # all of it, page-rounded
     finally:
         shutil.rmtree(disk, ignore_errors=True)
 
@@ -286,10 +288,10 @@ def test_archive_larger_than_its_header_declares_is_an_integrity_error(shm: Path
             info = tarfile.TarInfo(name)
             info.size = 100_000
             t.addfile(info, io.BytesIO(os.urandom(100_000)))
-    for sizes, what in ((sealfmt.Sizes(file_bytes=150_000, files=2), "file bytes"),
-                        (sealfmt.Sizes(file_bytes=200_000, files=1), "files")):
+    for sizes, what in ((sealfile.Sizes(file_bytes=150_000, files=2), "file bytes"),
+                        (sealfile.Sizes(file_bytes=200_000, files=1), "files")):
         out = io.BytesIO()
-        w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes), key)
+        w = sealfile.seal_writer(out, sealfile.Header(key_id="", sizes=sizes), key)
         w.write(tar.getvalue())
         w.close()
         (shm / "lie.seal").write_bytes(out.getvalue())
@@ -314,7 +316,7 @@ def test_decrypt_writes_no_more_than_its_header_declares(shm: Path, declared: in
     payload = os.urandom(3 * MIB + 5)
     tar_bytes = declared if declared > 0 else len(payload) + declared
     out = io.BytesIO()
-    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sealfmt.Sizes(tar_bytes=tar_bytes)), key)
+    w = sealfile.seal_writer(out, sealfile.Header(key_id="", sizes=sealfile.Sizes(tar_bytes=tar_bytes)), key)
     w.write(payload)
     w.close()
     (shm / "m.seal").write_bytes(out.getvalue())
@@ -335,13 +337,15 @@ def test_inspect_resources_prints_yaml_that_covers_the_model(shm: Path, model) -
     r = modelseal("inspect", str(seal), "--resources")
     assert r.code == 0, r.stderr
     doc = yaml.safe_load(r.stdout)
-    to_bytes = lambda q: int(q.removesuffix("Mi")) * MIB
+    def to_bytes(q: str) -> int:
+        return int(q.removesuffix("Mi")) * MIB
+
     files = [f for f in src.rglob("*") if f.is_file()]
-    tree = sum(-(-f.stat().st_size // capacity.PAGE) * capacity.PAGE for f in files)
+    tree = sum(-(-f.stat().st_size // PAGE) * PAGE for f in files)
     single, four = doc["single-stage"], doc["four-stage"]
     assert to_bytes(single["volumes"]["models"]["emptyDir"]["sizeLimit"]) >= tree
     run_mem = to_bytes(single["initContainers"]["modelseal"]["resources"]["limits"]["memory"])
-    assert run_mem >= tree + 128 * MIB  # run from s3:// peaks at ~121 MiB RSS (bench/fetch.py, sizing.S3_READER)
+    assert run_mem >= tree + 128 * MIB  # run from s3:// peaks at ~121 MiB RSS (bench/fetch.py, placement.pods.S3_READER)
     tar = json.loads(modelseal("inspect", str(seal)).stdout)["plaintext_bytes"]
     assert to_bytes(four["volumes"]["plaintext"]["emptyDir"]["sizeLimit"]) >= tar
     assert to_bytes(four["initContainers"]["decrypt"]["resources"]["limits"]["memory"]) >= tar + 64 * MIB
@@ -357,8 +361,8 @@ def _sealed_named(path: Path, name: str, version: str) -> Path:
         info.size = 200_000
         t.addfile(info, io.BytesIO(os.urandom(200_000)))
     out = io.BytesIO()
-    sizes = sealfmt.Sizes(tar_bytes=len(tar.getvalue()), file_bytes=200_000, files=1)
-    w = sealfmt.seal_writer(out, sealfmt.Header(key_id="", sizes=sizes, name=name, version=version), os.urandom(32))
+    sizes = sealfile.Sizes(tar_bytes=len(tar.getvalue()), file_bytes=200_000, files=1)
+    w = sealfile.seal_writer(out, sealfile.Header(key_id="", sizes=sizes, name=name, version=version), os.urandom(32))
     w.write(tar.getvalue())
     w.close()
     path.write_bytes(out.getvalue())

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import modelseal
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
-from tinkhelp import keyset_json, tink_primitive
+from support.tinkkeys import keyset_json, tink_primitive
 
 SIZES = [0, 1, P.first_plaintext_size, P.first_plaintext_size + 1,
          P.first_plaintext_size + P.plaintext_size, P.first_plaintext_size + P.plaintext_size + 1, 7 * 2**20 + 5]

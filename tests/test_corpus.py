@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from archives import snapshot
+from support.archives import snapshot
 from conftest import need
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

@@ -23,19 +23,21 @@ from pathlib import Path
 import pytest
 
 from conftest import modelseal, need, open_fifo_writer
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal.errors import CapacityError, IntegrityError
 from modelseal.sources import open_source
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 from modelseal.unpack import Limits, extract
-from servers import Fault, ObjectServer, fast, no_proxy_env, pki  # noqa: F401 - fixtures
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import ObjectServer
 
 MIB = 1 << 20
 
 
 def sealed_bytes(plain: bytes, key: bytes) -> bytes:
     out = io.BytesIO()
-    writer = sealfmt.seal_writer(out, sealfmt.Header(key_id=""), key)
+    writer = sealfile.seal_writer(out, sealfile.Header(key_id=""), key)
     writer.write(plain)
     writer.close()
     return out.getvalue()
@@ -236,7 +238,7 @@ def test_bytes_after_a_full_size_final_segment_are_exit_4(shm: Path, keyfile, ex
     key, raw = keyfile
     n = P.first_plaintext_size + 2 * P.plaintext_size  # the final segment is exactly full
     sealed = sealed_bytes(os.urandom(n), raw)
-    assert (len(sealed) - len(sealfmt.encode_prefix(sealfmt.read_prefix(io.BytesIO(sealed))[0]))
+    assert (len(sealed) - len(sealfile.encode_prefix(sealfile.read_prefix(io.BytesIO(sealed))[0]))
             - P.header_size) % P.segment_size == P.segment_size - P.header_size
     (shm / "m.seal").write_bytes(sealed + os.urandom(extra))
     r = modelseal("decrypt", "--in", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "out"))
@@ -254,6 +256,6 @@ def test_wrong_key_is_named_by_the_key_id_check(shm: Path, keyfile) -> None:
     (shm / "other").write_bytes(other)
     r = modelseal("decrypt", "--in", str(shm / "m.seal"), "--key", str(shm / "other"), "-o", str(shm / "out"))
     assert r.code == 4, r.stderr
-    assert f"sealed with key id '{sealfmt.key_id(raw)}'" in r.error()  # from the unauthenticated header: quoted
-    assert f"the key given has id {sealfmt.key_id(other)}" in r.error()
+    assert f"sealed with key id '{sealfile.key_id(raw)}'" in r.error()  # from the unauthenticated header: quoted
+    assert f"the key given has id {sealfile.key_id(other)}" in r.error()
     assert not [x for x in r.logs() if x.get("event") == "progress"]  # decided before any segment

@@ -35,6 +35,8 @@ def test_plaintext_cut_short():
 def test_a_failed_comparison_of_large_bytes_fails_promptly_and_says_where(tmp_path: Path, env: dict,
                                                                           verbosity: str) -> None:
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    shutil.copytree(Path(__file__).with_name("support"), tmp_path / "support",  # the fixtures conftest registers
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "test_big.py").write_text(FAILING)
     clean = {k: v for k, v in os.environ.items() if k not in ("CI", "BUILD_NUMBER")}
     p = subprocess.run([sys.executable, "-m", "pytest", verbosity, "-p", "no:cacheprovider", "test_big.py"],

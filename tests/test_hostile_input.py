@@ -5,11 +5,10 @@ RecursionError, not ValueError), numbers of thousands of digits (int() raises
 ValueError past 4300), a string or a list where an object belongs
 (AttributeError), bytes that are not UTF-8, lone surrogates, NaN, lengths that
 lie. The services are real servers on 127.0.0.1 that answer hostile bytes
-(tests/servers.py); the archive and OpenPGP parsers also get a seeded mutation
+(tests/support/); the archive and OpenPGP parsers also get a seeded mutation
 run. A pass is a ModelsealError of the expected class (never a bare Python
 exception, which the CLI reports as exit 1), with a one-line, bounded message.
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -36,16 +35,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zstandard
 
 from conftest import one_line, refused
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal import openpgp, retry, streaming, tinkkeyset
 from modelseal.errors import CapacityError, DeniedError, IntegrityError, ModelsealError, UnsafeError, UsageError
-from modelseal.format import WrappedKey
+from modelseal.sealfile import WrappedKey
 from modelseal.keys import decode, open_key
 from modelseal.sources import open_source
 from modelseal.unpack import extract
-from servers import (  # noqa: F401 - fixtures
-    Fault, FaultProxy, ObjectServer, Server, aws_env, fast, no_proxy_env, pki, shm_dir, write_file)
-from tinkhelp import keyset_json
+from support.faults import Fault, FaultProxy
+from support.fixtures import fast
+from support.http import Server
+from support.objects import ObjectServer
+from support.processes import write_file
+from support.tinkkeys import keyset_json
 
 KEY = bytes(range(1, 33))
 DEEP = b"[" * 100_000 + b"]" * 100_000  # RecursionError in json.loads
@@ -87,7 +89,7 @@ def _prefix(body: bytes) -> bytes:
 
 
 def _header(**changes) -> bytes:
-    obj = sealfmt.Header(key_id="00" * 8, name="m").to_json()
+    obj = sealfile.Header(key_id="00" * 8, name="m").to_json()
     obj.update(changes)
     return json.dumps(obj).encode()
 
@@ -143,8 +145,8 @@ HOSTILE_HEADERS = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_HEADERS), ids=list(HOSTILE_HEADERS))
 def test_hostile_seal_header(case):
-    with refused(IntegrityError) as e:
-        sealfmt.read_prefix(io.BytesIO(_prefix(HOSTILE_HEADERS[case])))
+    with refused(IntegrityError):
+        sealfile.read_prefix(io.BytesIO(_prefix(HOSTILE_HEADERS[case])))
 
 
 def test_header_values_in_messages_are_quoted_and_short():
@@ -152,19 +154,19 @@ def test_header_values_in_messages_are_quoted_and_short():
     forged = "x" * 10_000 + "\n{\"level\":\"info\"}"
     for body in (_header(v=forged), _header(alg=forged), _header(content={"compression": forged})):
         with refused(IntegrityError) as e:
-            sealfmt.read_prefix(io.BytesIO(_prefix(body)))
+            sealfile.read_prefix(io.BytesIO(_prefix(body)))
         text = one_line(e.value, 200)
         assert '{"level"' not in text
-    header = sealfmt.read_prefix(io.BytesIO(_prefix(_header(key_id=forged, name=forged))))[0]
+    header = sealfile.read_prefix(io.BytesIO(_prefix(_header(key_id=forged, name=forged))))[0]
     fields = header.log_fields()
     assert all(len(v) <= 80 for v in fields.values() if v) and "\n" not in json.dumps(fields)
     with refused(IntegrityError) as e:
-        sealfmt.open_sealed(io.BytesIO(_prefix(_header(key_id=forged))), lambda h: KEY)
+        sealfile.open_sealed(io.BytesIO(_prefix(_header(key_id=forged))), lambda h: KEY)
     assert "wrong key" in one_line(e.value, 300)
 
 
 def test_valid_header_still_reads():
-    header, _ = sealfmt.read_prefix(io.BytesIO(_prefix(_wrapped())))
+    header, _ = sealfile.read_prefix(io.BytesIO(_prefix(_wrapped())))
     assert header.wrapped_key is not None and header.wrapped_key.context == {"modelseal": "v1"}
     assert header.name == "m" and header.key_id == "00" * 8
 
@@ -193,7 +195,7 @@ HOSTILE_MATERIAL = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_MATERIAL), ids=list(HOSTILE_MATERIAL))
 def test_hostile_key_material_field(case):
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         decode(HOSTILE_MATERIAL[case], "data.k", "base64")
 
 
@@ -248,7 +250,7 @@ def test_hostile_vault_kv_answer(canned_tls, pki, shm_dir, case):
     canned_tls.answer = (200, {"Content-Type": "application/json"}, body)
     token = write_file(os.path.join(shm_dir, "token"), "hvs.test")
     uri = f"vault://127.0.0.1:{canned_tls.port}/secret/model"
-    with refused(expected) as e:
+    with refused(expected):
         open_key(uri, fast(ca=pki.ca, token_file=token)).data_key()
 
 
@@ -300,7 +302,7 @@ def test_hostile_kms_and_secrets_manager_answers(canned, aws_env, case):
     canned.answer = (200, {"Content-Type": "application/x-amz-json-1.1"}, AWS_ANSWERS[case])
     options = fast(endpoint_url=canned.url, retries=1)
     wrapped = WrappedKey("aws-kms", "alias/k", b"blob", {"modelseal": "v1"})
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         open_key("aws-kms://alias/k", options).data_key(wrapped)
     with refused(IntegrityError):
         open_key("aws-kms://alias/k", options).wrap(KEY)
@@ -507,7 +509,7 @@ def _keyset(**key_data) -> bytes:
 
 
 def _field(number: int, value) -> bytes:
-    from tinkhelp import _field as f
+    from support.tinkkeys import _field as f
     return f(number, value)
 
 
@@ -539,7 +541,7 @@ HOSTILE_KEYSETS = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_KEYSETS), ids=list(HOSTILE_KEYSETS))
 def test_hostile_tink_keyset(case):
-    with refused(IntegrityError) as e:
+    with refused(IntegrityError):
         tinkkeyset.load(HOSTILE_KEYSETS[case])
 
 
@@ -601,7 +603,7 @@ def test_raw_tink_key_starting_with_a_brace_is_a_raw_key():
 @pytest.fixture(scope="module")
 def sealed_on_a_registry(tmp_path_factory):
     """A real registry holding a sealed model (models/m:1), and a fault proxy in front of it."""
-    from registries import Registry
+    from support.registry import Registry
 
     from conftest import modelseal
 
@@ -670,7 +672,7 @@ def test_a_manifest_with_a_good_config_still_reads(sealed_on_a_registry):
 @pytest.mark.parametrize("body", [DEEP, DEEP_OBJ, b'{"token": ' + DEEP + b"}"], ids=["deep", "deep-object", "deep-token"])
 def test_hostile_token_answer(tmp_path, body):
     """The token endpoint a registry's challenge names answers nested JSON: exit 4, not a crash."""
-    from registries import Registry, TokenIssuer
+    from support.registry import Registry, TokenIssuer
 
     issuer = TokenIssuer(str(tmp_path))
     issuer.grant("", "models/m", "pull")

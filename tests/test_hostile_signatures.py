@@ -7,7 +7,7 @@ made cryptography's verifier try n^8 paths), the bundle's size and the JSON
 objects in it (a 60 MiB bundle of `{}` took the stage to 1.6 GiB), and a
 statement that a real signer signed but that holds what JSON has no word for
 (Infinity) or the wrong types. Certificates are real (cryptography's x509
-builder, tests/signhelp.py); the stage is the real CLI. Work is bounded by
+builder, tests/support/signing.py); the stage is the real CLI. Work is bounded by
 peak memory measured against a benign run, or by a timeout that only
 catches a hang, never by wall-clock time.
 """
@@ -29,16 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import Result, modelseal
 from modelseal.signing import bundle, statement, trust
-from signhelp import certificate, nothing_left, pack, pem, write_key
+from support.models import make_model
+from support.signing import certificate, files, nothing_left, pack, pem, write_key
 
 MIB = 1 << 20
-
-
-def make_model(root: Path) -> Path:
-    root.mkdir()
-    (root / "weights.bin").write_bytes(os.urandom(300_000))
-    (root / "config.json").write_text('{"layers": 3}')
-    return root
 
 
 def manifest(model: Path) -> bytes:
@@ -101,7 +95,7 @@ def test_self_issued_cas_under_one_name_are_refused_before_any_signature_is_chec
     key = ec.generate_private_key(ec.SECP256R1())
     cas = [certificate("evil CA", key, ca=True, usage={"key_cert_sign"}) for _ in range(n)]
     leaf = certificate("model signer", key, cas[0], key, ca=False, usage={"digital_signature"})
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     (model / "model.sig").write_bytes(certificate_bundle(manifest(model), key, [leaf, *cas]))
     r, dest = unpack(shm, model, "--verify-certificate", root_pem)
     refused_with_nothing_left(r, dest, f"more than {trust.MAX_PATH_TRIES} issuers to try")
@@ -112,7 +106,7 @@ def test_a_bundle_with_more_certificates_than_a_path_can_use_is_refused(shm: Pat
     key = ec.generate_private_key(ec.SECP256R1())
     chain = [certificate(f"ca {i}", key, ca=True, usage={"key_cert_sign"}) for i in range(trust.MAX_BUNDLE_CERTS)]
     leaf = certificate("model signer", key, chain[0], key, ca=False, usage={"digital_signature"})
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     (model / "model.sig").write_bytes(certificate_bundle(manifest(model), key, [leaf, *chain]))
     r, dest = unpack(shm, model, "--verify-certificate", root_pem)
     refused_with_nothing_left(r, dest, f"carries {trust.MAX_BUNDLE_CERTS + 1} certificates")
@@ -129,7 +123,7 @@ def test_a_certificate_whose_name_does_not_parse_exits_4(shm: Path, which: str):
     der = [c.public_bytes(serialization.Encoding.DER) for c in (leaf, inter)]
     i = 0 if which == "leaf" else 1
     der[i] = der[i].replace(b"QQQQQQQQ", bytes(range(0xf8, 0x100)))  # not UTF-8, where a UTF8String belongs
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     doc = json.loads(certificate_bundle(manifest(model), key, [leaf, inter]))
     doc["verificationMaterial"]["x509CertificateChain"]["certificates"] = [
         {"rawBytes": base64.b64encode(d).decode()} for d in der]
@@ -147,12 +141,12 @@ def test_real_chains_stay_well_inside_the_bound(shm: Path):
     leaf = certificate("model signer", leaf_key, inter, inter_key, ca=False, usage={"digital_signature"})
     reissued = certificate("model signing root", root_key, ca=True, usage={"key_cert_sign", "crl_sign"})
     assert trust._path_tries(leaf, [inter, reissued], [root], trust.MAX_PATH_TRIES) <= trust.MAX_PATH_TRIES // 4
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     (model / "model.sig").write_bytes(certificate_bundle(manifest(model), leaf_key, [leaf, inter, reissued]))
     pem(root_pem, root, inter)
     r, dest = unpack(shm, model, "--verify-certificate", root_pem)
     assert r.code == 0, r.stderr[-2000:]
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == {p.name: p.read_bytes() for p in model.iterdir()}
+    assert files(dest) == files(model)
     assert any(x.get("event") == "signature_verified" for x in r.logs())
 
 
@@ -193,7 +187,7 @@ def empty_objects(size: int) -> bytes:
 def test_a_huge_bundle_is_refused_before_it_is_parsed(shm: Path, content: bytes, says: str):
     """Exit 4, one line, nothing left, and the stage's peak memory stays near that of a tiny bad bundle."""
     _, public, _ = write_key(shm, "signer")
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     (model / "model.sig").write_bytes(b"[]")
     tar = pack(model, shm / "small.tar", first="model.sig")
     baseline, base_peak = run_peak("unpack", "--in", str(tar), "-o", str(shm / "out" / "small"),
@@ -213,7 +207,7 @@ def test_a_huge_bundle_is_refused_before_it_is_parsed(shm: Path, content: bytes,
                          ids=["beyond-the-recursion-limit", "within-it"])
 def test_a_deeply_nested_bundle_exits_4(shm: Path, content: bytes):
     _, public, _ = write_key(shm, "signer")
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     (model / "model.sig").write_bytes(content)
     r, dest = unpack(shm, model, "--verify-key", public)
     refused_with_nothing_left(r, dest, "model.sig: malformed Sigstore bundle")
@@ -253,7 +247,7 @@ def _shards_statement(model: Path, serialization_changes: dict) -> bytes:
 def test_a_signed_statement_of_the_wrong_shape_exits_4(shm: Path, changes: dict, says: str | None):
     """A signer's key signed it, so the signature verifies; what it says is still input."""
     private, public, key = write_key(shm, "signer")
-    model = make_model(shm / "model")
+    model = make_model(shm / "model", 300_000, gitignore=False)
     (model / "model.sig").write_bytes(key_bundle(_shards_statement(model, changes), key))
     r, dest = unpack(shm, model, "--verify-key", public)
     if says is None:

@@ -1,6 +1,5 @@
 """Key sources against real servers on 127.0.0.1: a TLS key server, moto (KMS, Secrets Manager),
 a Vault-API server and a Confidential-Data-Hub-API server."""
-# The fixtures come from servers.py (tests/conftest.py is the lead's): test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -13,14 +12,16 @@ import uuid
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # servers.py, whatever the import mode
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/support, whatever the import mode
 
 from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
-from modelseal.format import WrappedKey
+from modelseal.sealfile import WrappedKey
 from modelseal.keys import open_key
-from servers import (  # noqa: F401 - fixtures
-    CDHServer, Fault, FaultProxy, ObjectServer, VaultServer, aws_env, fast, moto, no_proxy_env, pki, shm_dir,
-    write_file)
+from support.faults import Fault, FaultProxy
+from support.fixtures import fast
+from support.objects import CDHServer, ObjectServer
+from support.processes import write_file
+from support.vault import VaultServer
 
 KEY = bytes(range(1, 33))
 
@@ -433,9 +434,9 @@ def test_kbs_usage_errors():
         open_key("kbs:///default/../key", fast())
     with pytest.raises(UsageError):  # plain http beyond loopback needs allow_http
         open_key("kbs:///default/key/k", fast(cdh_url="http://10.0.0.1:8006"))
-    from modelseal.uri import Options
+    from modelseal.options import Connection
 
-    assert open_key("kbs:///default/key/k", Options()).url == "http://127.0.0.1:8006/cdh/resource/default/key/k"
+    assert open_key("kbs:///default/key/k", Connection()).url == "http://127.0.0.1:8006/cdh/resource/default/key/k"
 
 
 def test_backends_import_no_sdk_until_used():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import modelseal
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal.log import MAX_TERMINATION, bounded, termination_line
 
 KEY = bytes(range(1, 33))
@@ -79,7 +79,7 @@ def test_an_untouched_header_still_decrypts(shm, sealed):
     r, _ = _decrypt(shm, sealed)
     assert r.code == 0 and (shm / "out").stat().st_size > 5000
     header = next(json.loads(line) for line in r.stderr.splitlines() if '"event":"header"' in line)
-    assert header["name"] == "'plain'" and header["key_id"] == repr(sealfmt.key_id(KEY))
+    assert header["name"] == "'plain'" and header["key_id"] == repr(sealfile.key_id(KEY))
 
 
 HOSTILE_SUMMARIES = [

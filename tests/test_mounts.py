@@ -1,4 +1,4 @@
-"""The mount table parser (modelseal.mounts), shared by the cgroup reader and capacity messages."""
+"""The mount table parser (modelseal.placement.mounts), shared by the cgroup reader and preflight messages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import resource
 from pathlib import Path
 
-from modelseal import capacity, mounts
+from modelseal.placement import mounts, preflight
 
 TABLE = "\n".join([
     "22 1 0:21 / /dev/shm rw,nosuid,nodev shared:3 - tmpfs tmpfs rw,size=1024k",
@@ -38,7 +38,7 @@ def test_a_descriptor_is_on_its_real_mount(shm: Path) -> None:
     try:
         mount = mounts.of_descriptor(fd)
         assert mount is not None and mount.fstype == "tmpfs"
-        assert str(shm).startswith(mount.point) and capacity.mount_point(fd) == mount.point
+        assert str(shm).startswith(mount.point) and preflight.mount_point(fd) == mount.point
     finally:
         os.close(fd)
     never_open = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # at the hard limit: no descriptor can have it

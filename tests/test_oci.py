@@ -5,10 +5,9 @@ End to end through the command line: `seal -o oci://` pushes, `fetch-model`,
 writes what we read. Three registries: anonymous over plain HTTP, TLS (the
 test CA) with htpasswd basic auth, and the server's token auth with the
 tests' token issuer and the redirect storage middleware. Faults: the fault
-proxy of servers.py cutting a blob mid-stream or failing requests, and a
+proxy of tests/support/faults.py cutting a blob mid-stream or failing requests, and a
 blob or manifest altered on the registry's disk (a compromised store).
 """
-# ruff: noqa: F811 - fixtures imported from servers.py
 
 from __future__ import annotations
 
@@ -30,8 +29,10 @@ from modelseal.errors import IntegrityError, UsageError
 from modelseal.registry import credentials, manifest
 from modelseal.registry.reference import Reference
 from modelseal.uri import URI
-from registries import REQUIRE, HeaderProxy, Registry, Storage, TokenIssuer, docker_config, need_tool
-from servers import Fault, VaultServer, no_proxy_env, pki, write_file  # noqa: F401 - fixtures
+from support.registry import docker_config, HeaderProxy, need_tool, Registry, REQUIRE, Storage, TokenIssuer
+from support.faults import Fault
+from support.processes import write_file
+from support.vault import VaultServer
 
 MiB = 1 << 20
 FAST = "backoff=0.01&backoff_max=0.05"
@@ -561,7 +562,7 @@ def test_layer_choice():
 
 def test_registry_credentials_never_go_to_another_origin(token_registry, work, out, monkeypatch):
     from modelseal.sources import open_source
-    from modelseal.uri import Options
+    from modelseal.options import Connection
 
     issuer, storage, registry, proxy = token_registry
     ref = f"oci://127.0.0.1:{proxy.port}/models/resnet:1"
@@ -569,7 +570,7 @@ def test_registry_credentials_never_go_to_another_origin(token_registry, work, o
         str(out / "alice"), f"127.0.0.1:{proxy.port}", user="alice", password="alice-pass-1234")))
     monkeypatch.setenv("DOCKER_CONFIG", docker_config(str(out / "bob"), f"127.0.0.1:{proxy.port}",
                                                       user="bob", password="bob-pass-5678"))
-    src = open_source(ref, Options(allow_http=True))
+    src = open_source(ref, Connection(allow_http=True))
     src.layer()
     reg = src.registry()
     assert reg._authorization.startswith("Bearer ")

@@ -5,7 +5,6 @@ Two listeners on 127.0.0.1 are two origins (scheme, host, port); so are
 request's path, headers and body, so a test can say that it never saw the
 token, the JWT or the client certificate, not just that the call failed.
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -23,12 +22,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import modelseal
 from modelseal import aws
 from modelseal.errors import DeniedError, UsageError
-from modelseal.format import WrappedKey
+from modelseal.sealfile import WrappedKey
 from modelseal.keys import open_key
 from modelseal.sources import open_source
-from modelseal.uri import URI, Options
-from servers import (  # noqa: F401 - fixtures
-    CDHServer, Fault, ObjectServer, VaultServer, aws_env, fast, moto, no_proxy_env, pki, shm_dir, write_file)
+from modelseal.options import Connection
+from modelseal.uri import URI
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import CDHServer, ObjectServer
+from support.processes import write_file
+from support.vault import VaultServer
 
 KEY = bytes(range(1, 33))
 TOKEN = "hvs.CAESIsecret-vault-token"
@@ -149,13 +152,13 @@ def origin_server(pki, elsewhere):
     srv.close()
 
 
-def _source_options(pki, shm_dir, **kw) -> Options:
+def _source_connection(pki, shm_dir, **kw) -> Connection:
     token = write_file(os.path.join(shm_dir, "bearer"), BEARER)
     return fast(ca=pki.ca, token_file=token, cert=pki.client_cert, cert_key=pki.client_key, **kw)
 
 
 def test_download_redirect_drops_token_and_certificate(origin_server, elsewhere, pki, shm_dir):
-    with open_source(origin_server.url + "/m", _source_options(pki, shm_dir)).open() as s:
+    with open_source(origin_server.url + "/m", _source_connection(pki, shm_dir)).open() as s:
         assert s.read() == b"model" * 1000
     assert elsewhere.count("GET", "/m") == 1
     _never_saw_credentials(elsewhere)
@@ -167,7 +170,7 @@ def test_download_redirect_drops_token_and_certificate(origin_server, elsewhere,
                                       "https://127.0.0.1:{port}/x/../m#fragment"])
 def test_download_redirect_spellings_all_leave_credentials_home(origin_server, elsewhere, pki, shm_dir, spelling):
     origin_server.redirects["/spelled"] = spelling.format(port=elsewhere.port)
-    with open_source(origin_server.url + "/spelled", _source_options(pki, shm_dir)).open() as s:
+    with open_source(origin_server.url + "/spelled", _source_connection(pki, shm_dir)).open() as s:
         assert s.read() == b"model" * 1000
     _never_saw_credentials(elsewhere)
 
@@ -176,7 +179,7 @@ def test_cookies_set_by_the_origin_do_not_travel(origin_server, elsewhere, pki, 
     """Cookies ignore ports: one set by 127.0.0.1:A would go to 127.0.0.1:B. None is kept at all."""
     origin_server.add_fault(Fault("status", status=302, path="/c", headers={
         "Location": elsewhere.url + "/m", "Set-Cookie": f"session={BEARER}; Path=/"}))
-    with open_source(origin_server.url + "/c", _source_options(pki, shm_dir)).open() as s:
+    with open_source(origin_server.url + "/c", _source_connection(pki, shm_dir)).open() as s:
         assert s.read() == b"model" * 1000
     _never_saw_credentials(elsewhere)
     assert all("Cookie" not in h for _, _, h, _ in elsewhere.seen + origin_server.seen)
@@ -185,7 +188,7 @@ def test_cookies_set_by_the_origin_do_not_travel(origin_server, elsewhere, pki, 
 def test_download_redirect_back_home_gets_the_token_again(origin_server, elsewhere, pki, shm_dir):
     elsewhere.redirects["/back"] = origin_server.url + "/own"
     origin_server.redirects["/away"] = elsewhere.url + "/back"
-    with open_source(origin_server.url + "/away", _source_options(pki, shm_dir)).open() as s:
+    with open_source(origin_server.url + "/away", _source_connection(pki, shm_dir)).open() as s:
         assert s.read() == b"own" * 100  # /own needs the token: it was sent at home, only there
     _never_saw_credentials(elsewhere)
 
@@ -194,7 +197,7 @@ def test_same_server_under_another_host_name_is_another_origin(origin_server, pk
     """127.0.0.1:P -> localhost:P is the same server but not the same origin: no token there."""
     origin_server.redirects["/renamed"] = f"https://localhost:{origin_server.port}/own"
     with pytest.raises(DeniedError):
-        open_source(origin_server.url + "/renamed", _source_options(pki, shm_dir)).open()
+        open_source(origin_server.url + "/renamed", _source_connection(pki, shm_dir)).open()
     renamed = [h for _, p, h, _ in origin_server.seen if p == "/own"]
     assert renamed and all("Authorization" not in h for h in renamed)
 
@@ -204,7 +207,7 @@ def test_same_server_under_another_host_name_is_another_origin(origin_server, pk
 ])
 def test_download_redirect_refusals(origin_server, elsewhere, pki, shm_dir, path, pattern):
     with pytest.raises(UsageError, match=pattern) as e:
-        open_source(origin_server.url + path, _source_options(pki, shm_dir)).open()
+        open_source(origin_server.url + path, _source_connection(pki, shm_dir)).open()
     assert BEARER not in str(e.value)
     assert elsewhere.seen == []
 
@@ -277,7 +280,7 @@ def test_user_info_in_an_endpoint_in_the_query_is_refused(aws_env):
                 "secretsmanager://k?endpoint_url=http://127.0.0.1:9%23@evil.invalid",
                 f"kbs:///repo/key/tag?cdh_url=http://u:{SECRET}@127.0.0.1:8006"):
         with pytest.raises(UsageError) as e:
-            source = open_key(uri, Options())
+            source = open_key(uri, Connection())
             source.data_key(WrappedKey("aws-kms", "alias/k", b"x", {"modelseal": "v1"}))
         assert SECRET not in str(e.value)
 
@@ -355,7 +358,7 @@ def test_key_uri_whose_secret_holds_a_slash_exits_2_and_is_never_shown(shm, uri)
                                       f"http://{AKID}:12/{SLASHED}@127.0.0.1:9"])
 def test_endpoint_url_whose_secret_holds_a_slash_is_refused(aws_env, endpoint):
     with pytest.raises(UsageError) as e:
-        aws.client("s3", Options(endpoint_url=endpoint, allow_http=True, extra={"region": "us-east-1"}))
+        aws.client("s3", Connection(endpoint_url=endpoint, allow_http=True, extra={"region": "us-east-1"}))
     _no_piece(str(e.value))
 
 
@@ -415,7 +418,7 @@ GOOD_ENDPOINTS = ["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9", 
 def test_bad_endpoint_url_is_refused(aws_env, endpoint):
     for service in ("s3", "kms", "secretsmanager"):
         with pytest.raises(UsageError) as e:
-            aws.client(service, Options(endpoint_url=endpoint, extra={"region": "us-east-1"}))
+            aws.client(service, Connection(endpoint_url=endpoint, extra={"region": "us-east-1"}))
         assert SECRET not in str(e.value)
 
 
@@ -428,7 +431,7 @@ def test_bad_endpoint_url_is_refused(aws_env, endpoint):
 def test_bad_endpoint_from_the_environment_is_refused(aws_env, monkeypatch, variable, service, endpoint):
     monkeypatch.setenv(variable, endpoint)
     with pytest.raises(UsageError) as e:
-        aws.client(service, Options(extra={"region": "us-east-1"}))
+        aws.client(service, Connection(extra={"region": "us-east-1"}))
     assert SECRET not in str(e.value)
 
 
@@ -438,25 +441,25 @@ def test_bad_endpoint_from_the_config_file_is_refused(aws_env, monkeypatch, shm_
                         "secrets_manager =\n  endpoint_url = http://evil.invalid:9\n")  # botocore's name
     monkeypatch.setenv("AWS_CONFIG_FILE", config)
     with pytest.raises(UsageError):
-        aws.client("secretsmanager", Options(extra={"region": "us-east-1"}))
+        aws.client("secretsmanager", Connection(extra={"region": "us-east-1"}))
 
 
 @pytest.mark.parametrize("endpoint", GOOD_ENDPOINTS)
 def test_good_endpoint_urls_pass(aws_env, endpoint):
-    assert aws.client("s3", Options(endpoint_url=endpoint, extra={"region": "us-east-1"})).meta.endpoint_url
+    assert aws.client("s3", Connection(endpoint_url=endpoint, extra={"region": "us-east-1"})).meta.endpoint_url
 
 
 def test_endpoint_url_with_allow_http(aws_env):
-    assert aws.client("s3", Options(endpoint_url="http://s3.example.com", allow_http=True,
+    assert aws.client("s3", Connection(endpoint_url="http://s3.example.com", allow_http=True,
                                     extra={"region": "us-east-1"}))
     with pytest.raises(UsageError):  # allow_http does not make a fragment acceptable
-        aws.client("s3", Options(endpoint_url="http://s3.example.com#@127.0.0.1", allow_http=True))
+        aws.client("s3", Connection(endpoint_url="http://s3.example.com#@127.0.0.1", allow_http=True))
 
 
 @pytest.mark.parametrize("cdh_url", BAD_ENDPOINTS + [""])
 def test_bad_cdh_url_is_refused(cdh_url):
     with pytest.raises(UsageError) as e:
-        open_key("kbs:///repo/key/tag", Options(cdh_url=cdh_url))
+        open_key("kbs:///repo/key/tag", Connection(cdh_url=cdh_url))
     assert SECRET not in str(e.value)
 
 
@@ -464,7 +467,7 @@ def test_bad_cdh_url_is_refused(cdh_url):
 def test_bad_vault_address_is_refused(netloc, shm_dir):
     token = write_file(os.path.join(shm_dir, "t"), TOKEN)
     with pytest.raises(UsageError, match="port"):
-        open_key(f"vault://{netloc}/secret/model", Options(token_file=token))
+        open_key(f"vault://{netloc}/secret/model", Connection(token_file=token))
 
 
 def test_endpoint_url_on_the_command_line_exits_2_and_is_not_echoed(shm):

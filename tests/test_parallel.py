@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import fake_cgroup, real_cgroup
+from support.cgroups import fake_cgroup, real_cgroup
 from test_streaming import encrypt as streaming_encrypt
-from modelseal import cgroup, parallel
+from modelseal import parallel
+from modelseal.placement import cgroup
 from modelseal.errors import IntegrityError
 from modelseal.streaming import AES256_GCM_HKDF_1MB, DecryptingReader, Params
 
@@ -215,7 +216,7 @@ def test_cli_tampered_middle_segment_with_workers_exits_4_and_leaves_nothing(shm
     assert cli("seal", str(model), "-o", str(sealed), "--key", str(key)).code == 0
     from modelseal import stages
 
-    prefix = stages.inspect(str(sealed))["prefix_bytes"]
+    prefix = stages.inspect(str(sealed)).prefix_bytes
     good = shm / "good"
     ok = cli("run", "--source", f"file://{sealed}", "--key", str(key), "-o", str(good), "--workers", "3")
     assert ok.code == 0, ok.stderr

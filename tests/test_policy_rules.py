@@ -1,6 +1,6 @@
 """The preflight's arithmetic, the retry policy's caps and the redaction of URLs, each rule pinned by a test.
 
-- Preflight (capacity.py, stages.py, parallel.py, sources/s3.py): the memory a
+- Preflight (placement/, stages.py, parallel.py, sources/s3.py): the memory a
   stage asks of its cgroup is the tmpfs pages it will write (page-rounded
   files, plus kernel memory per entry) and its own: the working set, the
   source's buffers in flight (S3 parts) and the --workers processes (shared
@@ -11,7 +11,7 @@
 - Retry policy (retry.py, web.py): a server's Retry-After is honoured up to
   RETRY_AFTER_MAX, the backoff never waits more than backoff_max, a call makes
   at most `retries` attempts, and each attempt ends after `timeout`: the total
-  time is bounded by those caps. Real HTTP servers (tests/servers.py); the
+  time is bounded by those caps. Real HTTP servers (tests/support/); the
   waits are recorded through the policy's own `sleep` hook, never timed.
 - Redaction: a URL's query values (a presigned URL's signature, a token) and
   user info never reach a log line, an error or the termination message,
@@ -21,7 +21,6 @@
 
 Each rule has its mutant in tools/mutants.toml (issue 27).
 """
-# ruff: noqa: F811 - fixtures imported from servers.py
 
 from __future__ import annotations
 
@@ -35,15 +34,19 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import fake_cgroup, real_cgroup
+from support.cgroups import fake_cgroup, real_cgroup
 from conftest import modelseal, need
-from modelseal import capacity, cgroup, parallel, retry
-from modelseal import format as sealfmt
+from modelseal import parallel, retry
+from modelseal.placement import cgroup, preflight
+from modelseal.placement.need import PAGE
+from modelseal import sealfile
 from modelseal.errors import UnavailableError, classify
 from modelseal.sources import open_source
 from modelseal.uri import URI
-from servers import (  # noqa: F401 - fixtures
-    Fault, ObjectServer, aws_env, fast, free_port, moto, no_proxy_env, pki)
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import ObjectServer
+from support.processes import free_port
 
 MIB = 1 << 20
 FAST = "backoff=0.01&backoff_max=0.05"
@@ -65,20 +68,20 @@ def _mib(n: int) -> str:
 def expected(*, pages: int, workers: int, buffers: int) -> tuple[str, str]:
     """(tmpfs pages, the stage's own memory) as the preflight's message must state them, recomputed here
     from the documented terms: never from the functions under test."""
-    seg = sealfmt.AES256_GCM_HKDF_1MB.segment_size
+    seg = sealfile.AES256_GCM_HKDF_1MB.segment_size
     # a worker pool's shared memory: two segments (ciphertext, plaintext) per slot; slots = the workers,
     # the consumer's ring of 4, a read-ahead of 2, and 3 more of look-ahead; plus an interpreter each
     pool = 0 if workers <= 1 else (workers + 4 + 2 + 3) * 2 * seg + workers * parallel.WORKER_PRIVATE
-    return _mib(pages), _mib(capacity.WORKING_SET + buffers + pool)
+    return _mib(pages), _mib(preflight.WRITE_BUFFERS + buffers + pool)
 
 
 def tree_pages() -> int:
     """The unpacked tree: every file rounded up to whole pages, and the kernel's memory per entry."""
-    return FILE_BYTES + FILES * (capacity.PAGE - 1) + FILES * capacity.PER_ENTRY
+    return FILE_BYTES + FILES * (PAGE - 1) + FILES * preflight.PER_ENTRY
 
 
 def file_pages(size: int) -> int:
-    return -(-size // capacity.PAGE) * capacity.PAGE + capacity.PER_ENTRY
+    return -(-size // PAGE) * PAGE + preflight.PER_ENTRY
 
 
 _NEEDS = re.compile(r"needs ([\d,]+ MiB) \(([\d,]+ MiB) of tmpfs pages under .*?, and ([\d,]+ MiB) for the stage "
@@ -93,7 +96,7 @@ def declared(tmp_path_factory) -> tuple[Path, Path]:
     key = os.urandom(32)
     (d / "key").write_bytes(key)
     with open(d / "m.seal", "wb") as f:
-        w = sealfmt.seal_writer(f, sealfmt.Header(key_id="", sizes=sealfmt.Sizes(
+        w = sealfile.seal_writer(f, sealfile.Header(key_id="", sizes=sealfile.Sizes(
             tar_bytes=TAR_BYTES, file_bytes=FILE_BYTES, files=FILES)), key)
         w.write(b"tar")
         w.close()
@@ -205,7 +208,7 @@ def web():
 def _probe(srv: ObjectServer, waits: list[float], **options) -> None:
     """The https source's length probe under the policy, its waits recorded instead of slept."""
     src = open_source(f"{srv.url}/m.seal", fast(allow_http=True, **options))
-    retry.call(src.what, src.options, src._probe, sleep=waits.append)
+    retry.call(src.what, src.connection, src._probe, sleep=waits.append)
 
 
 def test_retry_after_is_honoured_up_to_its_cap(web):
@@ -262,10 +265,10 @@ def test_the_timeout_must_be_positive(web, timeout):
     """The command line's bounds refuse it first; options built any other way meet the client's own
     rule: a timeout of 0 would fail every attempt at once and read as an unavailable server."""
     from modelseal.errors import UsageError
-    from modelseal.uri import Options
+    from modelseal.options import Connection
 
     with pytest.raises(UsageError, match="^timeout must be positive$"):
-        open_source(f"{web.url}/m.seal", Options(timeout=timeout, allow_http=True)).open()
+        open_source(f"{web.url}/m.seal", Connection(timeout=timeout, allow_http=True)).open()
     assert web.count() == 0
 
 

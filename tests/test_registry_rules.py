@@ -1,6 +1,6 @@
 """The registry client's credential rules, each pinned by a test against a real registry.
 
-Debian's docker-registry (tests/registries.py) with the suite's token issuer
+Debian's docker-registry (tests/support/registry.py) with the suite's token issuer
 and the redirect storage middleware; the real CLI in a subprocess. Who gets
 what (modelseal/registry/client.py): a 401 from another origin, reached by a
 redirect or asked directly, is never answered with the registry's
@@ -10,7 +10,6 @@ upload's body (or a refresh token in a POST) is never re-sent to the origin
 a redirect names; the token endpoint's user info and query never reach a
 message. Each rule has its mutant in tools/mutants.toml (issue 27).
 """
-# ruff: noqa: F811 - fixtures imported from servers.py
 
 from __future__ import annotations
 
@@ -26,8 +25,11 @@ import pytest
 
 from conftest import SHM, modelseal
 from modelseal.registry import credentials
-from registries import HeaderProxy, Registry, Storage, TokenIssuer
-from servers import Fault, ObjectServer, Server, no_proxy_env, pki, write_file  # noqa: F401 - fixtures
+from support.registry import HeaderProxy, Registry, Storage, TokenIssuer
+from support.faults import Fault
+from support.http import Server
+from support.objects import ObjectServer
+from support.processes import write_file
 
 MiB = 1 << 20
 FAST = "backoff=0.01&backoff_max=0.05"

@@ -9,7 +9,6 @@ object is replaced in moto itself). Every such answer must end the download
 with exit 4 and leave nothing behind; with no validator at all, a broken
 download is not resumed (exit 5).
 """
-# The fixtures come from servers.py: test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -25,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import modelseal
 from modelseal.errors import IntegrityError, UnavailableError
 from modelseal.sources import open_source
-from servers import Fault, ObjectServer, aws_env, fast, moto, no_proxy_env, pki  # noqa: F401
+from support.faults import Fault
+from support.fixtures import fast
+from support.objects import ObjectServer
 from test_sources import proxy, s3  # noqa: F401 - fixtures: moto's S3 with a bucket, the fault proxy
 
 MiB = 1 << 20

@@ -46,7 +46,7 @@ def test_s2k_work_is_capped_across_packets(monkeypatch, hash_id):
     rnd = random.Random(hash_id)
     data = b"".join(_skesk_packet(hash_id, rnd.randbytes(8)) for _ in range(16))
     data += bytes([0xC0 | 18, 65]) + b"\x01" + rnd.randbytes(64)
-    with refused(IntegrityError, match="more passphrase hashing") as e:
+    with refused(IntegrityError, match="more passphrase hashing"):
         for _ in openpgp.DecryptingReader(io.BytesIO(data), b"passphrase\r\n").segments():
             pass
     name = s2k.HASHES[hash_id]

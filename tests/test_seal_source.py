@@ -152,7 +152,7 @@ def test_another_seal_file_inside_the_model_is_sealed_with_a_warning(owner: Path
 
 def test_a_signed_seal_into_the_model_signs_what_it_seals(owner: Path):
     """--sign-key signs exactly the planned files: the skipped output is neither sealed nor listed."""
-    from signhelp import write_key
+    from support.signing import write_key
 
     shm = owner
     private, public, _ = write_key(shm, "signer")

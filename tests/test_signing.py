@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import modelseal
-from signhelp import CODE_SIGNING, files, make_model, model_signing, nothing_left, pack, pki, write_key
+from support.models import make_model
+from support.signing import CODE_SIGNING, files, model_signing, nothing_left, pack, pki, write_key
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def test_certificate_usage_is_checked_like_model_signing(shm: Path, usage, eku, 
     p = pki(shm, leaf_usage=usage, leaf_eku=eku)
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     assert model_signing("sign", "certificate", "--private_key", p["leaf_key"], "--signing_certificate", p["leaf"],
                          "--certificate_chain", p["inter"], "--signature", model / "model.sig", model).returncode == 0
     oracle = model_signing("verify", "certificate", "--signature", model / "model.sig", "--certificate_chain",
@@ -171,7 +172,7 @@ def test_v01_digests_signature_verifies(shm: Path):
     model_signing 1.1.1 accepts it, and so must we."""
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=100_000)
+    make_model(model, 100_000)
     (model / ".gitignore").unlink()
     _, public, key = write_key(shm, "old")
     subjects = [{"name": name, "digest": {"sha256": hashlib.sha256(data).hexdigest()},
@@ -201,7 +202,7 @@ def test_shard_signature_verifies_when_the_signature_comes_first(shm: Path):
 
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=3 * 2**20 + 12345)
+    make_model(model, 3 * 2**20 + 12345)
     private, public, _ = write_key(shm, "signer")
     detached = shm / "shards.sig"
     (lib.signing.Config().use_elliptic_key_signer(private_key=private)
@@ -230,7 +231,7 @@ def test_shard_signature_verifies_when_the_signature_comes_first(shm: Path):
 def test_symlinks_count_as_their_targets(shm: Path):
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     (model / "latest.json").symlink_to("config.json")
     private, public, _ = write_key(shm, "signer")
     assert model_signing("sign", "key", "--private_key", private, "--signature", model / "model.sig",

@@ -6,7 +6,6 @@ fault proxy for s3://, whose scripted answers are what a broken or hostile
 store (or a cache in front of it) could send. Each rule has its mutant in
 tools/mutants.toml: a check that, deleted, let these answers through.
 """
-# ruff: noqa: F811 - fixtures imported from servers.py
 
 from __future__ import annotations
 
@@ -20,7 +19,10 @@ import pytest
 
 from modelseal.errors import IntegrityError, UnavailableError, UsageError
 from modelseal.sources import open_source
-from servers import Fault, FaultProxy, ObjectServer, aws_env, fast, moto, no_proxy_env, write_file  # noqa: F401
+from support.faults import Fault, FaultProxy
+from support.fixtures import fast
+from support.objects import ObjectServer
+from support.processes import write_file
 
 MiB = 1 << 20
 

@@ -1,5 +1,4 @@
 """Model sources (s3://, https://) against real servers on 127.0.0.1: moto, a TLS object server, a fault proxy."""
-# The fixtures come from servers.py (tests/conftest.py is the lead's): test arguments shadow the imports.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -14,12 +13,14 @@ import uuid
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # servers.py, whatever the import mode
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/support, whatever the import mode
 
 from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
 from modelseal.sources import open_source
-from servers import (  # noqa: F401 - fixtures
-    Fault, FaultProxy, ObjectServer, aws_env, fast, moto, no_proxy_env, pki, s3_error, shm_dir, write_file)
+from support.faults import Fault, FaultProxy, s3_error
+from support.fixtures import fast
+from support.objects import ObjectServer
+from support.processes import write_file
 
 MiB = 1 << 20
 
@@ -381,7 +382,7 @@ def test_https_unavailable_after_retries(pki):
 
 
 def test_https_connection_refused_is_unavailable(pki):
-    from servers import free_port
+    from support.processes import free_port
 
     with pytest.raises(UnavailableError):
         open_source(f"https://127.0.0.1:{free_port()}/m", fast(ca=pki.ca, retries=2)).open().read()

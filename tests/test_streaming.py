@@ -11,7 +11,7 @@ import pytest
 from modelseal.errors import IntegrityError
 from modelseal.streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, Params
 from modelseal.tinkkeyset import load
-from tinkhelp import keyset_json, tink_primitive
+from support.tinkkeys import keyset_json, tink_primitive
 
 P = AES256_GCM_HKDF_1MB
 FIRST, FULL = P.first_plaintext_size, P.plaintext_size

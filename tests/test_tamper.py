@@ -127,7 +127,7 @@ def test_wrong_key_exits_4(sealed, shm):
 
 def test_wrong_key_with_forged_key_id_still_fails_on_segment_0(sealed, shm):
     """The key id is only a hint: forging it to match a wrong key must not help."""
-    from modelseal.format import key_id
+    from modelseal.sealfile import key_id
 
     other = os.urandom(32)
     (shm / "k").write_bytes(other)

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import modelseal, open_fifo_writer
-from signhelp import files, make_model, model_signing, nothing_left, pack, write_key
+from support.models import make_model
+from support.signing import files, model_signing, nothing_left, pack, write_key
 
 NOW = dt.datetime.now(dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -108,7 +109,7 @@ def _signed_tar(shm: Path, c: Chain, intermediates: list[Path] | None = None) ->
     model = shm / "model"
     if not model.exists():
         model.mkdir()
-        make_model(model, big=1000)
+        make_model(model, 1000)
     sig = model / "model.sig"
     sig.unlink(missing_ok=True)
     chain_args = [a for p in (intermediates if intermediates is not None else [c.inter])
@@ -263,7 +264,7 @@ def test_the_leaf_key_must_be_on_a_supported_curve(shm: Path):
     leaf = _build("model signer", lk, LEAF, inter, ik)
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     (model / "model.sig").write_bytes(_sign_statement(lk, _statement(model), [leaf, inter]))
     r = _unpack(pack(model, shm / "m.tar"), shm / "out", "--verify-certificate", _pem(shm / "root.pem", root))
     assert r.code == 4, r.stderr
@@ -281,7 +282,7 @@ def test_the_envelope_must_be_model_signings(shm: Path, field: str, value: str, 
     refuses it."""
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     private, public, _ = write_key(shm, "signer")
     assert model_signing("sign", "key", "--private_key", private, "--signature", model / "model.sig",
                          model).returncode == 0
@@ -301,7 +302,7 @@ def test_a_symlink_to_no_file_of_the_model_is_refused(shm: Path, target: str):
     directory, has none (verification covers files only)."""
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     private, public, _ = write_key(shm, "signer")
     assert model_signing("sign", "key", "--private_key", private, "--signature", model / "model.sig",
                          "--allow_symlinks", model).returncode == 0
@@ -370,7 +371,7 @@ def test_the_root_digest_must_be_that_of_the_resources(shm: Path):
     digest of the resources: refused, as model_signing refuses it."""
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     _, public, key = write_key(shm, "signer")
     (model / "model.sig").write_bytes(_sign_statement(key, _statement(model)))
     r = _unpack(pack(model, shm / "good.tar"), shm / "good", "--verify-key", public)
@@ -390,7 +391,7 @@ def test_ignore_paths_match_whole_path_components(shm: Path, added: str):
     a file added there after signing is an extra file, here and for model_signing."""
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     (model / "notes").mkdir()
     (model / "notes" / "README.md").write_text("unsigned notes")
     private, public, _ = write_key(shm, "signer")
@@ -537,7 +538,7 @@ def test_a_statement_model_signing_would_reject_is_refused(shm: Path, case: str)
     method, edit, says = STATEMENTS[case]
     model = shm / "model"
     model.mkdir()
-    make_model(model, big=1000)
+    make_model(model, 1000)
     _, public, key = write_key(shm, "signer")
     st = _statement(model) if method == "files" else _shards(model)
     sig = shm / "model.sig"

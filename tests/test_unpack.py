@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from archives import (COMPRESSIONS, Chunked, compress, d, end, f, gnu_tar, hard, header, local_header, member,
-                      pad, pax_header, raw_zip, snapshot, sym, tar_bytes, tree, zip_bytes, zip_symlink)
+from support.archives import (COMPRESSIONS, Chunked, compress, d, end, f, gnu_tar, hard, header, local_header,
+                              pad, pax_header, raw_zip, snapshot, sym, tar_bytes, tree, zip_bytes, zip_symlink)
 from modelseal import unpack
 from modelseal.archive import compressor, write_tar
 from modelseal.errors import CapacityError, IntegrityError, UnsafeError, UsageError

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import modelseal
 from modelseal import errors
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal.streaming import AES256_GCM_HKDF_1MB, EncryptingWriter
 
 VECTOR = json.loads((Path(__file__).parent / "vectors" / "seal-v1.json").read_text())
@@ -21,16 +21,16 @@ VECTOR = json.loads((Path(__file__).parent / "vectors" / "seal-v1.json").read_te
 
 def test_vector_decrypts():
     key = bytes.fromhex(VECTOR["data_key"])
-    header, reader = sealfmt.open_sealed(io.BytesIO(bytes.fromhex(VECTOR["sealed"])), lambda h: key)
+    header, reader = sealfile.open_sealed(io.BytesIO(bytes.fromhex(VECTOR["sealed"])), lambda h: key)
     assert reader.read().decode() == VECTOR["plaintext_utf8"]
-    assert (header.name, header.version, header.key_id) == ("vector", "1", sealfmt.key_id(key))
+    assert (header.name, header.version, header.key_id) == ("vector", "1", sealfile.key_id(key))
 
 
 def test_vector_encrypts_identically():
     key = bytes.fromhex(VECTOR["data_key"])
     h = VECTOR["header"]
-    header = sealfmt.Header(key_id=sealfmt.key_id(key), name=h["name"], version=h["version"], created=h["created"])
-    prefix = sealfmt.encode_prefix(header)
+    header = sealfile.Header(key_id=sealfile.key_id(key), name=h["name"], version=h["version"], created=h["created"])
+    prefix = sealfile.encode_prefix(header)
     out = io.BytesIO()
     out.write(prefix)
     w = EncryptingWriter(out, key, prefix, AES256_GCM_HKDF_1MB,

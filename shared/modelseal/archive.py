@@ -33,11 +33,12 @@ import stat
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Sequence
+from typing import Any, Protocol, Sequence
 
 from .errors import UsageError
-from .format import Sizes
 from .log import Log
+from .sealfile import Sizes
+from .streaming import Writable
 
 COPY_BUFSIZE = 1 << 20
 
@@ -45,28 +46,38 @@ COPY_BUFSIZE = 1 << 20
 class _NoClose(io.RawIOBase):
     """Lets a compressor be closed (to flush its trailer) without closing what it wraps."""
 
-    def __init__(self, inner: BinaryIO) -> None:
+    def __init__(self, inner: Writable) -> None:
         super().__init__()
         self._inner = inner
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         self._inner.write(data)
         return len(data)
 
 
-def compressor(out: BinaryIO, kind: str) -> BinaryIO:
+class Compressing(Protocol):
+    """A stream the tar is written into: write, then close to finish the compressor's frame."""
+
+    def write(self, data: Any, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def compressor(out: Writable, kind: str) -> Compressing:
     """A writable stream compressing into `out`; close it to finish the frame."""
     if kind == "none":
-        return _NoClose(out)  # type: ignore[return-value]
+        return _NoClose(out)
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=_NoClose(out), mode="wb", mtime=0, compresslevel=6)  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=_NoClose(out), mode="wb", mtime=0, compresslevel=6)
     if kind == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(_NoClose(out), closefd=False)  # type: ignore[return-value]
+        # zstandard's stubs ask for an IO; a write-only stream is all stream_writer uses.
+        return zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(_NoClose(out),  # type: ignore[arg-type]
+                                                                           closefd=False)
     raise UsageError(f"unknown compression {kind!r} (none, gzip, zstd)")
 
 
@@ -242,12 +253,13 @@ def _resolve(dir_fd: int, name: str, path: str, root: str, follow_external: bool
         os.close(fd)
 
 
-def write_tar(plan: Plan | str, out: BinaryIO) -> int:
+def write_tar(plan: Plan | str, out: Compressing) -> int:
     """Write the planned members (or those of a path) as a PAX tar; return the file count."""
     if isinstance(plan, str):
         plan = plan_tar(plan)
+    # tarfile's stubs want a full IO for any mode; the stream mode "w|" only writes.
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        tar.copybufsize = COPY_BUFSIZE
+        tar.copybufsize = COPY_BUFSIZE  # undocumented: copies in 1 MiB pieces, not 16 KiB
         for path, info, planned in plan.members:
             if not info.isreg():
                 tar.addfile(info)

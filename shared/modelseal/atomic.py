@@ -25,19 +25,20 @@ PARTIAL_SUFFIX = ".partial"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-#: Called as check(fd, where) on the output's directory, then on the open
-#: partial file (or stdout), before any byte is written; raises to refuse.
-Check = Callable[[int, str], None]
+#: Where an output may land: called as rule(fd, where) on each descriptor it is written through
+#: (the output's directory, then the open partial file or stdout; unpack: each directory it opens),
+#: before any byte is written; raises to refuse. The memory-only rule is placement.tmpfs.memory_only.
+TargetRule = Callable[[int, str], None]
 
 
 class PartialFile:
     """A file written under NAME.partial, renamed to NAME by commit().
 
     `path == "-"` writes to stdout instead (no rename: the consumer must
-    rely on our exit code); `check` sees stdout's descriptor too.
+    rely on our exit code); `rule` sees stdout's descriptor too.
     """
 
-    def __init__(self, path: str, mode: int = 0o600, *, check: Check | None = None) -> None:
+    def __init__(self, path: str, mode: int = 0o600, *, rule: TargetRule | None = None) -> None:
         self.path = path
         self.stdout = path == "-"
         self.bytes_written = 0
@@ -48,8 +49,8 @@ class PartialFile:
         if self.stdout:
             self.where = "standard output"
             self.fd = sys.stdout.fileno()
-            if check is not None:
-                check(self.fd, self.where)
+            if rule is not None:
+                rule(self.fd, self.where)
             return
         parent, self.name = os.path.split(path)
         if self.name in ("", ".", ".."):
@@ -57,11 +58,11 @@ class PartialFile:
         self.partial = self.name + PARTIAL_SUFFIX
         self.where = path
         # The operator's path, followed as the kernel follows it; what it
-        # resolves to is what `check` sees.
+        # resolves to is what `rule` sees.
         self.dir_fd = os.open(parent or ".", _DIR_FLAGS)
         try:
-            if check is not None:
-                check(self.dir_fd, parent or ".")
+            if rule is not None:
+                rule(self.dir_fd, parent or ".")
             try:
                 st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -77,8 +78,8 @@ class PartialFile:
                 pass
             self.fd = os.open(self.partial, _NEW_FILE, mode, dir_fd=self.dir_fd)
             self._made = True
-            if check is not None:
-                check(self.fd, path + PARTIAL_SUFFIX)
+            if rule is not None:
+                rule(self.fd, path + PARTIAL_SUFFIX)
         except BaseException:
             self.abort()
             raise

@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 
 from . import extras, retry, web
 from .errors import IntegrityError, UsageError
-from .uri import Options
+from .options import Connection
 
 T = TypeVar("T")
 
@@ -49,43 +49,43 @@ _MALFORMED = (RecursionError, AttributeError, TypeError, LookupError, ValueError
 _PARSING = ("/botocore/parsers.py", "/botocore/endpoint.py")
 
 
-def client(service: str, options: Options, *, region: str | None = None, require_region: bool = False) -> Any:
+def client(service: str, connection: Connection, *, region: str | None = None, require_region: bool = False) -> Any:
     boto3 = extras.require("boto3", service)
     Config = extras.require("botocore.config", service).Config
     extras.require("tenacity", service)  # the retry policy every call runs under
     what = f"{service} endpoint"
     env = f"AWS_ENDPOINT_URL_{_ENDPOINT_ENV.get(service, service.upper())}"
     checked = set()  # checked (and warned about) once each, named by where it was set
-    for name, endpoint in (("endpoint_url", options.endpoint_url), (env, os.environ.get(env)),
+    for name, endpoint in (("endpoint_url", connection.endpoint_url), (env, os.environ.get(env)),
                            ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))):
         if endpoint:
             # Plain http would carry session tokens in the clear: loopback, or allow_http.
-            web.parse_endpoint(endpoint, f"{what} ({name})", options, loopback_ok=True)
+            web.parse_endpoint(endpoint, f"{what} ({name})", connection, loopback_ok=True)
             checked.add(endpoint)
-    if options.ca and not os.path.isfile(options.ca):
-        raise UsageError(f"CA bundle {options.ca} does not exist")
-    if options.timeout <= 0:
+    if connection.ca and not os.path.isfile(connection.ca):
+        raise UsageError(f"CA bundle {connection.ca} does not exist")
+    if connection.timeout <= 0:
         raise UsageError("timeout must be positive")
     session = boto3.session.Session()
     # AWS_REGION is what EKS Pod Identity and most SDKs set; botocore reads only AWS_DEFAULT_REGION.
-    region = region or options.extra.get("region") or session.region_name or os.environ.get("AWS_REGION")
+    region = region or connection.extra.get("region") or session.region_name or os.environ.get("AWS_REGION")
     if require_region and not region:
         raise UsageError(f"{service}: no AWS region; set AWS_REGION, use an ARN, or add region= to the URI")
     config = Config(
-        connect_timeout=options.timeout,
-        read_timeout=options.timeout,
+        connect_timeout=connection.timeout,
+        read_timeout=connection.timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
-        max_pool_connections=max(10, options.concurrency + 2),
+        max_pool_connections=max(10, connection.concurrency + 2),
         user_agent_extra="modelseal",
-        s3={"addressing_style": options.extra.get("addressing_style", "auto")},
+        s3={"addressing_style": connection.extra.get("addressing_style", "auto")},
     )
     kwargs: dict[str, Any] = {"config": config}
-    if options.endpoint_url:
-        kwargs["endpoint_url"] = options.endpoint_url
+    if connection.endpoint_url:
+        kwargs["endpoint_url"] = connection.endpoint_url
     if region:
         kwargs["region_name"] = region
-    if options.ca:
-        kwargs["verify"] = options.ca
+    if connection.ca:
+        kwargs["verify"] = connection.ca
     try:
         made = session.client(service, **kwargs)
     except Exception as exc:  # noqa: BLE001 - botocore configuration errors
@@ -93,14 +93,14 @@ def client(service: str, options: Options, *, region: str | None = None, require
     # The endpoint botocore itself resolved (from any of its sources: the variables
     # above, the config file's services section, AWS's own), checked the same way.
     if made.meta.endpoint_url not in checked:
-        web.parse_endpoint(made.meta.endpoint_url, what, options, loopback_ok=True)
+        web.parse_endpoint(made.meta.endpoint_url, what, connection, loopback_ok=True)
     return made
 
 
-def call(what: str, options: Options, method: Callable[..., T], *, sleep: Callable[[float], Any] | None = None,
+def call(what: str, connection: Connection, method: Callable[..., T], *, sleep: Callable[[float], Any] | None = None,
          **kwargs: Any) -> T:
     """One SDK call under the retry policy; an answer botocore cannot parse is malformed (exit 4)."""
-    return retry.call(what, options, parsed(what, method), sleep=sleep, **kwargs)
+    return retry.call(what, connection, parsed(what, method), sleep=sleep, **kwargs)
 
 
 def parsed(what: str, method: Callable[..., T]) -> Callable[..., T]:

@@ -61,6 +61,7 @@ class Number:
             if number is None:
                 also = " or 'auto'" if self.auto else ""
                 raise UsageError(f"{what}: {show(text, 60)} is not {_NOUNS[self.kind]}{also}")
+        assert number is not None
         if isinstance(number, float) and not math.isfinite(number):
             raise UsageError(f"{what}: {show(text, 60)} is not a finite number")
         if number < self.low or (self.above and number == self.low) or number > self.high:

@@ -19,20 +19,30 @@ import json
 import os
 import sys
 from dataclasses import fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import __version__, bounds, stages
-from .signals import StopSignals
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
-from .uri import Options
+from .options import (
+    FORMATS,
+    Connection,
+    Decryption,
+    Guards,
+    KeySpec,
+    Output,
+    Sealing,
+    SourceSpec,
+    Unwrapping,
+)
+from .signals import StopSignals
 
 
 def _env_name(dest: str) -> str:
     return "MODELSEAL_" + dest.upper()
 
 
-def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
+def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, **kw: Any) -> None:
     """Add a flag whose default comes from its environment variable, for pod specs."""
     dest = kw.get("dest") or next((n for n in names if n.startswith("--")), names[0]).lstrip("-").replace("-", "_")
     env = _env_name(dest)
@@ -49,15 +59,15 @@ def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
     p.add_argument(*names, **kw)
 
 
-#: Every numeric flag and its rule: the connection settings' come with Options (a URI query sets them too).
+#: Every numeric flag and its rule: the connection settings' come with Connection (a URI query sets them too).
 _NUMBERS: dict[str, bounds.Number] = {
-    **{f.name: f.metadata["number"] for f in fields(Options) if "number" in f.metadata},
+    **{f.name: f.metadata["number"] for f in fields(Connection) if "number" in f.metadata},
     "max_bytes": bounds.MAX_BYTES, "max_files": bounds.MAX_FILES, "max_file_size": bounds.MAX_FILE_SIZE,
     "max_ratio": bounds.MAX_RATIO, "workers": bounds.WORKERS,
 }
 #: Flags that ask for a check, naming what it compares against (a signer's key, a root, a digest, a
 #: CA): given empty (an unset template variable), they would turn the check off without a word.
-_CHECKS = ("verify_key", "verify_certificate", "signature", "sha256", *Options.checks())
+_CHECKS = ("verify_key", "verify_certificate", "signature", "sha256", *Connection.checks())
 
 
 def _named(dest: str, argv: list[str]) -> str:
@@ -81,6 +91,22 @@ def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
             setattr(a, dest, rule.parse(value, _named(dest, argv)))
 
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from .signing import StreamVerifier
+    from .unpack import Limits
+
+_Group = TypeVar("_Group", bound="DataclassInstance")
+
+
+def _build(group: type[_Group], a: argparse.Namespace, **built: Any) -> _Group:
+    """One of options.py's groups from the parsed flags: each field from the flag of its name (a field
+    this command has no flag for keeps its default), or from `built` when the CLI makes the value."""
+    given = {f.name: getattr(a, f.name) for f in fields(group) if hasattr(a, f.name)}
+    return group(**{**given, **built})
+
+
 def _connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (also as URI query parameters)")
     _flag(g, "--timeout", default=30.0, help="seconds for each network call")
@@ -96,32 +122,36 @@ def _connection(p: argparse.ArgumentParser) -> None:
     _flag(g, "--role", help="Vault Kubernetes-auth role")
 
 
-def _options(a: argparse.Namespace) -> Options:
-    return Options(
-        timeout=float(a.timeout), ca=a.ca, cert=a.cert, cert_key=a.cert_key, token_file=a.token_file,
-        endpoint_url=a.endpoint_url, allow_http=a.allow_http, retries=int(a.retries),
-        concurrency=int(a.concurrency), cdh_url=a.cdh_url, role=a.role,
-    )
+def _connection_of(a: argparse.Namespace) -> Connection:
+    return _build(Connection, a)
+
+
+_KEY_URIS = ("key URI: file://, env:, https://, aws-kms://, secretsmanager://, gcp-kms://, azure-kv://, "
+             "azure-skr://, vault://, vault-transit://, kbs:///")
+_SOURCES = "s3://, gs://, azblob://, https://, oci://, file:// or -"
 
 
 def _keys(p: argparse.ArgumentParser) -> None:
     _flag(p, "--key", help="key file (32 raw bytes; a Tink keyset or raw key with --format tink; "
                             "a passphrase file with --format openpgp)")
-    _flag(p, "--key-uri", help="key URI: file://, env:, https://, aws-kms://, secretsmanager://, vault://, "
-                               "vault-transit://, kbs:///")
+    _flag(p, "--key-uri", help=_KEY_URIS)
 
 
-def _keyspec(a: argparse.Namespace) -> stages.KeySpec:
-    return stages.KeySpec(key_file=a.key, key_uri=a.key_uri)
+def _keyspec(a: argparse.Namespace) -> KeySpec:
+    return _build(KeySpec, a, key_file=a.key)
 
 
 def _format(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--format", choices=stages.FORMATS, default="seal", help="input format")
+    _flag(p, "--format", choices=FORMATS, default="seal", help="input format")
     _flag(p, "--associated-data", default="", help="associated data for --format tink (text)")
     _flag(p, "--associated-data-hex", default="", help="associated data for --format tink (hex)")
     _flag(p, "--tink-template", default="AES256_GCM_HKDF_1MB", help="parameters for a raw Tink key")
     _flag(p, "--workers", default="auto", help="processes decrypting segments in parallel (1: in this process; "
                                              "auto: from the CPU affinity and the cgroup CPU quota)")
+
+
+def _decryption(a: argparse.Namespace) -> Decryption:
+    return _build(Decryption, a, associated_data=_aad(a), workers=_workers(a))
 
 
 def _aad(a: argparse.Namespace) -> bytes:
@@ -142,7 +172,7 @@ def _limits(p: argparse.ArgumentParser) -> None:
     _flag(g, "--allow-symlinks", action="store_true", help="extract symlinks that stay inside the target")
 
 
-def _limits_of(a: argparse.Namespace):
+def _limits_of(a: argparse.Namespace) -> Limits:
     from .unpack import Limits
 
     # _read_values has read these (command line or $MODELSEAL_*) by their bounds.Number rules.
@@ -159,12 +189,26 @@ def _verify(p: argparse.ArgumentParser) -> None:
           "model.sig) or an absolute path to a separate file")
 
 
-def _verifier(a: argparse.Namespace, log: Log):
+def _verifier(a: argparse.Namespace, log: Log) -> StreamVerifier | None:
     if not (a.verify_key or a.verify_certificate or a.signature):
         return None  # no signature asked for: spare every run the x509 imports (~60 ms)
     from . import signing
 
     return signing.verifier(a.verify_key, a.verify_certificate, a.signature, log)
+
+
+def _guards(a: argparse.Namespace, log: Log) -> Guards:
+    """The guards of a writing stage; the unpack limits and the verifier only where the command has their flags."""
+    built: dict[str, Any] = {"preflight": not getattr(a, "no_preflight", False)}
+    if hasattr(a, "max_bytes"):
+        built["limits"] = _limits_of(a)
+    if hasattr(a, "verify_key"):
+        built["verify"] = _verifier(a, log)
+    return _build(Guards, a, **built)
+
+
+def _output(a: argparse.Namespace) -> Output:
+    return _build(Output, a, path=a.output)
 
 
 def _allow_disk(p: argparse.ArgumentParser) -> None:
@@ -192,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("seal", _seal, "tar (optionally compress) and encrypt a model into one .seal")
     _flag(p, "src", metavar="SRC", help="model directory or file; - for stdin")
-    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://bucket/key or oci://REGISTRY/REPO:TAG")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://BUCKET/KEY, gs://BUCKET/OBJECT, "
+          "azblob://ACCOUNT/CONTAINER/BLOB or oci://REGISTRY/REPO:TAG")
     _keys(p)
     _flag(p, "--name", help="model name recorded in the header (default: SRC's name)")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
@@ -205,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
     _flag(p, "input", metavar="IN", help="model.tar.gpg, or - for stdin")
-    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, or s3://bucket/key")
+    _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://BUCKET/KEY, gs://BUCKET/OBJECT, "
+          "azblob://ACCOUNT/CONTAINER/BLOB or oci://REGISTRY/REPO:TAG")
     _flag(p, "--passphrase-file", required=True, help="the gpg passphrase (first line)")
     _keys(p)
     _flag(p, "--name", help="model name recorded in the header")
@@ -218,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "model needs, four-stage and single-stage")
 
     p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
-    _flag(p, "--key-uri", required=True, help="key URI")
+    _flag(p, "--key-uri", required=True, help=_KEY_URIS)
     _flag(p, "-o", "--output", required=True, help="key file to write")
     _flag(p, "--wrapped-from", help="local .seal whose header carries the wrapped key")
     _flag(p, "--source", help="model source whose header carries the wrapped key (a ranged read)")
@@ -228,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection(p)
 
     p = command("fetch-model", _fetch_model, "download the ciphertext (may be on disk)")
-    _flag(p, "--source", required=True, help="s3://, https://, oci://, file:// or -")
+    _flag(p, "--source", required=True, help=_SOURCES)
     _flag(p, "-o", "--output", required=True, help="file to write")
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
     _connection(p)
@@ -254,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--delete-input", action="store_true", help="delete the archive after success")
 
     p = command("run", _run, "fetch, decrypt and unpack in one streaming pass")
-    _flag(p, "--source", required=True, help="s3://, https://, oci://, file:// or -")
+    _flag(p, "--source", required=True, help=_SOURCES)
     _flag(p, "-o", "--output", required=True, help="directory to create (on tmpfs)")
     _keys(p)
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
@@ -275,61 +321,51 @@ def _require(a: argparse.Namespace, *names: str) -> None:
 
 
 def _keygen(a: argparse.Namespace, log: Log) -> dict:
-    return stages.keygen(a.output, log)
+    return stages.keygen(_output(a), log)
 
 
 def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
-    return stages.seal(a.src, a.output, _keyspec(a), _options(a), log, name=a.name,
-                       version=a.model_version, compress=a.compress, sign_key=a.sign_key,
-                       follow_external_symlinks=a.follow_external_symlinks)
+    return stages.seal(a.src, _output(a), _keyspec(a), _build(Sealing, a), _connection_of(a), log)
 
 
 def _convert(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "input")
-    return stages.convert(a.input, a.output, a.passphrase_file, _keyspec(a), _options(a), log,
-                          name=a.name, version=a.model_version)
+    return stages.convert(a.input, _output(a), a.passphrase_file, _keyspec(a), _build(Sealing, a),
+                          _connection_of(a), log)
 
 
 def _inspect(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "file")
-    info = stages.inspect(a.file)
+    seen = stages.inspect(a.file)
     if a.resources:
-        from . import sizing
+        from .placement.advice import advice
 
-        print(sizing.advice(info), end="")
+        print(advice(seen.header, seen.payload_bytes, seen.prefix_bytes), end="")
     else:
-        print(json.dumps(info, indent=2, sort_keys=True))
-    return {"name": info.get("name")}
+        print(json.dumps(seen.to_json(), indent=2, sort_keys=True))
+    return {"name": seen.header.name}
 
 
 def _fetch_key(a: argparse.Namespace, log: Log) -> dict:
-    return stages.fetch_key(a.key_uri, a.output, _options(a), log, allow_disk=a.allow_disk,
-                            wrapped_from=a.wrapped_from, source=a.source, passphrase=a.passphrase)
+    return stages.fetch_key(a.key_uri, _output(a), _build(Unwrapping, a), _guards(a, log), _connection_of(a), log)
 
 
 def _fetch_model(a: argparse.Namespace, log: Log) -> dict:
-    return stages.fetch_model(a.source, a.output, _options(a), log, sha256=a.sha256)
+    return stages.fetch_model(_build(SourceSpec, a), _output(a), _connection_of(a), log)
 
 
 def _decrypt(a: argparse.Namespace, log: Log) -> dict:
-    return stages.decrypt(a.input, a.output, _keyspec(a), _options(a), log, fmt=a.format,
-                          allow_disk=a.allow_disk, delete_key=a.delete_key, delete_input=a.delete_input,
-                          associated_data=_aad(a), tink_template=a.tink_template, preflight=not a.no_preflight,
-                          workers=_workers(a))
+    return stages.decrypt(a.input, _output(a), _keyspec(a), _decryption(a), _guards(a, log), _connection_of(a), log)
 
 
 def _unpack(a: argparse.Namespace, log: Log) -> dict:
-    return stages.unpack(a.input, a.output, log, allow_disk=a.allow_disk, delete_input=a.delete_input,
-                         allow_symlinks=a.allow_symlinks, limits=_limits_of(a), preflight=not a.no_preflight,
-                         verify=_verifier(a, log))
+    return stages.unpack(a.input, _output(a), _guards(a, log), log)
 
 
 def _run(a: argparse.Namespace, log: Log) -> dict:
-    return stages.run(a.source, a.output, _keyspec(a), _options(a), log, fmt=a.format, sha256=a.sha256,
-                      allow_disk=a.allow_disk, allow_symlinks=a.allow_symlinks, limits=_limits_of(a),
-                      delete_key=a.delete_key, associated_data=_aad(a), tink_template=a.tink_template,
-                      preflight=not a.no_preflight, verify=_verifier(a, log), workers=_workers(a))
+    return stages.run(_build(SourceSpec, a), _output(a), _keyspec(a), _decryption(a), _guards(a, log),
+                      _connection_of(a), log)
 
 
 def _workers(a: argparse.Namespace) -> int:
@@ -381,7 +417,7 @@ def _exit_now(code: int) -> None:
 def _peak_memory() -> dict[str, float]:
     """This process's peak RSS, and its memory cgroup's peak (tmpfs pages written included) when
     a limit applies: what the example specs' limits are measured by."""
-    from . import cgroup
+    from .placement import cgroup
 
     out: dict[str, float] = {}
     try:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import re
-from typing import BinaryIO
 
 from .errors import IntegrityError, UsageError
+from .sources import Stream
 
 
 def parse_pin(value: str | None) -> str | None:
@@ -20,14 +19,14 @@ def parse_pin(value: str | None) -> str | None:
     return pin
 
 
-class DigestReader(io.RawIOBase):
+class DigestReader(Stream):
     """Passes bytes through; at EOF, raises IntegrityError unless the digest matches.
 
     With `size` (a registry descriptor's), a byte past it or an early EOF is
     an IntegrityError at once. Closing it closes the source.
     """
 
-    def __init__(self, src: BinaryIO, expected_hex: str, size: int | None = None, what: str = "") -> None:
+    def __init__(self, src: Stream, expected_hex: str, size: int | None = None, what: str = "") -> None:
         super().__init__()
         self._src = src
         self._expected = expected_hex
@@ -36,18 +35,13 @@ class DigestReader(io.RawIOBase):
         self._size = size
         self._seen = 0
         self._what = f"{what}: " if what else ""
-        if callable(getattr(src, "read_view", None)):  # the source hands out views: so do we
-            self.read_view = self._read_view
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         n = self._src.readinto(buf)
         self._account(memoryview(buf)[:n or 0])
         return n or 0
 
-    def _read_view(self, n: int) -> memoryview:
+    def read_view(self, n: int) -> memoryview:
         view = self._src.read_view(n)
         self._account(view)
         return view

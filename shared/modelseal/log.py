@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from .uri import USER_INFO_REACH, redact_user_info
 
@@ -67,12 +67,21 @@ def termination_line(summary: dict[str, Any]) -> str:
         line = _line(summary, limit)
         if len(line) <= MAX_TERMINATION:
             return line
-    keep = {k: summary[k] for k in ("stage", "status", "exit_code", "category", "error") if k in summary}
+    keep: dict[str, Any] = {k: summary[k] for k in ("stage", "status", "exit_code", "category", "error")
+                            if k in summary}
     return _line(keep, 80)
 
 
+class Lines(Protocol):
+    """Where log lines go: stderr, or a stream of the caller's."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+
 class Log:
-    def __init__(self, stage: str, stream: TextIO | None = None) -> None:
+    def __init__(self, stage: str, stream: Lines | None = None) -> None:
         self.stage = stage
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.monotonic()

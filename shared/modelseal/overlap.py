@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Generator, Iterable, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class WriteBehind:
             while self._done < count:
                 self._cond.wait()
 
-    def paced(self, buffers: Iterable[T], ring: int) -> Iterator[T]:
+    def paced(self, buffers: Iterable[T], ring: int) -> Generator[T, None, None]:
         """`buffers`' items, each pulled only once the buffer it reuses is no longer queued (see the class)."""
         if ring < 2:
             raise ValueError("a paced ring needs at least two buffers")
@@ -118,7 +118,7 @@ class WriteBehind:
         if self._error is not None:
             raise self._error
 
-    def __enter__(self) -> "WriteBehind":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, et, ev, tb) -> None:
@@ -147,7 +147,7 @@ class BackgroundWriter(WriteBehind):
         self.put(lambda: write(view))
 
 
-def read_ahead(items: Iterable[T], depth: int) -> Iterator[T]:
+def read_ahead(items: Iterable[T], depth: int) -> Generator[T, None, None]:
     """Iterate `items` in a background thread, up to `depth` items ahead.
 
     The producer must not reuse an item's memory until `depth + 2` later

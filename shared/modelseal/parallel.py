@@ -46,8 +46,8 @@ import signal
 import struct
 import sys
 
-from . import cgroup
 from .errors import ModelsealError
+from .placement import cgroup
 
 #: Most workers by default: one writer takes at most ~3 GB/s into tmpfs, and
 #: even a slow core decrypts over 1 GB/s, so more cores than this only cost memory.

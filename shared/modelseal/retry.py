@@ -4,7 +4,7 @@ Policy (tenacity): exponential backoff with full jitter (a random wait between
 0 and base * 2**(attempt-1), capped), on transient errors only: connection
 refused/reset, timeouts, a body cut short, HTTP 5xx/408/429, S3 SlowDown,
 RequestTimeout, InternalError, botocore EndpointConnectionError/ReadTimeout
-and friends. After `Options.retries` attempts it gives up with
+and friends. After `Connection.retries` attempts it gives up with
 UnavailableError (exit 5). Denials (401/403/404, NoSuchKey, AccessDenied) and
 TLS handshake failures are raised at once as DeniedError (exit 3): retrying
 them only delays the same answer. Everything else that is not transient is
@@ -32,14 +32,21 @@ import time
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import extras, untrusted
-from .errors import DeniedError, IntegrityError, ModelsealError, UnavailableError, UsageError, from_os_error
+from .errors import (
+    DeniedError,
+    IntegrityError,
+    ModelsealError,
+    UnavailableError,
+    UsageError,
+    from_os_error,
+)
 from .log import Log
-from .uri import Options
+from .options import Connection
 
 T = TypeVar("T")
 
 #: Base and cap of the exponential backoff, in seconds. `backoff=` and
-#: `backoff_max=` in a URI query (Options.extra) override them.
+#: `backoff_max=` in a URI query (Connection.extra) override them.
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 20.0
 #: A server's Retry-After is honoured up to this many seconds.
@@ -255,9 +262,9 @@ def check_status(status: int, what: str, headers: Any = None, ok: tuple[int, ...
     raise mapped(err, what)
 
 
-def _float(options: Options, name: str, default: float) -> float:
+def _float(connection: Connection, name: str, default: float) -> float:
     try:
-        return max(0.0, float(options.extra.get(name, default)))
+        return max(0.0, float(connection.extra.get(name, default)))
     except (TypeError, ValueError):
         raise UsageError(f"bad value for query parameter {name}") from None
 
@@ -267,13 +274,13 @@ def log() -> Log:
     return Log(os.environ.get("MODELSEAL_STAGE") or "modelseal")
 
 
-def retrying(what: str, options: Options, *, sleep: Callable[[float], Any] | None = None) -> Any:
+def retrying(what: str, connection: Connection, *, sleep: Callable[[float], Any] | None = None) -> Any:
     """The tenacity Retrying object of the policy (for `call`, or to iterate)."""
     tenacity = extras.require("tenacity", "retrying network calls")
 
-    attempts = max(1, int(options.retries))
-    base = _float(options, "backoff", BACKOFF_BASE)
-    cap = _float(options, "backoff_max", BACKOFF_MAX)
+    attempts = max(1, int(connection.retries))
+    base = _float(connection, "backoff", BACKOFF_BASE)
+    cap = _float(connection, "backoff_max", BACKOFF_MAX)
     jitter = tenacity.wait_random_exponential(multiplier=base, max=cap)
 
     def wait(state: Any) -> float:
@@ -299,13 +306,13 @@ def retrying(what: str, options: Options, *, sleep: Callable[[float], Any] | Non
     )
 
 
-def call(what: str, options: Options, fn: Callable[..., T], *args: Any,
+def call(what: str, connection: Connection, fn: Callable[..., T], *args: Any,
          sleep: Callable[[float], Any] | None = None, **kwargs: Any) -> T:
     """Run fn under the policy; raise DeniedError/IntegrityError/UsageError/UnavailableError."""
     tenacity = extras.require("tenacity", "retrying network calls")
 
     try:
-        return retrying(what, options, sleep=sleep)(fn, *args, **kwargs)
+        return retrying(what, connection, sleep=sleep)(fn, *args, **kwargs)
     except tenacity.RetryError as gave_up:
         last = gave_up.last_attempt.exception()
         n = gave_up.last_attempt.attempt_number

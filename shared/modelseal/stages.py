@@ -1,10 +1,11 @@
 """The stages, each a composition of the same streaming pieces.
 
     source --(DigestReader)--> ciphertext --(open_sealed / DecryptingReader)--> plaintext
-           --> PartialFile (decrypt)  or  unpack.extract (unpack, run)
+           --> PartialFile (decrypt)  or, read as an archive, unpack.extract --> tree (unpack, run)
 
 `run` is fetch + decrypt + unpack composed in one process over these same
-readers; nothing here is a second implementation of a stage.
+readers; nothing here is a second implementation of a stage. Each stage takes
+what it was asked as the groups of options.py, built once by the CLI.
 """
 
 from __future__ import annotations
@@ -14,103 +15,76 @@ import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import Callable
 
-from . import archive, capacity, format as sealfmt, tinkkeyset, tmpfs
-from .atomic import PARTIAL_SUFFIX, Check, PartialFile, remove_quietly
+from . import archive, sealfile, tinkkeyset
+from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
 from .log import Log
-from .sources import open_source
-from .streaming import ChunkReader, DecryptingReader
+from .options import (
+    FORMATS,
+    Connection,
+    Decryption,
+    Guards,
+    KeySpec,
+    Output,
+    Sealing,
+    SourceSpec,
+    Unwrapping,
+)
 from .overlap import BackgroundWriter
-from .uri import URI, Options
+from .placement import Need, Preflight, file_need
+from .placement.need import declared_payload
+from .placement.tmpfs import memory_only
+from .sources import Stream, open_sink, open_source
+from .sources.file import open_local as open_file
+from .streaming import ChunkReader, DecryptingReader, Readable, Writable
+from .uri import URI
 
-PREFIX_READ = 6 + 4 + sealfmt.MAX_HEADER  # enough bytes to hold any .seal prefix
-FORMATS = ("seal", "tink", "openpgp")
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    """Where the key comes from: a key file (`--key`) or a key URI (`--key-uri`)."""
-
-    key_file: str | None = None
-    key_uri: str | None = None
-
-    def source(self, options: Options) -> KeySource:
-        if bool(self.key_file) == bool(self.key_uri):
-            raise UsageError("give exactly one of --key FILE or --key-uri URI")
-        if self.key_file:  # a path is a path: `#` and `?` in it are not URI syntax
-            return open_key(URI.for_path(os.path.abspath(self.key_file)), options)
-        return open_key(self.key_uri or "", options)
-
-    def file(self) -> str | None:
-        """The key file on disk, if the key comes from one (--key, or a file:// key URI)."""
-        if self.key_file:
-            return self.key_file
-        uri = URI.parse(self.key_uri or "")
-        return uri.path if uri.scheme == "file" and uri.path != "-" else None
-
-    def deletable(self, delete_key: bool) -> str | None:
-        """The key file --delete-key removes after success; refused when there is none."""
-        if not delete_key:
-            return None
-        path = self.file()
-        if path is None:
-            raise UsageError(f"--delete-key: the key comes from {URI.parse(self.key_uri or '').scheme}:, "
-                             "not from a key file; there is nothing to delete")
-        return path
-
-    def secret(self, source: KeySource, fmt: str) -> bytes:
-        """The key material a format needs: a key file's bytes as they are (a Tink
-        keyset, a raw key, a passphrase), or what the key URI yields."""
-        if self.key_file:
-            with open(self.key_file, "rb") as f:
-                return f.read(1 << 20)
-        return source.secret(encoding="raw") if fmt == "openpgp" else source.data_key()
+PREFIX_READ = 6 + 4 + sealfile.MAX_HEADER  # enough bytes to hold any .seal prefix
+__all__ = ["FORMATS", "KeySpec", "convert", "decrypt", "fetch_key", "fetch_model", "inspect", "keygen", "run",
+           "seal", "unpack"]
 
 
 # ---- building blocks -------------------------------------------------------
 
 @dataclass(frozen=True)
-class Input:
-    """An opened input stream, its length when known, and what its source buffers ahead."""
+class Opened:
+    """An opened input (a ciphertext, or an archive for unpack): its stream, its length when known,
+    and what its source buffers ahead."""
 
-    stream: BinaryIO
+    stream: Stream
     size: int | None
     buffers: int = 0
 
 
-def open_ciphertext(source_uri: str, options: Options, sha256: str | None, log: Log) -> Input:
+def open_ciphertext(source: SourceSpec, connection: Connection, log: Log) -> Opened:
     """The ciphertext stream of a source URI, checked against a --sha256 pin at EOF."""
-    pin = parse_pin(sha256)  # a bad pin is a usage error, found before any I/O
-    source = open_source(source_uri, options)
-    log.info("source", uri=source.uri.redacted())
-    stream = source.open()
-    return Input(DigestReader(stream, pin) if pin else stream, source.size,  # type: ignore[arg-type]
-                 source.buffer_bytes)
+    pin = parse_pin(source.sha256)  # a bad pin is a usage error, found before any I/O
+    backend = open_source(source.source, connection)
+    log.info("source", uri=backend.uri.redacted())
+    stream = backend.open()
+    return Opened(DigestReader(stream, pin) if pin else stream, backend.size, backend.buffer_bytes)
 
 
-def open_input(path: str, log: Log) -> Input:
+def open_local(path: str, log: Log) -> Opened:
     """A local input file (`--in`), or stdin for `-`: a path, never parsed as a URI."""
-    if path == "-":
-        stream = os.fdopen(os.dup(0), "rb", buffering=0)
-    else:
-        stream = open(path, "rb", buffering=0)
+    stream = open_file(path)
     log.info("input", path=path)
     st = os.fstat(stream.fileno())
-    return Input(stream, st.st_size if stat.S_ISREG(st.st_mode) else None)
+    return Opened(stream, st.st_size if stat.S_ISREG(st.st_mode) else None)
 
 
-def header_from(wrapped_from: str | None, source_uri: str | None, options: Options) -> sealfmt.Header | None:
+def header_from(unwrapping: Unwrapping, connection: Connection) -> sealfile.Header | None:
     """A .seal header for unwrapping: from a local file, or the model source's first bytes."""
-    if wrapped_from:
-        with open(wrapped_from, "rb") as f:
-            return sealfmt.read_prefix(f)[0]
-    if source_uri:
-        prefix = open_source(source_uri, options).read_prefix(PREFIX_READ)
-        return sealfmt.read_prefix(io.BytesIO(prefix))[0]
+    if unwrapping.wrapped_from:
+        with open(unwrapping.wrapped_from, "rb") as f:
+            return sealfile.read_prefix(f)[0]
+    if unwrapping.source:
+        prefix = open_source(unwrapping.source, connection).read_prefix(PREFIX_READ)
+        return sealfile.read_prefix(io.BytesIO(prefix))[0]
     return None
 
 
@@ -119,58 +93,51 @@ class Plaintext:
     """Verified plaintext of a ciphertext, and what is known up front about its size."""
 
     reader: ChunkReader
-    header: sealfmt.Header | None = None  # .seal only
+    header: sealfile.Header | None = None  # .seal only
     size: int | None = None  # exact length, when the ciphertext's length is known
 
-    def file_need(self, buffers: int = 0) -> capacity.Need:
+    @property
+    def sizes(self) -> sealfile.Sizes | None:
+        """What the .seal header says the payload unpacks to."""
+        return self.header.sizes if self.header is not None else None
+
+    def file_need(self, buffers: int = 0) -> Need:
         """What decrypt writes: the plaintext itself."""
-        if self.size is not None:
-            return capacity.Need.file(self.size, "from the ciphertext's length", buffers)
-        h = self.header
-        if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
-            return capacity.Need.file(h.sizes.tar_bytes, "from the .seal header", buffers)
-        return capacity.Need.unknown("input of unknown length")
+        return file_need(self.size, self.sizes, self.header.compression if self.header else "none", buffers)
 
     def most_bytes(self) -> float:
         """What decrypt may write: the header's tar_bytes for an uncompressed payload (what the preflight
         sized the target by when the input's length is unknown), else no bound (inf)."""
-        h = self.header
-        if h is not None and h.sizes.tar_bytes is not None and h.compression == "none":
-            return h.sizes.tar_bytes
-        return math.inf
-
-    def tree_need(self, compression: str, buffers: int = 0) -> capacity.Need:
-        """What unpacking it leaves."""
-        return capacity.tree_need(self.header.sizes if self.header is not None else None, self.size, compression,
-                                  buffers)
+        declared = declared_payload(self.sizes, self.header.compression if self.header else "none")
+        return math.inf if declared is None else declared
 
 
-def plaintext(
-    input: Input, fmt: str, keys: KeySpec, key_source: KeySource, log: Log,
-    associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB", workers: int = 1,
-) -> Plaintext:
-    """Verified plaintext of a ciphertext stream in any supported format (`workers`: see modelseal.parallel)."""
+def decrypting(ciphertext: Opened, decryption: Decryption, key: KeySpec, key_source: KeySource, log: Log) -> Plaintext:
+    """Verified plaintext of a ciphertext stream in any supported format."""
+    fmt, workers = decryption.format, decryption.workers
     if fmt == "seal":
 
-        def key_for(header: sealfmt.Header) -> bytes:
-            log.info("header", **header.log_fields(), **header.sizes.to_json())  # not authenticated yet: quoted, shortened
+        def key_for(header: sealfile.Header) -> bytes:
+            # Not authenticated yet: its strings are quoted and shortened.
+            log.info("header", **header.log_fields(), **header.sizes.to_json())
             return key_source.data_key(header.wrapped_key)
 
-        header, reader = sealfmt.open_sealed(input.stream, key_for)
+        header, reader = sealfile.open_sealed(ciphertext.stream, key_for)
         reader.workers = workers
         log.info("decrypting", workers=workers)
-        payload = None if input.size is None else input.size - reader.associated_data_size
-        size = None if payload is None else sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
+        payload = None if ciphertext.size is None else ciphertext.size - reader.associated_data_size
+        size = None if payload is None else sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
         return Plaintext(reader, header, size)
     if fmt == "tink":
-        ikm, params = tinkkeyset.load(keys.secret(key_source, fmt), tink_template)
+        ikm, params = tinkkeyset.load(key.secret(key_source, fmt), decryption.tink_template)
         log.info("decrypting", workers=workers)
-        size = None if input.size is None else params.plaintext_size_of(input.size)
-        return Plaintext(DecryptingReader(input.stream, ikm, associated_data, params, workers), None, size)
+        size = None if ciphertext.size is None else params.plaintext_size_of(ciphertext.size)
+        return Plaintext(DecryptingReader(ciphertext.stream, ikm, decryption.associated_data, params, workers), None,
+                         size)
     if fmt == "openpgp":
         from . import openpgp
 
-        return Plaintext(openpgp.DecryptingReader(input.stream, keys.secret(key_source, fmt)))
+        return Plaintext(openpgp.DecryptingReader(ciphertext.stream, key.secret(key_source, fmt)))
     raise UsageError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
 
 
@@ -181,86 +148,51 @@ def _consume(paths: list[tuple[bool, str | None]], log: Log) -> None:
             log.info("deleted", path=path)
 
 
-def memory_only(allow_disk: bool, log: Log, what: str = "plaintext") -> Check:
-    """The memory-only rule, applied to each descriptor an output is written through.
-
-    --allow-disk is warned about once per stage, not once per descriptor.
-    """
-    tmpfs.warn_if_swap(log)
-    warned = False
-
-    def check(fd: int, where: str) -> None:
-        nonlocal warned
-        if not tmpfs.require_memory_fd(fd, where, allow_disk, None if warned else log, what):
-            warned = True
-
-    return check
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """The capacity check before the first write (capacity.py); `--no-preflight` turns it off, logged."""
-
-    enabled: bool
-    log: Log
-
-    def announce(self) -> "Preflight":
-        if not self.enabled:
-            self.log.warning("preflight_off", message="--no-preflight: room on the target and under the "
-                             "memory limit is not checked before writing")
-        return self
-
-    def __call__(self, fd: int, where: str, need: capacity.Need) -> None:
-        if self.enabled:
-            measured = capacity.check(fd, where, need, self.log)
-            if measured:
-                self.log.info("preflight", path=where, **measured)
-
-
 # ---- the stages -----------------------------------------------------------
 
-def keygen(out: str, log: Log) -> dict:
+def keygen(output: Output, log: Log) -> dict:
+    out = output.path
     if out == "-" and os.isatty(1):
         raise UsageError("refusing to print a key on a terminal: give -o FILE, or pipe it")
     if out != "-" and os.path.lexists(out):
         raise UsageError(f"{out} exists: refusing to overwrite a key")
     with PartialFile(out, 0o400) as f:
-        f.write(os.urandom(sealfmt.DATA_KEY_SIZE))
+        f.write(os.urandom(sealfile.DATA_KEY_SIZE))
         f.commit()
     log.info("key_written", path=out)
     return {"path": out}
 
 
-def _data_key(keys: KeySpec, options: Options) -> tuple[bytes, sealfmt.WrappedKey | None]:
+def _data_key(key: KeySpec, connection: Connection) -> tuple[bytes, sealfile.WrappedKey | None]:
     """The data key for a new .seal; key services that wrap get a fresh key per file."""
-    key_source = keys.source(options)
+    key_source = key.source(connection)
     if key_source.unwraps:  # envelope encryption
-        data_key = os.urandom(sealfmt.DATA_KEY_SIZE)
+        data_key = os.urandom(sealfile.DATA_KEY_SIZE)
         return data_key, key_source.wrap(data_key)
     return key_source.data_key(), None
 
 
-def _write_sealed(out: str, header: sealfmt.Header, data_key: bytes, fill: Callable[[BinaryIO], int],
-                  options: Options, log: Log) -> dict:
+def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Callable[[Writable], int],
+                  connection: Connection, log: Log) -> dict:
     """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
-    sink = _open_sink(out, options)
+    sink = open_sink(out, connection)
     try:
-        writer = sealfmt.seal_writer(sink, header, data_key)  # type: ignore[arg-type]
-        files = fill(writer)  # type: ignore[arg-type]
+        writer = sealfile.seal_writer(sink, header, data_key)
+        files = fill(writer)
         writer.close()
-        sink.commit()
+        sink.close()  # completes the object: the rename, the multipart completion, the manifest
     except BaseException:
         sink.abort()
         raise
     log.info("sealed", out=URI.parse(out).redacted(), files=files, plaintext_bytes=writer.plaintext_bytes,
-             bytes=writer.ciphertext_bytes + len(sealfmt.encode_prefix(header)), key_id=header.key_id)
+             bytes=writer.ciphertext_bytes + len(sealfile.encode_prefix(header)), key_id=header.key_id)
     return {"bytes": writer.plaintext_bytes, "key_id": header.key_id, "files": files}
 
 
-def _copy(src: BinaryIO) -> Callable[[BinaryIO], int]:
-    def fill(writer: BinaryIO) -> int:
+def _copy(stream: Readable) -> Callable[[Writable], int]:
+    def fill(writer: Writable) -> int:
         buf = bytearray(1 << 20)
-        while n := src.readinto(buf):
+        while n := stream.readinto(buf):
             writer.write(memoryview(buf)[:n])
         return 0
     return fill
@@ -268,7 +200,7 @@ def _copy(src: BinaryIO) -> Callable[[BinaryIO], int]:
 
 def _outputs(out: str) -> frozenset[archive.Identity]:
     """Identities of the local output and of a partial file left by an earlier run, when they exist:
-    a SRC that holds them does not seal them (archive.plan_tar's `skip`)."""
+    a model that holds them does not seal them (archive.plan_tar's `skip`)."""
     parsed = URI.parse(out)
     if parsed.scheme != "file" or parsed.path == "-":
         return frozenset()
@@ -281,41 +213,41 @@ def _outputs(out: str) -> frozenset[archive.Identity]:
     return frozenset(found)
 
 
-def seal(
-    src: str, out: str, keys: KeySpec, options: Options, log: Log,
-    name: str | None = None, version: str = "", compress: str = "none", sign_key: str | None = None,
-    follow_external_symlinks: bool = False,
-) -> dict:
-    if src != "-" and not os.path.exists(src):
-        raise DeniedError(f"{src}: no such file or directory")
-    content_compression, wrap_in_tar, sizes = compress, True, sealfmt.Sizes()
-    if src != "-" and os.path.isfile(src):
-        with open(src, "rb") as f:
+def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection: Connection, log: Log) -> dict:
+    """Tar (optionally compress) and encrypt a model directory, or seal an archive or stdin as it is."""
+    out, compress, sign_key = output.path, sealing.compress, sealing.sign_key
+    if model != "-" and not os.path.exists(model):
+        raise DeniedError(f"{model}: no such file or directory")
+    content_compression, wrap_in_tar, sizes = compress, True, sealfile.Sizes()
+    if model != "-" and os.path.isfile(model):
+        with open(model, "rb") as f:
             head = f.read(512)
         detected = archive.detect_compression(head)
-        if detected != "none" or _is_tar(src):
+        if detected != "none" or _is_tar(model):
             content_compression, wrap_in_tar = detected, False  # already an archive: seal as is
             if detected == "none":
-                sizes = archive.scan_tar(src)
-    elif src == "-":
+                sizes = archive.scan_tar(model)
+    elif model == "-":
         wrap_in_tar = False
     if sign_key and not wrap_in_tar:
-        raise UsageError(f"--sign-key signs a model directory; {src} is an archive or stdin")
-    plan = archive.plan_tar(src, follow_external=follow_external_symlinks, skip=_outputs(out),
+        raise UsageError(f"--sign-key signs a model directory; {model} is an archive or stdin")
+    plan = archive.plan_tar(model, follow_external=sealing.follow_external_symlinks, skip=_outputs(out),
                             log=log) if wrap_in_tar else None
     if sign_key:  # model.sig for exactly the planned files (model_signing's format), the archive's first member
-        from . import signing  # x509 and friends: 60 ms of imports every other command does without
+        from . import (
+            signing,  # x509 and friends: 60 ms of imports every other command does without
+        )
 
         assert plan is not None
-        plan = plan.with_first([(signing.SIGNATURE, signing.sign_tree(src, sign_key, log, plan.regular_files()))])
-    data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
-    default_name = os.path.basename(os.path.abspath(src)) if src != "-" else ""
-    header = sealfmt.Header(
-        key_id="", compression=content_compression, name=name or default_name, version=version, wrapped_key=wrapped,
-        sizes=plan.sizes() if plan is not None else sizes,
+        plan = plan.with_first([(signing.SIGNATURE, signing.sign_tree(model, sign_key, log, plan.regular_files()))])
+    data_key, wrapped = _data_key(key, connection)  # after the cheap checks: it may call KMS
+    default_name = os.path.basename(os.path.abspath(model)) if model != "-" else ""
+    header = sealfile.Header(
+        key_id="", compression=content_compression, name=sealing.name or default_name, version=sealing.model_version,
+        wrapped_key=wrapped, sizes=plan.sizes() if plan is not None else sizes,
     )
 
-    def tar(writer: BinaryIO) -> int:
+    def tar(writer: Writable) -> int:
         assert plan is not None
         comp = archive.compressor(writer, compress)
         files = archive.write_tar(plan, comp)
@@ -323,37 +255,35 @@ def seal(
         return files
 
     if wrap_in_tar:
-        return _write_sealed(out, header, data_key, tar, options, log)
-    with (open(src, "rb", buffering=0) if src != "-" else os.fdopen(os.dup(0), "rb", buffering=0)) as f:
-        return _write_sealed(out, header, data_key, _copy(f), options, log)
+        return _write_sealed(out, header, data_key, tar, connection, log)
+    with open_file(model) as stream:
+        return _write_sealed(out, header, data_key, _copy(stream), connection, log)
 
 
-def convert(
-    input: str, out: str, passphrase_file: str, keys: KeySpec, options: Options, log: Log,
-    name: str | None = None, version: str = "",
-) -> dict:
+def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, sealing: Sealing, connection: Connection,
+            log: Log) -> dict:
     """Re-encrypt an OpenPGP (`gpg -c`) file into a .seal in one streaming pass."""
     from . import openpgp
 
     with open(passphrase_file, "rb") as f:
         passphrase = f.read(1 << 16)
-    data_key, wrapped = _data_key(keys, options)  # after the cheap checks: it may call KMS
-    source = open_input(input, log)
-    with source.stream:
-        reader = openpgp.DecryptingReader(source.stream, passphrase)
+    data_key, wrapped = _data_key(key, connection)  # after the cheap checks: it may call KMS
+    ciphertext = open_local(path, log)
+    with ciphertext.stream:
+        reader = openpgp.DecryptingReader(ciphertext.stream, passphrase)
         chunks = reader.segments()
         first = next(chunks, memoryview(b""))
-        default_name = os.path.basename(input).removesuffix(".gpg").removesuffix(".tar") if input != "-" else ""
-        header = sealfmt.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
-                                name=name or default_name, version=version, wrapped_key=wrapped)
+        default_name = os.path.basename(path).removesuffix(".gpg").removesuffix(".tar") if path != "-" else ""
+        header = sealfile.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
+                                 name=sealing.name or default_name, version=sealing.model_version, wrapped_key=wrapped)
 
-        def fill(writer: BinaryIO) -> int:
+        def fill(writer: Writable) -> int:
             writer.write(first)
             for chunk in chunks:
                 writer.write(chunk)
             return 0
 
-        return _write_sealed(out, header, data_key, fill, options, log)
+        return _write_sealed(output.path, header, data_key, fill, connection, log)
 
 
 def _is_tar(path: str) -> bool:
@@ -365,50 +295,41 @@ def _is_tar(path: str) -> bool:
         return False
 
 
-class _Sink:
-    """Where sealed bytes go: a local file (atomic) or a backend's upload stream."""
+@dataclass(frozen=True)
+class Inspection:
+    """A .seal's header and lengths, as `inspect` reads them (no key needed)."""
 
-    def __init__(self, write: Callable, commit: Callable[[], None], abort: Callable[[], None]) -> None:
-        self.write, self.commit, self.abort = write, commit, abort
+    header: sealfile.Header
+    prefix_bytes: int
+    payload_bytes: int | None  # None: read from stdin
 
-
-def _open_sink(out: str, options: Options) -> _Sink:
-    parsed = URI.parse(out)
-    if parsed.scheme == "file":
-        f = PartialFile(parsed.path, 0o644)
-        return _Sink(f.write, f.commit, f.abort)
-    source = open_source(out, options)
-    opener = getattr(source, "open_write", None)
-    if opener is None:
-        raise UsageError(f"{parsed.scheme}: cannot write sealed output there")
-    upload = opener()
-    return _Sink(upload.write, upload.close, upload.abort)
+    def to_json(self) -> dict:
+        info = self.header.to_json()
+        info["prefix_bytes"] = self.prefix_bytes
+        if self.payload_bytes is not None:
+            info["payload_bytes"] = self.payload_bytes
+            info["plaintext_bytes"] = sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(self.payload_bytes)
+        return info
 
 
-def inspect(path: str) -> dict:
+def inspect(path: str) -> Inspection:
     with (open(path, "rb") if path != "-" else os.fdopen(os.dup(0), "rb")) as f:
-        header, prefix = sealfmt.read_prefix(f)
+        header, prefix = sealfile.read_prefix(f)
         size = os.fstat(f.fileno()).st_size if path != "-" else None
-    info = header.to_json()
-    info["prefix_bytes"] = len(prefix)
-    if size is not None:
-        info["payload_bytes"] = size - len(prefix)
-        info["plaintext_bytes"] = sealfmt.AES256_GCM_HKDF_1MB.plaintext_size_of(size - len(prefix))
-    return info
+    return Inspection(header, len(prefix), None if size is None else size - len(prefix))
 
 
-def fetch_key(
-    key_uri: str, out: str, options: Options, log: Log, allow_disk: bool = False,
-    wrapped_from: str | None = None, source: str | None = None, passphrase: bool = False,
-) -> dict:
+def fetch_key(key_uri: str, output: Output, unwrapping: Unwrapping, guards: Guards, connection: Connection,
+              log: Log) -> dict:
+    out, passphrase = output.path, unwrapping.passphrase
     if out == "-":
         raise UsageError("refusing to write a key to standard output (in a pod, that is the container's log): "
                          "give -o FILE on a memory-backed volume")
-    key_source = open_key(key_uri, options)
-    with PartialFile(out, 0o400, check=memory_only(allow_disk, log, "the key")) as f:
+    key_source = open_key(key_uri, connection)
+    with PartialFile(out, 0o400, rule=memory_only(guards.allow_disk, log, "the key")) as f:
         wrapped = None
         if key_source.unwraps:
-            header = header_from(wrapped_from, source, options)
+            header = header_from(unwrapping, connection)
             wrapped = header.wrapped_key if header else None
             if header is not None and wrapped is None:
                 raise UsageError(f"{key_uri.split('?')[0]}: the .seal header carries no wrapped key")
@@ -419,48 +340,39 @@ def fetch_key(
     if passphrase:  # a passphrase may be guessable: no fingerprint of it in logs
         log.info("key_written", path=out)
         return {"path": out}
-    log.info("key_written", path=out, key_id=sealfmt.key_id(key))
-    return {"path": out, "key_id": sealfmt.key_id(key)}
+    log.info("key_written", path=out, key_id=sealfile.key_id(key))
+    return {"path": out, "key_id": sealfile.key_id(key)}
 
 
-def fetch_model(source: str, out: str, options: Options, log: Log, sha256: str | None = None) -> dict:
+def fetch_model(source: SourceSpec, output: Output, connection: Connection, log: Log) -> dict:
     """Ciphertext may live on disk; only plaintext and keys are tmpfs-only."""
-    input = open_ciphertext(source, options, sha256, log)
-    progress = log.progress("fetch", input.size)
-    with input.stream, PartialFile(out, 0o644) as f:
-        read_view = getattr(input.stream, "read_view", None)  # S3: write straight from the part buffers
-        if callable(read_view):
-            while view := read_view(1 << 20):
-                f.write(view)
-                progress.add(len(view))
-        else:
-            buf = bytearray(1 << 20)
-            while n := input.stream.readinto(buf):
-                f.write(memoryview(buf)[:n])
-                progress.add(n)
+    out = output.path
+    ciphertext = open_ciphertext(source, connection, log)
+    progress = log.progress("fetch", ciphertext.size)
+    with ciphertext.stream, PartialFile(out, 0o644) as f:
+        while view := ciphertext.stream.read_view(1 << 20):  # S3: straight from the part buffers
+            f.write(view)
+            progress.add(len(view))
         f.commit()
     log.info("fetched", path=out, **progress.summary())
     return progress.summary()
 
 
-def decrypt(
-    input: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
-    allow_disk: bool = False, delete_key: bool = False, delete_input: bool = False,
-    associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB", preflight: bool = True,
-    workers: int = 1,
-) -> dict:
-    key_source = keys.source(options)  # configuration errors first, before touching any input
-    key_file = keys.deletable(delete_key)
-    check = Preflight(preflight, log).announce()
-    with PartialFile(out, 0o600, check=memory_only(allow_disk, log)) as f:
-        source = open_input(input, log)
-        progress = log.progress("decrypt", source.size)
-        with source.stream:
-            plain = plaintext(source, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            check(f.fd, f.where, plain.file_need(plain.reader.worker_memory()))
-            most, written = plain.most_bytes(), 0
+def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, guards: Guards,
+            connection: Connection, log: Log) -> dict:
+    """The ciphertext file at `path` (or stdin) decrypted onto tmpfs; the output appears only once verified."""
+    key_source = key.source(connection)  # configuration errors first, before touching any input
+    key_file = key.deletable(output.delete_key)
+    preflight = Preflight(guards.preflight, log).announce()
+    with PartialFile(output.path, 0o600, rule=memory_only(guards.allow_disk, log)) as f:
+        ciphertext = open_local(path, log)
+        progress = log.progress("decrypt", ciphertext.size)
+        with ciphertext.stream:
+            plaintext = decrypting(ciphertext, decryption, key, key_source, log)
+            preflight(f.fd, f.where, plaintext.file_need(plaintext.reader.worker_memory()))
+            most, written = plaintext.most_bytes(), 0
             with BackgroundWriter(f.write) as background:
-                for segment in plain.reader.segments(ring=background.depth + 2):
+                for segment in plaintext.reader.segments(ring=background.depth + 2):
                     written += len(segment)
                     if written > most:  # held to the header's size, as unpack holds each file to its own
                         raise IntegrityError(f"the payload is larger than the {most} bytes its .seal header "
@@ -468,51 +380,44 @@ def decrypt(
                     background.write(segment)
                     progress.add(len(segment))
         f.commit()
-    _consume([(delete_key, key_file), (delete_input, input)], log)
-    log.info("decrypted", path=out, **progress.summary())
+    _consume([(output.delete_key, key_file), (output.delete_input, path)], log)
+    log.info("decrypted", path=output.path, **progress.summary())
     return progress.summary()
 
 
-def unpack(input: str, out: str, log: Log, *, allow_disk: bool = False, delete_input: bool = False,
-           allow_symlinks: bool = False, limits=None, preflight: bool = True, verify=None) -> dict:
+def unpack(path: str, output: Output, guards: Guards, log: Log) -> dict:
+    """The archive at `path` (or stdin) extracted into a new directory; it appears only once complete."""
     from . import unpack as unpacker
 
-    check = Preflight(preflight, log).announce()
-    with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
-        source = open_input(input, log)
-        with source.stream:
-            stats = dest.extract(source.stream, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
-                                 preflight=lambda fd, compression: check(fd, out, capacity.tree_need(None, source.size,
-                                                                                            compression)),
-                                 verify=verify)
-    _consume([(delete_input, input)], log)
-    log.info("unpacked", path=out, **stats)
+    preflight = Preflight(guards.preflight, log).announce()
+    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
+        archive = open_local(path, log)
+        with archive.stream:
+            stats = dest.extract(archive.stream, limits=guards.limits or unpacker.Limits(),
+                                 allow_symlinks=guards.allow_symlinks, preflight=preflight, size=archive.size,
+                                 verify=guards.verify)
+    _consume([(output.delete_input, path)], log)
+    log.info("unpacked", path=output.path, **stats)
     return stats
 
 
-def run(
-    source: str, out: str, keys: KeySpec, options: Options, log: Log, *, fmt: str = "seal",
-    sha256: str | None = None, allow_disk: bool = False, allow_symlinks: bool = False, limits=None,
-    delete_key: bool = False, associated_data: bytes = b"", tink_template: str = "AES256_GCM_HKDF_1MB",
-    preflight: bool = True, verify=None, workers: int = 1,
-) -> dict:
-    """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored.
-
-    `verify` (signing.StreamVerifier): check the model's signature in the same pass."""
+def run(source: SourceSpec, output: Output, key: KeySpec, decryption: Decryption, guards: Guards,
+        connection: Connection, log: Log) -> dict:
+    """fetch -> decrypt -> unpack in one pass: no ciphertext or tar is ever stored; a signature
+    (guards.verify) is checked in the same pass."""
     from . import unpack as unpacker
 
-    key_source = keys.source(options)  # configuration errors first, before touching any input
-    key_file = keys.deletable(delete_key)
-    check = Preflight(preflight, log).announce()
-    with unpacker.Destination(out, check=memory_only(allow_disk, log), log=log) as dest:
-        input = open_ciphertext(source, options, sha256, log)
-        with input.stream:
-            plain = plaintext(input, fmt, keys, key_source, log, associated_data, tink_template, workers)
-            buffers = input.buffers + plain.reader.worker_memory()
-            stats = dest.extract(
-                plain.reader, limits=limits or unpacker.Limits(), allow_symlinks=allow_symlinks,
-                preflight=lambda fd, compression: check(fd, out, plain.tree_need(compression, buffers)),
-                declared=plain.header.sizes if plain.header is not None else None, verify=verify)
-    _consume([(delete_key, key_file)], log)
-    log.info("unpacked", path=out, **stats)
+    key_source = key.source(connection)  # configuration errors first, before touching any input
+    key_file = key.deletable(output.delete_key)
+    preflight = Preflight(guards.preflight, log).announce()
+    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
+        ciphertext = open_ciphertext(source, connection, log)
+        with ciphertext.stream:
+            plaintext = decrypting(ciphertext, decryption, key, key_source, log)
+            buffers = ciphertext.buffers + plaintext.reader.worker_memory()
+            stats = dest.extract(plaintext.reader, limits=guards.limits or unpacker.Limits(),
+                                 allow_symlinks=guards.allow_symlinks, preflight=preflight, size=plaintext.size,
+                                 declared=plaintext.sizes, buffers=buffers, verify=guards.verify)
+    _consume([(output.delete_key, key_file)], log)
+    log.info("unpacked", path=output.path, **stats)
     return stats

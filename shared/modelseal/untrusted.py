@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import IntegrityError, ModelsealError
 
@@ -61,7 +61,7 @@ def _short_repr(value: Any, limit: int) -> str:
     return f"<{type(value).__name__}>"
 
 
-def json_document(data: bytes | str, what: str, error: type[ModelsealError] = IntegrityError,
+def json_document(data: bytes | bytearray | str, what: str, error: type[ModelsealError] = IntegrityError,
                   max_depth: int = MAX_DEPTH) -> Any:
     """Parse UTF-8 JSON from outside; any failure is `error(f"{what}: ...")`.
 
@@ -97,10 +97,11 @@ def depth_within(doc: Any, max_depth: int) -> bool:
     todo: list[tuple[Any, int]] = [(doc, 1)]
     while todo:
         node, depth = todo.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
-            children = node  # type: ignore[assignment]
+            children = node
         else:
             continue
         if depth > max_depth:

@@ -58,7 +58,7 @@ class Upload(io.RawIOBase):
                 self._pool.shutdown(wait=False, cancel_futures=True)
             super().close()
 
-    def __exit__(self, exc_type, exc, tb):  # type: ignore[no-untyped-def]
+    def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             self.abort()
         else:

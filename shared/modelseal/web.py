@@ -24,15 +24,16 @@ import ipaddress
 import os
 import re
 from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import SplitResult, unquote_plus, urljoin, urlsplit, urlunsplit
 
 from . import extras, retry, untrusted
 from .errors import IntegrityError, UsageError, from_os_error
-from .uri import URI, Options
+from .options import Connection
+from .uri import URI
 
-#: Query parameters that are ours, not the server's (plus every Options field).
-OWN_PARAMS = frozenset({f.name for f in fields(Options)} - {"extra"}) | frozenset({
+#: Query parameters that are ours, not the server's (plus every Connection field).
+OWN_PARAMS = frozenset({f.name for f in fields(Connection)} - {"extra"}) | frozenset({
     "field", "encoding", "backoff", "backoff_max", "part_size",
 })
 #: The largest key or secret answer we accept.
@@ -60,7 +61,7 @@ def is_loopback(host: str) -> bool:
 _ENDPOINT_CHARS = re.compile(r"[!-\[\]-~]+", re.ASCII)
 
 
-def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool = False) -> SplitResult:
+def parse_endpoint(url: str, what: str, connection: Connection, *, loopback_ok: bool = False) -> SplitResult:
     """An endpoint URL (endpoint_url, AWS_ENDPOINT_URL*, cdh_url, a Vault address), parsed once.
 
     The host that decides "loopback" and "plain http" is `urlsplit(url).hostname`,
@@ -84,11 +85,11 @@ def parse_endpoint(url: str, what: str, options: Options, *, loopback_ok: bool =
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         raise UsageError(f"{what}: the URL has a malformed port") from None
-    check_scheme(parts.scheme.lower(), parts.hostname, options, what, loopback_ok=loopback_ok)
+    check_scheme(parts.scheme.lower(), parts.hostname, connection, what, loopback_ok=loopback_ok)
     return parts
 
 
-def check_scheme(scheme: str, host: str, options: Options, what: str, *, loopback_ok: bool = False) -> None:
+def check_scheme(scheme: str, host: str, connection: Connection, what: str, *, loopback_ok: bool = False) -> None:
     """https always; plain http only with allow_http (warned), or to loopback where that is the design."""
     if scheme == "https":
         return
@@ -96,7 +97,7 @@ def check_scheme(scheme: str, host: str, options: Options, what: str, *, loopbac
         raise UsageError(f"{what}: unsupported URL scheme {scheme!r}")
     if loopback_ok and is_loopback(host):
         return
-    if not options.allow_http:
+    if not connection.allow_http:
         raise UsageError(f"{what}: plain http is refused; use https, or pass allow_http explicitly")
     retry.log().warning("plain_http", what=what,
                         note="allow_http is set: this connection is not encrypted or authenticated")
@@ -177,7 +178,7 @@ def _across_origins(headers: dict[str, str] | None) -> dict[str, str] | None:
 
 
 class Client:
-    """A requests.Session with the TLS settings of `options`, and our own redirect rule.
+    """A requests.Session with the TLS settings of `connection`, and our own redirect rule.
 
     Redirects (decided here, never by requests): a key service (Vault,
     vault-transit, the CDH, an https key server) is not followed anywhere:
@@ -197,22 +198,22 @@ class Client:
     services such as the CDH.
     """
 
-    def __init__(self, options: Options, *, bearer: bool = False, use_env: bool = True,
+    def __init__(self, connection: Connection, *, bearer: bool = False, use_env: bool = True,
                  redirects: bool = False, loopback_http: bool = False) -> None:
         requests = extras.require("requests", "HTTP(S)")
-        _check_file(options.ca, "CA bundle")
-        _check_file(options.cert, "client certificate")
-        _check_file(options.cert_key, "client key")
-        self.options = options
+        _check_file(connection.ca, "CA bundle")
+        _check_file(connection.cert, "client certificate")
+        _check_file(connection.cert_key, "client key")
+        self.connection = connection
         self.redirects = redirects
         self.loopback_http = loopback_http
-        self.verify: Any = options.ca or True
+        self.verify: Any = connection.ca or True
         self.cert: Any = None
-        if options.cert:
-            self.cert = (options.cert, options.cert_key) if options.cert_key else options.cert
+        if connection.cert:
+            self.cert = (connection.cert, connection.cert_key) if connection.cert_key else connection.cert
         s = requests.Session()
         s.trust_env = use_env
-        s.auth = _Bearer(options.token_file if bearer else None)
+        s.auth = _Bearer(connection.token_file if bearer else None)
         # No cookies: they are scoped by host, not origin (a port does not count), so one
         # set by the first server would be sent to another on the same host after a redirect.
         s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
@@ -221,12 +222,14 @@ class Client:
         self.session = s
 
     def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
-                json: Any = None, data: Any = None) -> Any:
+                json: Any = None, data: Any = None, answers: tuple[int, ...] = ()) -> Any:
         """One streaming request (not retried here), following redirects by the rule above.
 
         `url` itself passes the same rule as every hop: it may come from a
         server's answer (a registry's upload Location), so an https
-        conversation is never continued over plain http without allow_http."""
+        conversation is never continued over plain http without allow_http.
+        `answers`: 3xx statuses that are this API's answers, not redirects
+        (GCS answers 308 Resume Incomplete to a resumable upload's chunks)."""
         home = origin(self._target(url, what, "a request to"))
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -234,9 +237,9 @@ class Client:
             resp = self.session.request(
                 method, current, headers=headers if ours else _across_origins(headers), json=json, data=data,
                 stream=True, allow_redirects=False,
-                timeout=timeouts(self.options), verify=self.verify,
+                timeout=timeouts(self.connection), verify=self.verify,
                 cert=self.cert if ours else None, auth=None if ours else _NO_CREDENTIALS)
-            if not 300 <= resp.status_code < 400:
+            if not 300 <= resp.status_code < 400 or resp.status_code in answers:
                 return resp
             status, location = resp.status_code, resp.headers.get("Location")
             resp.close()
@@ -262,7 +265,7 @@ class Client:
         scheme = parts.scheme.lower()
         if scheme not in ("https", "http") or not parts.hostname:
             raise UsageError(f"{what}: {how} a URL that is not http(s); refused")
-        if scheme != "https" and not self.options.allow_http and not (
+        if scheme != "https" and not self.connection.allow_http and not (
                 self.loopback_http and is_loopback(parts.hostname)):
             raise UsageError(f"{what}: {how} plain http; refused (allow_http is not set)")
         origin(url)  # a malformed port is refused before anything is sent
@@ -290,13 +293,22 @@ def _header(headers: Any, name: str, parse: Any, what: str) -> Any:
     return value
 
 
-def timeouts(options: Options) -> tuple[float, float]:
-    if options.timeout <= 0:
+def timeouts(connection: Connection) -> tuple[float, float]:
+    if connection.timeout <= 0:
         raise UsageError("timeout must be positive")
-    return (options.timeout, options.timeout)
+    return (connection.timeout, connection.timeout)
 
 
-def request_small(client: Client, method: str, url: str, what: str, *,
+class Requester(Protocol):
+    """What sends one request: a Client, or a client of its own kind (registry.client.Registry)."""
+
+    connection: Connection
+
+    def request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
+                json: Any = None, data: Any = None) -> Any: ...
+
+
+def request_small(client: Requester, method: str, url: str, what: str, *,
                   headers: dict[str, str] | None = None, json: Any = None, data: Any = None,
                   ok: tuple[int, ...] = (200,), statuses: dict[int, type] | None = None,
                   max_bytes: int = MAX_SECRET) -> tuple[int, bytes]:
@@ -323,7 +335,7 @@ def request_small(client: Client, method: str, url: str, what: str, *,
         finally:
             resp.close()
 
-    return retry.call(what, client.options, once)
+    return retry.call(what, client.connection, once)
 
 
 def direct_readinto(raw: Any) -> Any:

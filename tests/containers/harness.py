@@ -439,7 +439,7 @@ def skipped_mounts() -> set[str]:
 
 def on_disk(path: str) -> bool:
     """False for memory, kernel and overlay filesystems (statfs), where a search proves nothing."""
-    from modelseal import tmpfs
+    from modelseal.placement import tmpfs
 
     return tmpfs.fs_type(path) not in (tmpfs.TMPFS_MAGIC, tmpfs.RAMFS_MAGIC, 0x794C7630, 0x9FA0, 0x62656572)
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import os
-import random
 import secrets
-import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ import pytest
 
 import harness
 from conftest import modelseal
+from support.models import make_model
 from harness import (  # noqa: F401 - images_built is a fixture
     PLACEHOLDER_PIN, SPEC_KEY, SPEC_OBJECT, Pod, images_built, load_example, need, subtree, tree_of)
 
@@ -47,10 +45,10 @@ def moto():
         import boto3  # noqa: F401
         import moto as _moto  # noqa: F401
 
-        import servers
+        from support import moto as moto_support
     except ImportError as exc:
         need(f"moto[server] and boto3 are needed on the host ({exc}); make setup installs them")
-    return servers.moto_server()
+    return moto_support.moto_server()
 
 
 def spec_region(doc: dict) -> str:
@@ -103,9 +101,9 @@ class Account:
 
     def data_key(self, sealed: bytes) -> bytes:
         """Unwrap the .seal's data key with KMS, as fetch-key does (for the disk search)."""
-        from modelseal import format as sealfmt
+        from modelseal import sealfile
 
-        wrapped = sealfmt.read_prefix(io.BytesIO(sealed))[0].wrapped_key
+        wrapped = sealfile.read_prefix(io.BytesIO(sealed))[0].wrapped_key
         return self.kms.decrypt(CiphertextBlob=wrapped.ciphertext, EncryptionContext=wrapped.context,
                                 KeyId=wrapped.key_id)["Plaintext"]
 
@@ -124,19 +122,6 @@ def aws(moto) -> Account:
     key_id = kms.create_key(Description="modelseal container tests")["KeyMetadata"]["KeyId"]
     kms.create_alias(AliasName=alias, TargetKeyId=key_id)
     return Account(moto.url, region, bucket, alias, s3, kms)
-
-
-def make_model(dest: Path, shard_bytes: int = 3 << 20) -> Path:
-    """A model directory: float32 weights, a JSON config, a random shard that crosses several 1 MiB
-    segments and an empty directory (as SavedModels have), readable by the containers' UID."""
-    rng = random.Random(1234)
-    (dest / "variables").mkdir(parents=True, exist_ok=True)
-    (dest / "assets.extra").mkdir(exist_ok=True)
-    (dest / "variables" / "weights.f32").write_bytes(struct.pack("<12f", *(rng.uniform(-1, 1) for _ in range(12))))
-    (dest / "config.json").write_text(json.dumps({"name": "iris-linear", "inputs": 4, "outputs": 3}))
-    (dest / "variables" / "shard-00001.bin").write_bytes(rng.randbytes(shard_bytes))
-    world_readable(dest)
-    return dest
 
 
 def world_readable(root: Path) -> None:
@@ -217,9 +202,9 @@ def test_four_stage_pod_spec_delivers_the_model_byte_for_byte(aws: Account, shm:
         assert pod.read_volume("plaintext") == {}  # --delete-input: the tar is gone
         assert pod.read_volume("secrets") == {}  # --delete-key
         assert pod.read_volume("ciphertext") == {}  # --delete-input
-        from modelseal import format as sealfmt
+        from modelseal import sealfile
 
-        header = sealfmt.read_prefix(io.BytesIO(sealed))[0]
+        header = sealfile.read_prefix(io.BytesIO(sealed))[0]
         assert header.wrapped_key and header.wrapped_key.provider == "aws-kms"
         assert results[0].termination["key_id"] == header.key_id
 
@@ -238,7 +223,7 @@ def test_single_stage_pod_spec_delivers_only_the_model(aws: Account, shm: Path) 
 
 def test_the_pod_specs_aws_region_alone_is_enough(aws: Account, shm: Path) -> None:
     """The example pods set only AWS_REGION; no AWS_DEFAULT_REGION from a webhook here."""
-    seal_on_host(aws, make_model(shm / "model", shard_bytes=1024))
+    seal_on_host(aws, make_model(shm / "model", 1024))
     env = {k: v for k, v in aws.creds().items() if k not in ("AWS_DEFAULT_REGION", "AWS_REGION")}
     with Pod(load_example("four-stage.yaml"), shm, subst=aws.subst(), env=env) as pod:
         r = pod.run("fetch-key")

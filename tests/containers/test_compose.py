@@ -86,14 +86,14 @@ class Project:
     """One compose project of the demo on free ports; `close` removes whatever is left of it."""
 
     def __init__(self) -> None:
-        import servers
+        from support import processes
 
         self.name = f"modelseal-demo-test-{secrets.token_hex(3)}"
-        self.server_port = servers.free_port()
+        self.server_port = processes.free_port()
         self.env = {**os.environ, "MODELSEAL_DEMO_PROJECT": self.name, "MODELSEAL_DEMO_SKIP_BUILD": "1",
-                    "MODELSEAL_DEMO_MOTO_PORT": str(servers.free_port()),
+                    "MODELSEAL_DEMO_MOTO_PORT": str(processes.free_port()),
                     "MODELSEAL_DEMO_SERVER_PORT": str(self.server_port),
-                    "MODELSEAL_DEMO_KEYSERVER_PORT": str(servers.free_port())}
+                    "MODELSEAL_DEMO_KEYSERVER_PORT": str(processes.free_port())}
         self.url = f"http://127.0.0.1:{self.server_port}"
 
     def script(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -389,9 +389,9 @@ def test_ask_prints_each_answer_and_fails_on_a_wrong_one(wrong: bool) -> None:
 
 
 def test_ask_fails_when_no_server_answers() -> None:
-    import servers
+    from support import processes
 
-    port = servers.free_port()
+    port = processes.free_port()
     r = subprocess.run([sys.executable, str(REPO / "demo" / "ask.py"), f"http://127.0.0.1:{port}", "--wait", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "not ready" in r.stderr, r.stderr

@@ -72,7 +72,9 @@ def sealed(box: Path) -> tuple[Path, Path, Path]:
 
 
 def same_tree(a: Path, b: Path) -> bool:
-    files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*"))
+    def files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*"))
+
     return files(a) == files(b) and all(
         (a / p).read_bytes() == (b / p).read_bytes() for p in files(a) if (a / p).is_file())
 

@@ -18,6 +18,8 @@ the digest publish printed, and the pods run those references:
 Docker keeps the layers it already has, so the pull downloads manifests and
 configs and verifies them against the registry, not the shared layers again.
 """
+# The fixtures come from test_chain (aws, moto): the test arguments naming them shadow the imports.
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ import harness
 from conftest import modelseal
 from harness import (  # noqa: F401 - images_built is a fixture
     SPEC_KEY, Pod, docker, images_built, load_example, need, subtree, tree_of)
-from test_chain import assert_ok, aws, make_model, moto, output_location, world_readable  # noqa: F401 - fixtures
+from support.models import make_model
+from test_chain import assert_ok, aws, moto, output_location, world_readable  # noqa: F401, F811 - fixtures
 
 pytestmark = pytest.mark.usefixtures("images_built")
 
@@ -43,7 +46,7 @@ SPEC_REF = "oci://registry.example.com/models/resnet@sha256:" + "2" * 64
 
 @pytest.fixture(scope="module")
 def published():
-    from registries import Registry, need_tool
+    from support.registry import need_tool, Registry
 
     need(harness.engine_missing())
     need_tool("docker-registry")

@@ -14,7 +14,8 @@ import pytest
 
 import harness
 from conftest import modelseal
-from signhelp import files, make_model, write_key
+from support.models import make_model
+from support.signing import files, write_key
 from test_images import box, run  # noqa: F401  (box is a fixture)
 
 

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelseal import format as sealfmt
+from modelseal import sealfile
 from modelseal.streaming import AES256_GCM_HKDF_1MB as PARAMS
 from modelseal.streaming import EncryptingWriter
 
@@ -66,8 +66,8 @@ class Vector:
 
 
 def seal(plaintext: bytes, name: str) -> bytes:
-    header = sealfmt.Header(key_id=sealfmt.key_id(DATA_KEY), name=name, version="1", created=CREATED)
-    prefix = sealfmt.encode_prefix(header)
+    header = sealfile.Header(key_id=sealfile.key_id(DATA_KEY), name=name, version="1", created=CREATED)
+    prefix = sealfile.encode_prefix(header)
     out = io.BytesIO()
     out.write(prefix)
     with EncryptingWriter(out, DATA_KEY, prefix, PARAMS, salt=SALT, nonce_prefix=NONCE_PREFIX) as w:
@@ -92,7 +92,7 @@ def vectors() -> list[Vector]:
     p1, p2 = payload_at(one), payload_at(two)
     seg1 = p2 + PARAMS.segment_size  # where the final segment of `two` starts
     name_at = one.index(b'"name":"vector"') + len('"name":"')
-    key_id = sealfmt.key_id(DATA_KEY).encode()
+    key_id = sealfile.key_id(DATA_KEY).encode()
     return [
         Vector("ok-one-segment", one, "the published vector (docs/FORMAT.md): one final segment",
                exit=0, plaintext=HELLO),
@@ -109,7 +109,7 @@ def vectors() -> list[Vector]:
                "still valid JSON, caught by the associated data", says="segment 0"),
         Vector("wrong-key", one, "decrypted with another key: its key id differs", key="wrong.key",
                says="wrong key"),
-        Vector("wrong-key-forged-id", one.replace(key_id, sealfmt.key_id(WRONG_KEY).encode(), 1),
+        Vector("wrong-key-forged-id", one.replace(key_id, sealfile.key_id(WRONG_KEY).encode(), 1),
                "the header's key id forged to the wrong key's: the key id is a hint, segment 0 still fails",
                key="wrong.key", says="segment 0"),
         Vector("tink-header-flipped", flip(one, p1 + 5), "a byte of the salt changed", says="segment 0"),

@@ -16,8 +16,9 @@ from typing import ClassVar
 
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
-from ..uri import URI, Options, discover, find_backend
+from ..options import Connection
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI, discover, find_backend
 
 
 class KeySource:
@@ -25,9 +26,9 @@ class KeySource:
     #: True when the key is obtained by unwrapping the header's wrapped_key.
     unwraps: ClassVar[bool] = False
 
-    def __init__(self, uri: URI, options: Options) -> None:
+    def __init__(self, uri: URI, connection: Connection) -> None:
         self.uri = uri
-        self.options = options.with_query(uri.query)
+        self.connection = connection.with_query(uri.query)
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
         """The secret as the service stores it (before `field=` and `encoding=`)."""
@@ -53,7 +54,7 @@ class KeySource:
             )
         raw = self.material(wrapped)
         if not self.unwraps:
-            raw = decode(raw, self.options.extra.get("field"), self.options.extra.get("encoding", encoding))
+            raw = decode(raw, self.connection.extra.get("field"), self.connection.extra.get("encoding", encoding))
         return raw
 
 
@@ -89,10 +90,10 @@ def backends() -> dict:
     return discover(sys.modules[__name__])
 
 
-def open_key(uri: str | URI, options: Options | None = None) -> KeySource:
+def open_key(uri: str | URI, connection: Connection | None = None) -> KeySource:
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
     module = find_backend(sys.modules[__name__], parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))
         raise UsageError(f"unknown key URI scheme {parsed.scheme!r} (known: {known})")
-    return module.Backend(parsed, options or Options())
+    return module.Backend(parsed, connection or Connection())

@@ -24,7 +24,9 @@ from typing import Any
 
 from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..options import Connection
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("aws-kms",)
@@ -35,20 +37,20 @@ BASE_CONTEXT = {"modelseal": "v1"}
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.key_id = (uri.netloc + uri.path).strip("/")
         if not self.key_id:
             raise UsageError("aws-kms: the URI needs a key: aws-kms://<key-id|alias/name|arn>")
         self.what = f"aws-kms://{self.key_id}"
-        self.user_context = {k[len("context."):]: v for k, v in self.options.extra.items()
+        self.user_context = {k[len("context."):]: v for k, v in self.connection.extra.items()
                              if k.startswith("context.") and len(k) > len("context.")}
         self._client: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = aws.client("kms", self.options, region=aws.region_of_arn(self.key_id),
+            self._client = aws.client("kms", self.connection, region=aws.region_of_arn(self.key_id),
                                       require_region=True)
         return self._client
 
@@ -60,7 +62,7 @@ class Backend(KeySource):
         for k, v in self.user_context.items():
             if wrapped.context.get(k) != v:
                 raise IntegrityError(f"{self.what}: the file's encryption context does not have {k}={v}")
-        resp = aws.call(self.what, self.options, self.client.decrypt,
+        resp = aws.call(self.what, self.connection, self.client.decrypt,
                         CiphertextBlob=wrapped.ciphertext, KeyId=self.key_id,
                         EncryptionContext=dict(wrapped.context))
         plaintext = resp.get("Plaintext") if isinstance(resp, dict) else None
@@ -73,7 +75,7 @@ class Backend(KeySource):
             raise UsageError(f"data key must be {DATA_KEY_SIZE} bytes")
         context = dict(BASE_CONTEXT)
         context.update(self.user_context)
-        resp = aws.call(self.what, self.options, self.client.encrypt,
+        resp = aws.call(self.what, self.connection, self.client.encrypt,
                         KeyId=self.key_id, Plaintext=data_key, EncryptionContext=context)
         blob = resp.get("CiphertextBlob") if isinstance(resp, dict) else None
         kid = resp.get("KeyId") if isinstance(resp, dict) else None

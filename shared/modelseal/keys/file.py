@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..format import WrappedKey
+from ..sealfile import WrappedKey
 from . import KeySource
 
 SCHEMES = ("file",)

@@ -18,22 +18,24 @@ from __future__ import annotations
 from typing import Any
 
 from .. import web
-from ..format import WrappedKey
+from ..options import Connection
+from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("https", "http")
 
 
 class Backend(KeySource):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)  # URI.parse has refused user info
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)  # URI.parse has refused user info
         self.what = uri.redacted()
-        web.check_scheme(uri.scheme, uri.hostname, self.options, self.what)
+        web.check_scheme(uri.scheme, uri.hostname, self.connection, self.what)
         self.url = web.server_url(uri)
         self._client: Any = None
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
         if self._client is None:
-            self._client = web.Client(self.options, bearer=True)
+            self._client = web.Client(self.connection, bearer=True)
         _, body = web.request_small(self._client, "GET", self.url, self.what)
         return body

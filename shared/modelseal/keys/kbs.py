@@ -23,27 +23,29 @@ from urllib.parse import quote
 
 from .. import web
 from ..errors import UsageError
-from ..format import WrappedKey
+from ..options import Connection
+from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("kbs",)
 
 
 class Backend(KeySource):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         parts = [p for p in uri.path.split("/") if p]
         if len(parts) != 3 or any(p in (".", "..") for p in parts):
             raise UsageError("a KBS key URI is kbs:///<repository>/<type>/<tag>")
         self.what = f"kbs:///{'/'.join(parts)}"
-        base = web.parse_endpoint(self.options.cdh_url, "cdh_url", self.options, loopback_ok=True)
+        base = web.parse_endpoint(self.connection.cdh_url, "cdh_url", self.connection, loopback_ok=True)
         self.host = base.hostname
-        self.url = self.options.cdh_url.rstrip("/") + "/cdh/resource/" + "/".join(quote(p, safe="") for p in parts)
+        self.url = self.connection.cdh_url.rstrip("/") + "/cdh/resource/" + "/".join(quote(p, safe="") for p in parts)
         self._client: Any = None
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
         if self._client is None:
             # No proxies from the environment when the CDH is on loopback.
-            self._client = web.Client(self.options, use_env=not web.is_loopback(self.host), loopback_http=True)
+            self._client = web.Client(self.connection, use_env=not web.is_loopback(self.host or ""), loopback_http=True)
         _, body = web.request_small(self._client, "GET", self.url, self.what)
         return body

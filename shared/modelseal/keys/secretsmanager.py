@@ -16,15 +16,17 @@ from urllib.parse import unquote
 
 from .. import aws, untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import WrappedKey
+from ..options import Connection
+from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("secretsmanager",)
 
 
 class Backend(KeySource):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         # Percent-decoded: a name may hold "@" (as %40), which the URI's authority refuses.
         self.secret_id = unquote((uri.netloc + uri.path).strip("/"))
         if not self.secret_id:
@@ -32,14 +34,14 @@ class Backend(KeySource):
         self.what = f"secretsmanager://{self.secret_id}"
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
-        client: Any = aws.client("secretsmanager", self.options, region=aws.region_of_arn(self.secret_id),
+        client: Any = aws.client("secretsmanager", self.connection, region=aws.region_of_arn(self.secret_id),
                                  require_region=True)
-        kwargs = {"SecretId": self.secret_id}
-        if self.options.extra.get("version_id"):
-            kwargs["VersionId"] = self.options.extra["version_id"]
-        if self.options.extra.get("version_stage"):
-            kwargs["VersionStage"] = self.options.extra["version_stage"]
-        resp = aws.call(self.what, self.options, client.get_secret_value, **kwargs)
+        kwargs: dict[str, Any] = {"SecretId": self.secret_id}
+        if self.connection.extra.get("version_id"):
+            kwargs["VersionId"] = self.connection.extra["version_id"]
+        if self.connection.extra.get("version_stage"):
+            kwargs["VersionStage"] = self.connection.extra["version_stage"]
+        resp = aws.call(self.what, self.connection, client.get_secret_value, **kwargs)
         binary = resp.get("SecretBinary") if isinstance(resp, dict) else None
         string = resp.get("SecretString") if isinstance(resp, dict) else None
         if isinstance(binary, bytes):

@@ -31,8 +31,9 @@ from urllib.parse import quote
 
 from .. import untrusted, web
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..format import WrappedKey
-from ..uri import URI, Options
+from ..options import Connection
+from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("vault",)
@@ -50,15 +51,15 @@ def _path(parts: list[str]) -> str:
 class VaultClient:
     """Address, TLS and authentication for one Vault server, from a vault*:// URI."""
 
-    def __init__(self, uri: URI, options: Options, what: str) -> None:
-        self.options = options
+    def __init__(self, uri: URI, connection: Connection, what: str) -> None:
+        self.connection = connection
         self.what = what
         if not uri.netloc:
             raise UsageError(f"{what}: the URI needs a host: {uri.scheme}://host:port/...")
-        scheme = options.extra.get("scheme", "https").lower()
+        scheme = connection.extra.get("scheme", "https").lower()
         self.addr = f"{scheme}://{uri.netloc}"
-        web.parse_endpoint(self.addr, f"{what} (Vault address)", options)
-        if not options.role and not options.token_file:
+        web.parse_endpoint(self.addr, f"{what} (Vault address)", connection)
+        if not connection.role and not connection.token_file:
             raise UsageError(f"{what}: give role= (Kubernetes auth) or token_file= (a Vault token)")
         self._client: Any = None
         self._token: str | None = None
@@ -66,33 +67,33 @@ class VaultClient:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = web.Client(self.options)  # tokens go in X-Vault-Token, not Authorization
+            self._client = web.Client(self.connection)  # tokens go in X-Vault-Token, not Authorization
         return self._client
 
     def _headers(self, token: str | None) -> dict[str, str]:
         h = {"X-Vault-Request": "true"}
         if token:
             h["X-Vault-Token"] = token
-        ns = self.options.extra.get("namespace")
+        ns = self.connection.extra.get("namespace")
         if ns:
             h["X-Vault-Namespace"] = ns
         return h
 
     def token(self) -> str:
         if self._token is None:
-            if self.options.role:
+            if self.connection.role:
                 self._token = self._kubernetes_login()
             else:
-                self._token = web.read_secret_file(str(self.options.token_file), "Vault token")
+                self._token = web.read_secret_file(str(self.connection.token_file), "Vault token")
         return self._token
 
     def _kubernetes_login(self) -> str:
-        jwt_file = self.options.extra.get("jwt_file") or self.options.token_file or SA_TOKEN
+        jwt_file = self.connection.extra.get("jwt_file") or self.connection.token_file or SA_TOKEN
         jwt = web.read_secret_file(jwt_file, "service-account token")
-        mount = self.options.extra.get("auth_mount", "kubernetes").strip("/")
+        mount = self.connection.extra.get("auth_mount", "kubernetes").strip("/")
         url = f"{self.addr}/v1/auth/{_path(mount.split('/'))}/login"
         _, body = web.request_small(self.client, "POST", url, f"{self.what} (kubernetes login)",
-                                    headers=self._headers(None), json={"role": self.options.role, "jwt": jwt})
+                                    headers=self._headers(None), json={"role": self.connection.role, "jwt": jwt})
         token = untrusted.member(_json(body, self.what), "auth.client_token", self.what)
         if not isinstance(token, str) or not token:
             raise DeniedError(f"{self.what}: Kubernetes login returned no client token")
@@ -109,12 +110,12 @@ class VaultClient:
         return _json(body, self.what)
 
 
-def split_mount(uri: URI, options: Options, what: str, default_mount: str | None = None) -> tuple[str, list[str]]:
+def split_mount(uri: URI, connection: Connection, what: str, default_mount: str | None = None) -> tuple[str, list[str]]:
     """(mount, rest of the path segments) from the URI path, honouring `mount=`."""
     parts = [p for p in uri.path.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise UsageError(f"{what}: '.' and '..' are not allowed in the path")
-    mount = options.extra.get("mount")
+    mount = connection.extra.get("mount")
     if mount:
         m = [p for p in mount.split("/") if p]
         if parts[: len(m)] != m:
@@ -128,15 +129,15 @@ def split_mount(uri: URI, options: Options, what: str, default_mount: str | None
 
 
 class Backend(KeySource):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.what = uri.redacted()
-        self.mount, self.path = split_mount(uri, self.options, self.what)
-        self.vault = VaultClient(uri, self.options, self.what)
+        self.mount, self.path = split_mount(uri, self.connection, self.what)
+        self.vault = VaultClient(uri, self.connection, self.what)
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
         api = f"{_path(self.mount.split('/'))}/data/{_path(self.path)}"
-        version = self.options.extra.get("version")
+        version = self.connection.extra.get("version")
         if version:
             if not (version.isascii() and version.isdigit() and len(version) <= 19):
                 raise UsageError("vault: version= must be a number")
@@ -147,7 +148,7 @@ class Backend(KeySource):
             raise DeniedError(f"{self.what}: the secret has no data (deleted or destroyed version)")
         if not isinstance(data, dict):
             raise IntegrityError(f"{self.what}: the secret's data is not a JSON object")
-        if self.options.extra.get("field"):
+        if self.connection.extra.get("field"):
             return json.dumps(data).encode()  # KeySource.decode picks the field
         if len(data) != 1:
             names = ", ".join(untrusted.show(n, 40) for n in sorted(data)[:8]) + (", ..." if len(data) > 8 else "")

@@ -20,7 +20,9 @@ import binascii
 
 from .. import untrusted
 from ..errors import IntegrityError, UsageError
-from ..format import DATA_KEY_SIZE, WrappedKey
+from ..options import Connection
+from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..uri import URI
 from . import KeySource
 from .vault import VaultClient, _path, split_mount
 
@@ -31,15 +33,15 @@ PROVIDER = "vault-transit"
 class Backend(KeySource):
     unwraps = True
 
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.what = uri.redacted()
-        self.mount, rest = split_mount(uri, self.options, self.what, default_mount="transit")
+        self.mount, rest = split_mount(uri, self.connection, self.what, default_mount="transit")
         if len(rest) != 1:
             raise UsageError(f"{self.what}: the URI is vault-transit://host:port/<mount>/<key>")
         self.key = rest[0]
         self.key_id = f"{self.mount}/{self.key}"
-        self.vault = VaultClient(uri, self.options, self.what)
+        self.vault = VaultClient(uri, self.connection, self.what)
 
     def _api(self, op: str) -> str:
         return f"{_path(self.mount.split('/'))}/{op}/{_path([self.key])}"

@@ -9,7 +9,9 @@ never overwritten.
 from __future__ import annotations
 
 import collections
-from typing import BinaryIO, Iterator
+from typing import Iterator
+
+from ..streaming import Readable
 
 CHUNK = 1 << 20  # plaintext/ciphertext chunk size
 READ = 1 << 16  # input read size: small reads into hot buffers cost a third of 1 MiB reads
@@ -52,7 +54,7 @@ class Pool:
         return buf
 
 
-def read_chunks(src: BinaryIO) -> Iterator[memoryview]:
+def read_chunks(src: Readable) -> Iterator[memoryview]:
     """The raw input in pieces of READ bytes (full reads, short only at EOF)."""
     pool = Pool(READ)
     while True:

@@ -8,16 +8,18 @@ naming the algorithm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from types import ModuleType
+from typing import Any, Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import IntegrityError
 
+_old: ModuleType
 try:  # the 64-bit ciphers (and, in newer releases, Camellia) live in "decrepit"
     from cryptography.hazmat.decrepit.ciphers import algorithms as _old
 except ImportError:  # pragma: no cover - older cryptography
-    _old = algorithms  # type: ignore[assignment]
+    _old = algorithms
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Algo:
     name: str
     key_size: int
     block_size: int
-    factory: Callable[[bytes], object]
+    factory: Callable[[bytes], Any]  # a cryptography block cipher algorithm, of the key
 
 
 _camellia = getattr(_old, "Camellia", None) or algorithms.Camellia
@@ -57,8 +59,8 @@ def cipher(algo_id: int) -> Algo:
 
 def ecb(algo: Algo, key: bytes):
     """The raw block function E (an ECB encryptor): CFB only ever encrypts."""
-    return Cipher(algo.factory(key), modes.ECB()).encryptor()  # type: ignore[arg-type]
+    return Cipher(algo.factory(key), modes.ECB()).encryptor()
 
 
 def cbc_decryptor(algo: Algo, key: bytes, iv: bytes):
-    return Cipher(algo.factory(key), modes.CBC(iv)).decryptor()  # type: ignore[arg-type]
+    return Cipher(algo.factory(key), modes.CBC(iv)).decryptor()

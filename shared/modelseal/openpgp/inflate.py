@@ -35,6 +35,8 @@ def decompress(algo: int, pieces: Iterator[memoryview]) -> Iterator[bytes | memo
     def corrupt(exc: Exception) -> IntegrityError:
         return IntegrityError(f"corrupt {name} compressed data ({type(exc).__name__}: {exc})")
 
+    data: bytes | memoryview  # a piece of the input, then what a decompressor left unconsumed
+
     if algo == 3:
         bz = bz2.BZ2Decompressor()
         for piece in pieces:

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import queue
 import threading
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable
 
 from ..errors import IntegrityError
 
@@ -46,7 +46,8 @@ class Hasher:
             self._t.join()
 
 
-def checked(decrypted: Iterable[memoryview], prefix: int, verified: Callable[[], None]) -> Iterator[memoryview]:
+def checked(decrypted: Iterable[memoryview], prefix: int,
+            verified: Callable[[], None]) -> Generator[memoryview, None, None]:
     """The packets inside the encrypted one, with the MDC checked before the last piece.
 
     decrypted is the whole decrypted body: a random prefix of `prefix` bytes

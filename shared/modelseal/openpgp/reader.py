@@ -10,11 +10,11 @@ ahead of inflating; the layout and the measurements are in docs/OPENPGP.md.
 from __future__ import annotations
 
 import itertools
-from typing import BinaryIO, Iterator
+from typing import Generator, Iterator
 
 from .. import overlap
 from ..errors import IntegrityError, UsageError
-from ..streaming import ChunkReader
+from ..streaming import ChunkReader, Readable
 from . import cfb, mdc
 from .buffers import read_chunks
 from .ciphers import Algo
@@ -42,7 +42,7 @@ class DecryptingReader(ChunkReader):
     the last chunk; an empty passphrase raises UsageError (exit 2).
     """
 
-    def __init__(self, src: BinaryIO, passphrase: bytes) -> None:
+    def __init__(self, src: Readable, passphrase: bytes) -> None:
         super().__init__()
         self._src = src
         self._passphrases = passphrases(passphrase)
@@ -156,7 +156,7 @@ class DecryptingReader(ChunkReader):
 
     # -- the public interface -----------------------------------------------------------------
 
-    def segments(self, ring: int = 1, read_ahead: int = 2) -> Iterator[memoryview]:
+    def segments(self, ring: int = 1, read_ahead: int = 2) -> Generator[memoryview, None, None]:
         """Yield the plaintext in chunks of about 1 MiB.
 
         Each chunk is yielded only once the next one exists, and the last only
@@ -176,7 +176,8 @@ class DecryptingReader(ChunkReader):
             if not outer.at_end():
                 raise IntegrityError("unexpected data after the encrypted data packet")
 
-        plain: Iterator[memoryview] = mdc.checked(cfb.decrypt(ciphertext, algo, key), algo.block_size + 2, verified)
+        plain: Generator[memoryview, None, None] = mdc.checked(cfb.decrypt(ciphertext, algo, key), algo.block_size + 2,
+                                                               verified)
         if read_ahead > 0:
             # Decrypting (and hashing, in its own thread) runs ahead of inflating,
             # which is the slowest step of a compressed message and releases the GIL.
@@ -209,4 +210,4 @@ class DecryptingReader(ChunkReader):
         finally:
             # Stops the decrypting thread (and through it the reading one) when the
             # consumer gives up early; a no-op after a complete read.
-            plain.close()  # type: ignore[attr-defined]
+            plain.close()

@@ -34,7 +34,7 @@ from urllib.parse import urlencode, urlsplit
 
 from .. import retry, untrusted, web
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..uri import Options
+from ..options import Connection
 from . import credentials
 from .reference import Reference
 
@@ -64,16 +64,16 @@ class Registry:
     """One repository on one registry. `request` has the signature of web.Client.request,
     so web.request_small works on it too."""
 
-    def __init__(self, ref: Reference, options: Options, *, push: bool = False) -> None:
+    def __init__(self, ref: Reference, connection: Connection, *, push: bool = False) -> None:
         self.ref = ref
-        self.options = options
+        self.connection = connection
         self.what = str(ref)
-        scheme = "http" if options.allow_http else "https"
-        web.check_scheme(scheme, ref.host, options, self.what)
+        scheme = "http" if connection.allow_http else "https"
+        web.check_scheme(scheme, ref.host, connection, self.what)
         self.base = f"{scheme}://{ref.registry}"
         self.origin = web.origin(self.base)
         self.scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
-        self.client = web.Client(options, redirects=True)  # blobs redirect to storage; credentials stay here
+        self.client = web.Client(connection, redirects=True)  # blobs redirect to storage; credentials stay here
         self.credentials = credentials.lookup(ref.registry)
         self._lock = threading.Lock()
         self._authorization: str | None = None
@@ -126,6 +126,7 @@ class Registry:
                 raise DeniedError(f"{what}: the registry asks for a username and password, and no Docker config "
                                   f"(DOCKER_CONFIG, ~/.docker/config.json) has them for {self.ref.registry}")
             if sent == basic:
+                assert creds is not None  # basic came from them
                 raise DeniedError(f"{what}: the registry refused the credentials from {creds.source} (HTTP 401)")
             return basic
         if scheme == "bearer":
@@ -141,7 +142,7 @@ class Registry:
         what = f"token endpoint {parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
         if not parts.hostname or "@" in parts.netloc:
             raise IntegrityError(f"{self.what}: the registry's bearer challenge has no usable realm")
-        web.check_scheme(parts.scheme, parts.hostname, self.options, what)
+        web.check_scheme(parts.scheme, parts.hostname, self.connection, what)
         query = [("service", params["service"])] if params.get("service") else []
         query += [("scope", s) for s in (params.get("scope") or self.scope).split()]
         creds = self.credentials

@@ -107,7 +107,9 @@ def lookup(registry: str, environ: dict[str, str] | None = None) -> Credentials 
     want = _key(registry)
     entry = next((v for k, v in obj.get("auths", {}).items() if _key(k) == want), None)
     if entry is None:
-        helpers = obj.get("credHelpers") if isinstance(obj.get("credHelpers"), dict) else {}
+        helpers = obj.get("credHelpers")
+        if not isinstance(helpers, dict):
+            helpers = {}
         if obj.get("credsStore") or any(_key(k) == want for k in helpers):
             retry.log().warning("credential_helper_ignored", registry=registry, config=path,
                                 note="credential helpers are not run here; put the credentials in 'auths'")

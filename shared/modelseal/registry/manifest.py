@@ -115,7 +115,9 @@ def sealed_layer(body: bytes, what: str) -> Descriptor:
     if not isinstance(layers_json, list) or not layers_json:
         raise IntegrityError(f"{what}: the manifest lists no layers")
     layers = [Descriptor.from_json(x, what) for x in layers_json]
-    config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    config = obj.get("config")
+    if not isinstance(config, dict):
+        config = {}
     config_type = config.get("mediaType")
     if config_type is not None and not isinstance(config_type, str):
         raise IntegrityError(f"{what}: malformed manifest: config.mediaType is not a string")

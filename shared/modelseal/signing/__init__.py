@@ -39,7 +39,7 @@ def verifier(key: str | None, certificate: str | None, signature: str | None, lo
         if signature:
             raise UsageError("--signature needs --verify-key or --verify-certificate")
         return None
-    trust = KeyTrust(key) if key else CertificateTrust(certificate)  # type: ignore[arg-type]
+    trust: KeyTrust | CertificateTrust = KeyTrust(key) if key else CertificateTrust(certificate or "")
     return StreamVerifier(trust, signature or SIGNATURE, log)
 
 

@@ -91,7 +91,7 @@ def parse(data: bytes, where: str) -> Bundle:
         key = _field(material, "publicKey", dict, optional=True)
         hint = _field(key, "hint", str, optional=True) if key is not None else None
         chain = _field(material, "x509CertificateChain", dict, optional=True)
-        certs = ()
+        certs: tuple[bytes, ...] = ()
         if chain is not None:
             listed = _field(chain, "certificates", list)
             certs = tuple(_b64(_field(c, "rawBytes", str), "a certificate") for c in listed)

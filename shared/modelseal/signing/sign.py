@@ -59,7 +59,7 @@ def _digest(path: str, planned: Identity) -> bytes:
 
 def _signed(files: list[tuple[str, str, Identity]]) -> list[tuple[str, str, Identity]]:
     """The files the statement lists: all but the git paths (recorded in ignore_paths instead)."""
-    git = [(p,) for p in statement.GIT_PATHS]
+    git: list[tuple[str, ...]] = [(p,) for p in statement.GIT_PATHS]
     return [f for f in files if not statement.ignored(tuple(f[1].split("/")), git)]
 
 

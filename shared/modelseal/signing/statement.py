@@ -101,7 +101,8 @@ def _add(m: Manifest, path: str, span: tuple[int, int] | None, algorithm: str, d
         if name in m._shards:
             raise _Bad(f"shard {name!r} is listed twice")
         m._shards.add(name)
-    m.files.setdefault(key, []).append((name, algorithm, digest))  # type: ignore[attr-defined] - tuples in parse()
+    # Lists while parsing; parse() makes each a tuple (Items) before it returns.
+    m.files.setdefault(key, []).append((name, algorithm, digest))  # type: ignore[attr-defined, arg-type]
 
 
 def _v1(doc: dict) -> Manifest:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from typing import Callable
 
 from ..errors import IntegrityError, UsageError
@@ -200,7 +201,7 @@ class StreamVerifier:
             n = min(len(view), CHUNK)
             buf[:n] = view[:n]
             piece, view = memoryview(buf)[:n], view[n:]
-            jobs.put(lambda piece=piece: h.feed(piece))
+            jobs.put(partial(h.feed, piece))
 
     def drain(self) -> None:
         """Wait for the hashing thread and stop it (the tree writer's close)."""
@@ -233,7 +234,8 @@ class StreamVerifier:
                 continue  # an empty file has no shards: a shards manifest cannot name it (model_signing alike)
             expected = m.files.get(name)
             if expected is None:
-                raise IntegrityError(f"signature check failed: {_show(name)} is not in the signed manifest (an extra file)")
+                raise IntegrityError(f"signature check failed: {_show(name)} is not in the signed manifest "
+                                     "(an extra file)")
             if sorted(items) != sorted(expected):
                 raise IntegrityError(f"signature check failed: {_show(name)} was changed (its digest differs "
                                      "from the signed manifest)")
@@ -254,7 +256,7 @@ class StreamVerifier:
             if target in seen:
                 break
             seen.add(target)
-            target = links[target]  # type: ignore[assignment]
+            target = links[target]
         items = self._digests.get(target)
         if items is None:
             raise IntegrityError(f"signature check failed: symlink {_show(name)} does not point to a file of the "

@@ -41,7 +41,7 @@ a handful.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Callable, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -53,7 +53,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ..errors import IntegrityError, UsageError
 from .bundle import MEDIA_TYPE, PAYLOAD_TYPE, Bundle, pae, pae_compat
 
-CURVES = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+CURVES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
 #: Intermediates a path may stack: cryptography's default, set explicitly so that _path_tries counts the same search.
 MAX_CHAIN_DEPTH = 8
 #: Certificates a bundle's chain may carry: the leaf, MAX_CHAIN_DEPTH intermediates and a copy of the root.

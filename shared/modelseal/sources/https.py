@@ -30,12 +30,13 @@ from modelseal.retry. Progress is reported by the caller.
 
 from __future__ import annotations
 
-import io
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from .. import retry, web
 from ..errors import IntegrityError, UnavailableError
-from . import Source
+from ..options import Connection
+from ..uri import URI
+from . import Source, Stream
 
 SCHEMES = ("https", "http")
 
@@ -68,10 +69,10 @@ def _check_encoding(resp: Any, what: str) -> None:
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)  # URI.parse has refused user info
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)  # URI.parse has refused user info
         self.what = uri.redacted()
-        web.check_scheme(uri.scheme, uri.hostname, self.options, self.what)
+        web.check_scheme(uri.scheme, uri.hostname, self.connection, self.what)
         self.url = web.server_url(uri)
         self._client: Any = None
         self._size: int | None = None
@@ -80,13 +81,13 @@ class Backend(Source):
     def get(self, headers: dict[str, str]) -> Any:
         """One streaming GET (not retried here); redirects to plain http are refused."""
         if self._client is None:
-            self._client = web.Client(self.options, bearer=True, redirects=True)
+            self._client = web.Client(self.connection, bearer=True, redirects=True)
         return self._client.request("GET", self.url, self.what, headers=headers)
 
     @property
     def size(self) -> int | None:
         if not self._size_known:
-            self._size = retry.call(self.what, self.options, self._probe)
+            self._size = retry.call(self.what, self.connection, self._probe)
             self._size_known = True
         return self._size
 
@@ -119,21 +120,30 @@ class Backend(Source):
             finally:
                 resp.close()
 
-        return retry.call(self.what, self.options, once)
+        return retry.call(self.what, self.connection, once)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> Stream:
         """Connect at once (so 401/403/404 surface here, as for S3); the length comes with the answer."""
         stream = HttpStream(self)
-        retry.call(self.what, self.options, stream._connect)
+        retry.call(self.what, self.connection, stream._connect)
         if stream.total is not None and not self._size_known:
             self._size, self._size_known = stream.total, True
-        return stream  # type: ignore[return-value]
+        return stream
 
 
-class HttpStream(io.RawIOBase):
+class Resumable(Protocol):
+    """What HttpStream reads through: one GET with the headers it asks for (https, and oci's blobs)."""
+
+    what: str
+    connection: Connection
+
+    def get(self, headers: dict[str, str]) -> Any: ...
+
+
+class HttpStream(Stream):
     """The whole object as one raw stream; reconnects with Range from the last good byte."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Resumable) -> None:
         super().__init__()
         self.b = backend
         self.what = backend.what
@@ -242,7 +252,7 @@ class HttpStream(io.RawIOBase):
         self.pos += n
         return n
 
-    def readinto(self, buf: Any) -> int:  # type: ignore[override]
+    def readinto(self, buf: Any) -> int:
         if self.closed:
             raise ValueError("read from a closed stream")
         view = memoryview(buf).cast("B")
@@ -260,7 +270,7 @@ class HttpStream(io.RawIOBase):
                         raise
                     raise err from None
                 retry.log().warning("resume", what=self.what, at_byte=self.pos, reason=retry.reason(exc))
-        return retry.call(self.what, self.b.options, self._read_once, view)
+        return retry.call(self.what, self.b.connection, self._read_once, view)
 
     def close(self) -> None:
         self._drop()

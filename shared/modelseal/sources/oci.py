@@ -31,16 +31,18 @@ import io
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote, urljoin
 
-from .. import format as sealfmt, retry, upload, web
+from .. import retry, sealfile, upload, web
 from ..digest import DigestReader
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..registry import manifest
 from ..registry.client import Registry, check_push_target
 from ..registry.reference import Reference
-from . import Source
+from ..uri import URI
+from . import Source, Stream
 from .https import HttpStream, _check_encoding
 from .s3 import parse_size
 
@@ -49,12 +51,12 @@ SCHEMES = ("oci",)
 DEFAULT_CHUNK = 16 << 20
 MIN_CHUNK = 1 << 20
 _UPLOAD_RANGE = re.compile(r"0-(\d+)")
-_HEAD_BYTES = 6 + 4 + sealfmt.MAX_HEADER
+_HEAD_BYTES = 6 + 4 + sealfile.MAX_HEADER
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.ref = Reference.parse(uri)
         self.what = str(self.ref)
         self._registry: Registry | None = None
@@ -64,7 +66,7 @@ class Backend(Source):
     def registry(self, push: bool = False) -> Registry:
         with self._lock:
             if self._registry is None:
-                self._registry = Registry(self.ref, self.options, push=push)
+                self._registry = Registry(self.ref, self.connection, push=push)
             return self._registry
 
     def layer(self) -> manifest.Descriptor:
@@ -91,15 +93,15 @@ class Backend(Source):
         reg = self.registry()
         return reg.request("GET", reg.url(f"/blobs/{self.layer().digest}"), self.what, headers=headers)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> Stream:
         layer = self.layer()
-        stream = HttpStream(self)  # type: ignore[arg-type]
-        retry.call(self.what, self.options, stream._connect)
+        stream = HttpStream(self)
+        retry.call(self.what, self.connection, stream._connect)
         if stream.total is not None and stream.total != layer.size:
             stream.close()
             raise IntegrityError(f"{self.what}: the registry sent {stream.total} bytes for a "
                                  f"{layer.size}-byte layer")
-        return DigestReader(stream, layer.hex, size=layer.size, what=f"{self.what} layer {layer.digest}")  # type: ignore[return-value]
+        return DigestReader(stream, layer.hex, size=layer.size, what=f"{self.what} layer {layer.digest}")
 
     def read_prefix(self, n: int) -> bytes:
         n = min(n, self.layer().size)
@@ -115,7 +117,7 @@ class Backend(Source):
             finally:
                 resp.close()
 
-        return retry.call(self.what, self.options, once)
+        return retry.call(self.what, self.connection, once)
 
     def open_write(self) -> "BlobUpload":
         check_push_target(self.ref)
@@ -126,14 +128,14 @@ class BlobUpload(upload.Upload):
     """The .seal as a chunked blob upload in the sealing pass; the manifest is PUT on close()."""
 
     def __init__(self, backend: Backend) -> None:
-        chunk = parse_size(backend.options.extra.get("part_size", DEFAULT_CHUNK))
+        chunk = parse_size(backend.connection.extra.get("part_size", DEFAULT_CHUNK))
         if chunk < MIN_CHUNK:
             raise UsageError(f"part_size must be at least {MIN_CHUNK} bytes for an OCI upload")
         reg = backend.registry(push=True)
         super().__init__()
         self.b = backend
         self.what = backend.what
-        self.options = backend.options
+        self.connection = backend.connection
         self.reg = reg
         self.chunk = chunk
         self._buf = bytearray()
@@ -150,7 +152,7 @@ class BlobUpload(upload.Upload):
         self._state = "open"
         self.digest: str | None = None  # the manifest's, once pushed
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted OCI upload")
         if self._error is not None:
@@ -177,7 +179,7 @@ class BlobUpload(upload.Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _move(self, resp: Any) -> None:
         """Follow the upload's Location (it changes with every answer)."""
@@ -229,7 +231,7 @@ class BlobUpload(upload.Upload):
                 resp.close()
             self._offset, self._unsure = end + 1, False
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _hash_and_patch(self, start: int, part: bytes) -> None:
         # Hashed here, in order (one worker), so sha256 (which releases the GIL) overlaps the sealing.
@@ -278,7 +280,7 @@ class BlobUpload(upload.Upload):
                 resp.close()
             self._unsure = False
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _blob_exists(self, digest: str, size: int) -> bool:
         resp = self.reg.request("HEAD", self.reg.url(f"/blobs/{digest}"), self.what)
@@ -310,7 +312,7 @@ class BlobUpload(upload.Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
 
     def _put_manifest(self, body: bytes) -> str:
         digest = manifest.digest_of(body)
@@ -324,13 +326,13 @@ class BlobUpload(upload.Upload):
             finally:
                 resp.close()
 
-        retry.call(self.what, self.options, once)
+        retry.call(self.what, self.connection, once)
         return digest
 
-    def _check_head(self) -> sealfmt.Header:
+    def _check_head(self) -> sealfile.Header:
         """The stream must be a .seal (the artifact says so); its header names the model."""
         try:
-            return sealfmt.read_prefix(io.BytesIO(bytes(self._head)))[0]
+            return sealfile.read_prefix(io.BytesIO(bytes(self._head)))[0]
         except IntegrityError as exc:
             raise UsageError(f"{self.what}: only a .seal can be pushed as a sealed model ({exc})") from None
 

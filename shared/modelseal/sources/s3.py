@@ -1,11 +1,8 @@
 """`s3://bucket/key`: a ciphertext in S3 or an S3-compatible store, read with parallel ranged GETs.
 
-Why not boto3's download_fileobj: it needs a seekable file to write parts out
-of order, and `run` consumes a stream that goes straight into decryption.
-Here `open()` returns one raw stream of the whole object, fetched as parts of
-`part_size` bytes (default 8 MiB) by `concurrency` workers, handed out in
-order. Memory stays bounded: at most `concurrency` parts in flight or waiting,
-plus the one being read.
+Reading: `open()` returns one stream of the whole object from parallel
+ranged GETs (sources/ranged.py: `concurrency` parts of `part_size` bytes,
+default 8 MiB, in flight, handed out in order, memory bounded).
 
 Each part is its own ranged GET under the retry policy, and a part whose
 connection drops resumes from its last good byte (a new Range for the rest
@@ -28,17 +25,19 @@ truncated object behind. Objects smaller than one part go up in one PutObject.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 from .. import aws, retry, untrusted, web
 from ..errors import IntegrityError, UsageError
+from ..options import Connection
 from ..upload import Upload
-from . import Source
+from ..uri import URI
+from . import Source, Stream
+from .ranged import RangedStream
 
 SCHEMES = ("s3",)
 
@@ -66,19 +65,19 @@ def parse_size(text: str | int) -> int:
 
 
 class Backend(Source):
-    def __init__(self, uri, options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(uri, options)
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        super().__init__(uri, connection)
         self.bucket = uri.netloc
         self.key = uri.path[1:] if uri.path.startswith("/") else uri.path
         if not self.bucket or not self.key:
             raise UsageError("an S3 source needs a bucket and a key: s3://bucket/key")
         self.what = f"s3://{self.bucket}/{self.key}"
-        self.part_size = parse_size(self.options.extra.get("part_size", DEFAULT_PART_SIZE))
+        self.part_size = parse_size(self.connection.extra.get("part_size", DEFAULT_PART_SIZE))
         if self.part_size < MIN_PART_SIZE:
             raise UsageError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        if self.options.concurrency < 1:
+        if self.connection.concurrency < 1:
             raise UsageError("concurrency must be at least 1")
-        self.version_id = self.options.extra.get("version_id")
+        self.version_id = self.connection.extra.get("version_id")
         self._client: Any = None
         self._head: tuple[int, str | None, str | None] | None = None
         self._lock = threading.Lock()
@@ -87,17 +86,17 @@ class Backend(Source):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = aws.client("s3", self.options)
+                self._client = aws.client("s3", self.connection)
             return self._client
 
-    def _version(self, version_id: str | None = None) -> dict[str, str]:
+    def _version(self, version_id: str | None = None) -> dict[str, Any]:
         v = version_id or self.version_id
         return {"VersionId": v} if v else {}
 
     def head(self) -> tuple[int, str | None, str | None]:
         """(size, ETag, VersionId) from HeadObject, under the retry policy."""
         if self._head is None:
-            resp = aws.call(self.what, self.options, self.client.head_object,
+            resp = aws.call(self.what, self.connection, self.client.head_object,
                             Bucket=self.bucket, Key=self.key, **self._version())
             size, etag, version = resp.get("ContentLength"), resp.get("ETag"), resp.get("VersionId")
             if type(size) is not int or not 0 <= size <= MAX_OBJECT:
@@ -113,8 +112,8 @@ class Backend(Source):
 
     @property
     def buffer_bytes(self) -> int:
-        # S3Stream: `concurrency` parts in flight plus the one being read.
-        return (self.options.concurrency + 1) * self.part_size
+        # The RangedStream: `concurrency` parts in flight plus the one being read.
+        return (self.connection.concurrency + 1) * self.part_size
 
     def read_prefix(self, n: int) -> bytes:
         if n <= 0:
@@ -125,8 +124,12 @@ class Backend(Source):
             return b""
         return bytes(fetch_range(self, 0, n - 1, size, etag, version, threading.Event()))
 
-    def open(self) -> BinaryIO:
-        return S3Stream(self)  # type: ignore[return-value]
+    def open(self) -> Stream:
+        return RangedStream(self, "s3")
+
+    def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
+              cancel: threading.Event, into: memoryview | None = None) -> memoryview:
+        return fetch_range(self, start, end, size, pin, version, cancel, into)
 
     def open_write(self) -> "S3Writer":
         """A writable stream uploading to this URI (multipart); close() completes, abort() aborts."""
@@ -139,7 +142,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
     from the last good byte."""
     view = memoryview(bytearray(end - start + 1)) if into is None else into[:end - start + 1]
     filled = 0
-    extra: dict[str, str] = dict(b._version(version))
+    extra: dict[str, Any] = dict(b._version(version))
     if etag:
         extra["IfMatch"] = etag
     get = aws.parsed(b.what, b.client.get_object)
@@ -171,7 +174,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
         finally:
             body.close()
 
-    retry.call(b.what, b.options, once, sleep=retry.interruptible_sleep(cancel))
+    retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
 
 
@@ -190,87 +193,9 @@ def _reader(body: Any) -> Callable[[memoryview], int]:
     return readinto
 
 
-class S3Stream(io.RawIOBase):
-    """The whole object, in order, from parallel ranged GETs; bounded memory."""
-
-    def __init__(self, backend: Backend) -> None:
-        super().__init__()
-        self.b = backend
-        self.size, self._etag, self._version = backend.head()
-        self._parts = -(-self.size // backend.part_size)  # ranges are computed as needed: no list of them
-        self._window = max(1, min(backend.options.concurrency, self._parts))
-        self._cancel = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=self._window, thread_name_prefix="modelseal-s3")
-        self._pending: deque[tuple[Future, memoryview]] = deque()
-        # window + 1 part buffers, reused: one per part in flight, one being read
-        # (allocated as needed, never zeroed again, no allocator churn).
-        self._free: list[memoryview] = []
-        self._held: memoryview | None = None  # the buffer of the part being read
-        self._next = 0
-        self._cur = memoryview(b"")
-        self._off = 0
-        self.pos = 0
-        self._fill_window()
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill_window(self) -> None:
-        while len(self._pending) < self._window and self._next < self._parts:
-            start = self._next * self.b.part_size
-            end = min(start + self.b.part_size, self.size) - 1
-            self._next += 1
-            buf = self._free.pop() if self._free else memoryview(bytearray(self.b.part_size))
-            self._pending.append((self._pool.submit(
-                fetch_range, self.b, start, end, self.size, self._etag, self._version, self._cancel, buf), buf))
-
-    def read_view(self, n: int) -> memoryview:
-        """Up to n bytes (empty at the end) as a view of the current part, no copy: valid until the next read."""
-        if self.closed:
-            raise ValueError("read from a closed stream")
-        while self._off >= len(self._cur):
-            if not self._pending:
-                return memoryview(b"")
-            fut, buf = self._pending.popleft()
-            self._cur = memoryview(b"")
-            if self._held is not None:  # the consumed part's buffer takes the next range
-                self._free.append(self._held)
-            self._held = buf
-            self._fill_window()
-            try:
-                part = fut.result()
-            except BaseException:
-                self.close()
-                raise
-            self._cur, self._off = part, 0
-        k = min(n, len(self._cur) - self._off)
-        out = self._cur[self._off:self._off + k]
-        self._off += k
-        self.pos += k
-        return out
-
-    def readinto(self, buf: Any) -> int:  # type: ignore[override]
-        out = memoryview(buf).cast("B")
-        if not len(out):
-            return 0
-        view = self.read_view(len(out))
-        out[:len(view)] = view
-        return len(view)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._cancel.set()
-            for fut, _ in self._pending:
-                fut.cancel()
-            self._pending.clear()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._cur = memoryview(b"")
-        super().close()
-
-
 def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum: dict[str, str],
                  cancel: threading.Event) -> dict[str, Any]:
-    resp = aws.call(b.what, b.options, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
+    resp = aws.call(b.what, b.connection, b.client.upload_part, Bucket=b.bucket, Key=b.key, UploadId=upload_id,
                     PartNumber=number, Body=data, sleep=retry.interruptible_sleep(cancel), **checksum)
     if not isinstance(resp.get("ETag"), str):
         raise IntegrityError(f"{b.what}: the store's UploadPart answer has no ETag")
@@ -297,7 +222,7 @@ class S3Writer(Upload):
         self.base_part = max(MIN_UPLOAD_PART, backend.part_size)
         self._buf = bytearray()
         self._upload_id: str | None = None
-        self._checksum: dict[str, str] = {}
+        self._checksum: dict[str, Any] = {}
         self._number = 0
         self._inflight: deque[Future] = deque()
         self._done: list[dict[str, Any]] = []
@@ -314,7 +239,7 @@ class S3Writer(Upload):
     def _part_size(self) -> int:
         return min(MAX_UPLOAD_PART, self.base_part << (self._number // 1000))
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         if self._state != "open":
             raise ValueError("write to a closed or aborted S3 upload")
         view = memoryview(data).cast("B")
@@ -337,14 +262,14 @@ class S3Writer(Upload):
             # turns it off for stores that do not support it).
             if getattr(self.b.client.meta.config, "request_checksum_calculation", None) == "when_supported":
                 self._checksum = {"ChecksumAlgorithm": "CRC32"}
-            resp = aws.call(self.what, self.b.options, self.b.client.create_multipart_upload,
+            resp = aws.call(self.what, self.b.connection, self.b.client.create_multipart_upload,
                             Bucket=self.b.bucket, Key=self.b.key, **self._checksum)
             if not isinstance(resp.get("UploadId"), str) or not resp["UploadId"]:
                 raise IntegrityError(f"{self.what}: the store's CreateMultipartUpload answer has no UploadId")
             self._upload_id = resp["UploadId"]
-            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.options.concurrency),
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.b.connection.concurrency),
                                             thread_name_prefix="modelseal-s3-up")
-        while len(self._inflight) >= max(1, self.b.options.concurrency):
+        while len(self._inflight) >= max(1, self.b.connection.concurrency):
             self._done.append(self._inflight.popleft().result())  # bounded memory; raises a failed part
         self._number += 1
         assert self._pool is not None
@@ -357,7 +282,7 @@ class S3Writer(Upload):
         """Upload what is left and complete the object."""
         if self._upload_id is None:
             data = bytes(self._buf)
-            aws.call(self.what, self.b.options, self.b.client.put_object,
+            aws.call(self.what, self.b.connection, self.b.client.put_object,
                      Bucket=self.b.bucket, Key=self.b.key, Body=data)
         else:
             if self._buf or self._number == 0:
@@ -365,7 +290,7 @@ class S3Writer(Upload):
             while self._inflight:
                 self._done.append(self._inflight.popleft().result())
             parts = sorted(self._done, key=lambda p: p["PartNumber"])
-            aws.call(self.what, self.b.options, self.b.client.complete_multipart_upload,
+            aws.call(self.what, self.b.connection, self.b.client.complete_multipart_upload,
                      Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id,
                      MultipartUpload={"Parts": parts})
         self._buf = bytearray()
@@ -384,7 +309,7 @@ class S3Writer(Upload):
         self._buf = bytearray()
         if self._upload_id is not None:
             try:
-                aws.call(self.what, self.b.options, self.b.client.abort_multipart_upload,
+                aws.call(self.what, self.b.connection, self.b.client.abort_multipart_upload,
                          Bucket=self.b.bucket, Key=self.b.key, UploadId=self._upload_id)
             except Exception as exc:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
                 retry.log().warning("abort_failed", what=self.what, reason=retry.reason(exc))

@@ -1,6 +1,6 @@
 """Safe extraction of a tar or zip stream into a new directory.
 
-`extract(src, dest)` reads an archive from a (generally non-seekable) stream,
+`extract(archive, dest)` reads an archive from a (generally non-seekable) stream,
 the verified-plaintext reader of a decrypting stream in `run`, and builds the
 tree in a private staging directory beside `dest`, renamed to `dest` only
 after the archive and then the whole input stream have been read without
@@ -15,7 +15,7 @@ checked and counted on the stream. Corrupt, truncated or malformed archives
 and compressed streams: IntegrityError (exit 4).
 
 The pieces, one per module:
-    decompress.py  the raw input, bounded decompressors (gzip/xz/bzip2/zstd), the ratio check
+    decompress.py  the archive as read, bounded decompressors (gzip/xz/bzip2/zstd), the ratio check
     tar.py         the streaming tar reader (ustar / pax / GNU)
     zip.py         zip, spooled to an anonymous file on the target filesystem
     tree.py        name checks and the fd-relative writer of the staging tree
@@ -41,14 +41,16 @@ import secrets
 import shutil
 import stat
 import time
-from typing import BinaryIO, Callable
 
 from ..archive import detect_compression
+from ..atomic import TargetRule
 from ..errors import IntegrityError, UsageError
-from ..format import Sizes
 from ..log import Log
 from ..overlap import WriteBehind
-from .decompress import Plain, Raw, producer
+from ..placement import Preflight, tree_need
+from ..sealfile import Sizes
+from ..streaming import Readable
+from .decompress import Archive, Decompressed, producer
 from .limits import Limits
 from .tar import extract_tar
 from .tree import DIR_FLAGS, Digests, Tree, fs_error
@@ -100,30 +102,23 @@ def _remove(parent_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=parent_fd)
 
 
-#: check(fd, where): the caller's rule for where the tree may go (atomic.Check), on each opened directory.
-Check = Callable[[int, str], None]
-#: preflight(staging fd, detected compression): the capacity check, once the format is known and
-#: before the first byte is written.
-Preflight = Callable[[int, str], None]
-
-
 class Destination:
     """The directory an extraction creates, opened and checked before a byte of input is read.
 
-    dest's nearest existing ancestor is opened and shown to `check`, then each
+    dest's nearest existing ancestor is opened and shown to `rule`, then each
     missing parent (e.g. /models/resnet for /models/resnet/1) is created
     through the descriptor of the one above it, never by joined path
     strings; stale staging directories go; a private staging directory is made
-    beside dest and shown to `check` too. extract() fills it and renames it to
+    beside dest and shown to `rule` too. extract() fills it and renames it to
     dest; a failure, or close() without a successful extract(), removes the
     staging directory and every parent made here. The path is the operator's
     configuration: it is followed as the kernel follows it, and what it
-    resolves to is what `check` sees.
+    resolves to is what `rule` sees.
     """
 
-    def __init__(self, dest: str, *, check: Check | None = None, log: Log | None = None) -> None:
+    def __init__(self, dest: str, *, rule: TargetRule | None = None, log: Log | None = None) -> None:
         self.dest = dest
-        self.log = log if log is not None else Log("unpack", stream=_NullStream())  # type: ignore[arg-type]
+        self.log = log if log is not None else Log("unpack", stream=_NullStream())
         parent, self.name = os.path.split(os.path.abspath(dest))
         if self.name in ("", ".", ".."):
             raise UsageError(f"cannot extract into {dest!r}: give a new directory's path")
@@ -133,7 +128,7 @@ class Destination:
         self.root = -1
         self._done = False
         try:
-            self.parent_fd = self._open_parent(parent, check)
+            self.parent_fd = self._open_parent(parent, rule)
             _check_dest(self.parent_fd, self.name, dest)
             prefix = _staging_prefix(self.name)
             for stale in os.listdir(self.parent_fd):
@@ -147,13 +142,13 @@ class Destination:
                 raise fs_error(e, f"creating a staging directory beside {dest}") from None
             self.staging = staging
             self.root = os.open(staging, DIR_FLAGS, dir_fd=self.parent_fd)
-            if check is not None:
-                check(self.root, dest)
+            if rule is not None:
+                rule(self.root, dest)
         except BaseException:
             self.close()
             raise
 
-    def _open_parent(self, parent: str, check: Check | None) -> int:
+    def _open_parent(self, parent: str, rule: TargetRule | None) -> int:
         existing, missing = parent, []
         while not os.path.lexists(existing):
             existing, component = os.path.split(existing)
@@ -163,8 +158,8 @@ class Destination:
         except OSError as e:
             raise UsageError(f"cannot extract into {self.dest}: {existing}: {e.strerror}") from None
         self._fds.append(fd)
-        if check is not None:
-            check(fd, existing)  # before anything is created under it
+        if rule is not None:
+            rule(fd, existing)  # before anything is created under it
         for component in reversed(missing):
             try:
                 os.mkdir(component, 0o755, dir_fd=fd)
@@ -180,16 +175,18 @@ class Destination:
             self._fds.append(fd)
         return fd
 
-    def extract(self, src: BinaryIO, *, limits: Limits = Limits(), allow_symlinks: bool = False,
-                preflight: Preflight | None = None, declared: Sizes | None = None,
-                verify: Digests | None = None) -> dict:
-        """Fill the staging directory from `src`, then rename it to dest; see the module docstring."""
+    def extract(self, archive: Readable, *, limits: Limits = Limits(), allow_symlinks: bool = False,
+                preflight: Preflight | None = None, size: int | None = None, declared: Sizes | None = None,
+                buffers: int = 0, verify: Digests | None = None) -> dict:
+        """Fill the staging directory from `archive`, then rename it to dest; see extract()."""
         started = time.monotonic()
         try:
-            stats = _extract_into(src, self.root, limits, allow_symlinks, self.log, preflight, declared, verify)
+            stats = _extract_into(archive, self.root, self.dest, limits, allow_symlinks, self.log, preflight,
+                                  size, declared, buffers, verify)
             if verify is not None:
                 stats.update(verify.finish())  # the input has ended: check before the rename
             os.fchmod(self.root, 0o755)
+            assert self.staging is not None  # made in __init__, removed only by close()
             try:
                 os.rename(self.staging, self.name, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
             except OSError as e:
@@ -230,29 +227,35 @@ class Destination:
         self.close()
 
 
-def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
-            log: Log | None = None, check: Check | None = None, preflight: Preflight | None = None,
-            declared: Sizes | None = None, verify: Digests | None = None) -> dict:
-    """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `src` into a new directory `dest`.
+def extract(archive: Readable, dest: str, *, limits: Limits = Limits(), allow_symlinks: bool = False,
+            log: Log | None = None, rule: TargetRule | None = None, preflight: Preflight | None = None,
+            size: int | None = None, declared: Sizes | None = None, buffers: int = 0,
+            verify: Digests | None = None) -> dict:
+    """Extract a tar (ustar/pax/GNU; none/gzip/xz/bzip2/zstd) or zip from the stream `archive` into a new
+    directory `dest`.
 
     Returns stats {"files", "dirs", "symlinks", "bytes", "format", "compression", "seconds"}.
-    Raises UsageError (bad dest), UnsafeError (hostile entry, or `check` refused the target),
+    Raises UsageError (bad dest), UnsafeError (hostile entry, or `rule` refused the target),
     CapacityError (limit, no space, `preflight`), IntegrityError (corrupt or truncated archive, or more
-    than `declared`), or whatever `src` raises; on any failure nothing is left beside dest.
+    than `declared`), or whatever `archive` raises; on any failure nothing is left beside dest.
+    `preflight` sizes the tree once the compression is known, before the first write, by
+    placement.tree_need: from `declared` (a .seal header's sizes), else from the archive's length
+    `size`, with `buffers` bytes the input side holds on top.
     `verify` (a signing.StreamVerifier) hashes each file as it is written and
     checks the tree against its signed manifest before the rename.
     """
-    with Destination(dest, check=check, log=log) as destination:
-        return destination.extract(src, limits=limits, allow_symlinks=allow_symlinks, preflight=preflight,
-                                   declared=declared, verify=verify)
+    with Destination(dest, rule=rule, log=log) as destination:
+        return destination.extract(archive, limits=limits, allow_symlinks=allow_symlinks, preflight=preflight,
+                                   size=size, declared=declared, buffers=buffers, verify=verify)
 
 
-def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool, log: Log,
-                  preflight: Preflight | None, declared: Sizes | None, verify: Digests | None) -> dict:
+def _extract_into(source: Readable, root: int, dest: str, limits: Limits, allow_symlinks: bool, log: Log,
+                  preflight: Preflight | None, size: int | None, declared: Sizes | None, buffers: int,
+                  verify: Digests | None) -> dict:
     behind = WriteBehind(name="modelseal-tree-writer")
-    raw = Raw(src, behind)
+    archive = Archive(source, behind)
     try:
-        head = raw.peek(8)
+        head = archive.peek(8)
         if not head:
             raise IntegrityError("empty input: not a tar or zip archive")
         if head[:4] in ZIP_MAGICS:
@@ -260,25 +263,25 @@ def _extract_into(src: BinaryIO, root: int, limits: Limits, allow_symlinks: bool
         else:
             fmt, compression = "tar", detect_compression(head)
         log.info("unpack_start", format=fmt, compression=compression)
-        if preflight is not None:
-            preflight(root, compression)
+        if preflight is not None:  # once the compression is known, before the first byte is written
+            preflight(root, dest, tree_need(declared, size, compression, buffers))
         tree = Tree(root, limits, allow_symlinks, log, declared, verify, behind)
         try:
             if fmt == "zip":
-                extract_zip(raw, tree)
+                extract_zip(archive, tree)
             else:
-                extract_tar(Plain(producer(raw, compression), limits), tree)
+                extract_tar(Decompressed(producer(archive, compression), limits), tree)
             tree.finish()
         finally:
             tree.close()
         # Paranoia: whatever the path, the whole input has been read.
-        if raw.chunk(1):
+        if archive.chunk(1):
             raise IntegrityError("unexpected data after the end of the archive")
         behind.close()  # every byte written (or the first write error raised) before the rename
     except BaseException as exc:
         behind.__exit__(type(exc), exc, None)  # wait for the thread to stop; keep this error
         raise
     finally:
-        raw.close()
+        archive.close()
     return {"files": tree.files, "dirs": tree.dirs, "symlinks": tree.symlinks, "bytes": tree.bytes,
             "format": fmt, "compression": compression}

@@ -1,4 +1,4 @@
-"""The input side: the raw stream, decompressors with bounded output, and the decompressed stream.
+"""The input side: the archive stream, decompressors with bounded output, and the decompressed stream.
 
 Decompression memory is bounded: output is produced in pieces of at most
 1 MiB per call (zlib/bz2/lzma `max_length`, zstd's stream reader), the xz
@@ -14,14 +14,14 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from typing import BinaryIO, Iterator
+from typing import Any, Generator
 
 from ..errors import CapacityError, IntegrityError
 from ..overlap import WriteBehind
-from ..streaming import ChunkReader
+from ..streaming import ChunkReader, Readable
 from .limits import Limits
 
-CHUNK = 1 << 20  # copy buffer, raw read size and decompressed piece size
+CHUNK = 1 << 20  # copy buffer, archive read size and decompressed piece size
 IN_CHUNK = 64 << 10  # compressed bytes handed to a decompressor at a time
 RATIO_GRACE = 4 << 20  # decompressed bytes before the ratio is checked
 TRAILING_MAX = 64 << 20  # zero padding accepted after the end of the archive
@@ -29,12 +29,12 @@ XZ_MEMLIMIT = 128 << 20
 ZSTD_MAX_WINDOW = 1 << 27
 
 
-#: Buffers the raw input cycles through: how far (in chunks or decrypted segments)
+#: Buffers the archive input cycles through: how far (in chunks or decrypted segments)
 #: the write-behind thread may lag behind the parser.
 RING = 4
 
 
-def _read_ring(src: BinaryIO, ring: int) -> Iterator[memoryview]:
+def _read_ring(src: Any, ring: int) -> Generator[memoryview, None, None]:
     """A plain stream in views of a ring of CHUNK-sized buffers, one read each."""
     bufs = [bytearray(CHUNK) for _ in range(ring)]
     readinto = getattr(src, "readinto", None)
@@ -56,7 +56,7 @@ def _read_ring(src: BinaryIO, ring: int) -> Iterator[memoryview]:
         yield target[:n]
 
 
-class Raw:
+class Archive:
     """The source stream in views, without copies; counts bytes handed out.
 
     A decrypting reader (ChunkReader) hands out its verified segments
@@ -66,8 +66,8 @@ class Raw:
     has run (WriteBehind.paced), so file writes can keep it instead of a copy.
     """
 
-    def __init__(self, src: BinaryIO, behind: WriteBehind | None = None) -> None:
-        self._source: Iterator[memoryview] = (
+    def __init__(self, src: Readable, behind: WriteBehind | None = None) -> None:
+        self._source: Generator[memoryview, None, None] = (
             src.segments(ring=RING) if isinstance(src, ChunkReader) else _read_ring(src, RING))
         self._views = behind.paced(self._source, RING) if behind is not None else self._source
         self._cur = memoryview(b"")
@@ -103,21 +103,21 @@ class Raw:
     def close(self) -> None:
         """Stop the source (a decryptor's read-ahead thread) when the extraction ends early."""
         for gen in (self._views, self._source):
-            gen.close()  # type: ignore[attr-defined]
+            gen.close()
 
 
 class PassThrough:
     compressed = False
 
-    def __init__(self, raw: Raw) -> None:
-        self.raw = raw
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
 
     @property
     def consumed(self) -> int:
-        return self.raw.count
+        return self.archive.count
 
     def next_chunk(self) -> bytes | memoryview:
-        return self.raw.chunk(CHUNK)
+        return self.archive.chunk(CHUNK)
 
 
 class StdlibDecompressor:
@@ -126,8 +126,8 @@ class StdlibDecompressor:
     compressed = True
     _MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00"}
 
-    def __init__(self, raw: Raw, kind: str) -> None:
-        self.raw = raw
+    def __init__(self, archive: Archive, kind: str) -> None:
+        self.archive = archive
         self.kind = kind
         self._in: bytes | memoryview = b""  # gzip: input not yet consumed by zlib
         self._between = False
@@ -144,7 +144,7 @@ class StdlibDecompressor:
 
     @property
     def consumed(self) -> int:
-        return self.raw.count - len(self._in)
+        return self.archive.count - len(self._in)
 
     def _next_member(self, rest: bytes) -> bool:
         """After one compressed member: start the next one, or accept zero padding up to EOF."""
@@ -155,13 +155,13 @@ class StdlibDecompressor:
             self._padding += len(data) - len(stripped)
             if self._padding > TRAILING_MAX:
                 raise CapacityError(f"more than {TRAILING_MAX} bytes of padding after the {self.kind} stream")
-            if len(stripped) >= len(magic) or (stripped and self.raw.eof):
+            if len(stripped) >= len(magic) or (stripped and self.archive.eof):
                 if not stripped.startswith(magic):
                     raise IntegrityError(f"unexpected data after the end of the {self.kind} stream")
                 self._d = self._new()
                 self._in = stripped
                 return True
-            more = self.raw.chunk(IN_CHUNK)
+            more = self.archive.chunk(IN_CHUNK)
             if not more:
                 if stripped:
                     raise IntegrityError(f"unexpected data after the end of the {self.kind} stream")
@@ -191,7 +191,7 @@ class StdlibDecompressor:
                 continue
             if self.kind == "gzip":
                 if not self._in:
-                    self._in = self.raw.chunk(IN_CHUNK)
+                    self._in = self.archive.chunk(IN_CHUNK)
                     if not self._in:
                         raise IntegrityError("truncated gzip stream: the input ends before the gzip trailer")
                 out = self._decompress(self._in)
@@ -200,7 +200,7 @@ class StdlibDecompressor:
                 if self._in:
                     data, self._in = self._in, b""
                 elif d.needs_input:
-                    data = self.raw.chunk(IN_CHUNK)
+                    data = self.archive.chunk(IN_CHUNK)
                     if not data:
                         raise IntegrityError(f"truncated {self.kind} stream: the input ends inside it")
                 else:
@@ -294,22 +294,24 @@ class ZstdFrames:
 class ZstdDecompressor:
     compressed = True
 
-    def __init__(self, raw: Raw) -> None:
+    def __init__(self, archive: Archive) -> None:
         import zstandard
 
         self._zstd = zstandard
-        self.raw = raw
+        self.archive = archive
         self.frames = ZstdFrames()
         dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-        self._reader = dctx.stream_reader(self, read_size=IN_CHUNK, read_across_frames=True, closefd=False)
+        # `self` is the compressed source, read through read(): an IO in all but name.
+        self._reader = dctx.stream_reader(self, read_size=IN_CHUNK, read_across_frames=True,  # type: ignore[arg-type]
+                                          closefd=False)
         self._finished = False
 
     @property
     def consumed(self) -> int:
-        return self.raw.count
+        return self.archive.count
 
     def read(self, n: int = -1) -> bytes:  # the compressed source of the stream reader
-        data = bytes(self.raw.chunk(IN_CHUNK if n is None or n < 0 else min(n, IN_CHUNK)))
+        data = bytes(self.archive.chunk(IN_CHUNK if n is None or n < 0 else min(n, IN_CHUNK)))
         self.frames.feed(data)
         return data
 
@@ -329,7 +331,7 @@ class ZstdDecompressor:
         return out
 
 
-class Plain:
+class Decompressed:
     """The decompressed stream: small exact reads for headers, views for data; ratio checked."""
 
     def __init__(self, producer, limits: Limits) -> None:
@@ -381,10 +383,10 @@ class Plain:
 
 
 
-def producer(raw: Raw, compression: str) -> PassThrough | StdlibDecompressor | ZstdDecompressor:
+def producer(archive: Archive, compression: str) -> PassThrough | StdlibDecompressor | ZstdDecompressor:
     """The decompressed stream's source for a detected compression."""
     if compression == "none":
-        return PassThrough(raw)
+        return PassThrough(archive)
     if compression == "zstd":
-        return ZstdDecompressor(raw)
-    return StdlibDecompressor(raw, compression)
+        return ZstdDecompressor(archive)
+    return StdlibDecompressor(archive, compression)

@@ -29,7 +29,7 @@ from typing import Iterator
 
 from .. import untrusted
 from ..errors import CapacityError, IntegrityError, UnsafeError
-from .decompress import CHUNK, TRAILING_MAX, Plain
+from .decompress import CHUNK, TRAILING_MAX, Decompressed
 from .limits import Limits
 from .tree import Tree, parts_of, show
 
@@ -95,7 +95,7 @@ def _parse_pax(data: bytes, offset: int) -> dict[str, bytes | None]:
     return out
 
 
-def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
+def _tar_entries(stream: Decompressed, limits: Limits) -> Iterator[_Entry]:
     """Members in order; after a file is yielded the caller must take exactly its size."""
     glob: dict[str, bytes | None] = {}
     while True:
@@ -103,8 +103,8 @@ def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
         longname = longlink = None
         n_ext = 0
         while True:
-            offset = plain.pos
-            block = plain.read_exact(BLOCK)
+            offset = stream.pos
+            block = stream.read_exact(BLOCK)
             if len(block) < BLOCK:
                 if offset == 0 and not block:
                     raise IntegrityError("empty input: not a tar or zip archive")
@@ -129,8 +129,9 @@ def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
             if n_ext > EXT_HEADERS_MAX:
                 raise IntegrityError(f"malformed tar archive: more than {EXT_HEADERS_MAX} extended headers in a row")
             if info.size > EXT_HEADER_MAX:
-                raise CapacityError(f"tar extended header of {info.size} bytes at offset {offset}, over {EXT_HEADER_MAX}")
-            data = plain.read_exact(info.size + _pad(info.size))
+                raise CapacityError(f"tar extended header of {info.size} bytes at offset {offset}, "
+                                    f"over {EXT_HEADER_MAX}")
+            data = stream.read_exact(info.size + _pad(info.size))
             if len(data) < info.size + _pad(info.size):
                 raise IntegrityError("truncated tar archive: it ends inside an extended header")
             data = data[: info.size]
@@ -142,8 +143,10 @@ def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
                 (glob if info.type == tarfile.XGLTYPE else local).update(_parse_pax(data, offset))
         pax = {**glob, **local}
         path, linkpath = pax.get("path"), pax.get("linkpath")
-        name = path if path is not None else longname if longname is not None else info.name.encode("utf-8", "surrogateescape")
-        link = linkpath if linkpath is not None else longlink if longlink is not None else info.linkname.encode("utf-8", "surrogateescape")
+        name = path if path is not None else longname if longname is not None else \
+            info.name.encode("utf-8", "surrogateescape")
+        link = linkpath if linkpath is not None else longlink if longlink is not None else \
+            info.linkname.encode("utf-8", "surrogateescape")
         size = info.size
         if pax.get("size") is not None:
             # ASCII digits, at most 19 (int() refuses over 4300 digits with a ValueError)
@@ -152,8 +155,9 @@ def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
                 raise IntegrityError(f"malformed pax size for {show(name)}")
             size = pax_size
         mtime: float | None = info.mtime
-        if pax.get("mtime") is not None:
-            m = _PAX_TIME.fullmatch(pax["mtime"])  # type: ignore[arg-type]
+        pax_mtime = pax.get("mtime")
+        if pax_mtime is not None:
+            m = _PAX_TIME.fullmatch(pax_mtime)
             mtime = float(m.group(0)) if m else None  # not float(): it takes "inf", "1_0", huge strings
         parts = parts_of(name, limits)
         if "GNU.sparse" in pax:
@@ -171,30 +175,30 @@ def _tar_entries(plain: Plain, limits: Limits) -> Iterator[_Entry]:
             raise UnsafeError(f"refusing entry {show(name)}: unsupported tar entry type {t!r}")
         if kind != "file" and size:
             raise IntegrityError(f"malformed tar archive: {kind} entry {show(name)} with {size} bytes of data")
-        start = plain.pos
+        start = stream.pos
         yield _Entry(name, parts, kind, info.mode, size, mtime, link)
-        if plain.pos != start + size:  # pragma: no cover - a bug in the caller
+        if stream.pos != start + size:  # pragma: no cover - a bug in the caller
             raise AssertionError("tar member data not consumed")
-        if len(plain.read_exact(_pad(size))) != _pad(size):
+        if len(stream.read_exact(_pad(size))) != _pad(size):
             raise IntegrityError(f"truncated tar archive: it ends in the padding of {show(name)}")
 
 
-def _tar_data(plain: Plain, size: int, name: bytes) -> Iterator[memoryview]:
+def _tar_data(stream: Decompressed, size: int, name: bytes) -> Iterator[memoryview]:
     left = size
     while left:
-        view = plain.take(min(left, CHUNK))
+        view = stream.take(min(left, CHUNK))
         if not view:
             raise IntegrityError(f"truncated tar archive: the data of {show(name)} ends early")
         left -= len(view)
         yield view
 
 
-def extract_tar(plain: Plain, tree: Tree) -> None:
-    for e in _tar_entries(plain, tree.limits):
+def extract_tar(stream: Decompressed, tree: Tree) -> None:
+    for e in _tar_entries(stream, tree.limits):
         if e.kind == "dir":
             tree.add_dir(e.parts, e.name)
         elif e.kind == "file":
-            tree.add_file(e.parts, e.name, e.mode, e.mtime, e.size, _tar_data(plain, e.size, e.name))
+            tree.add_file(e.parts, e.name, e.mode, e.mtime, e.size, _tar_data(stream, e.size, e.name))
         else:
             tree.add_symlink(e.parts, e.name, e.link)
     # The end-of-archive block has been read. Read the rest of the stream to
@@ -202,7 +206,7 @@ def extract_tar(plain: Plain, tree: Tree) -> None:
     # compressed one checks its trailer there.
     trailing = 0
     while True:
-        view = plain.take(CHUNK)
+        view = stream.take(CHUNK)
         if not view:
             return
         trailing += len(view)

@@ -35,13 +35,20 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from functools import partial
 from typing import Iterable, Protocol
 
-from ..errors import CapacityError, IntegrityError, ModelsealError, UnsafeError, from_os_error
-from ..format import Sizes
+from ..errors import (
+    CapacityError,
+    IntegrityError,
+    ModelsealError,
+    UnsafeError,
+    from_os_error,
+)
 from ..log import Log
-from ..untrusted import show  # entry names in messages: quoted, shortened
 from ..overlap import WriteBehind
+from ..sealfile import Sizes
+from ..untrusted import show  # entry names in messages: quoted, shortened
 from .limits import Limits
 
 NAME_MAX = 255
@@ -231,7 +238,8 @@ class Tree:
         if not parts:
             raise UnsafeError(f"refusing file {show(name)}: it names the destination itself")
         if declared > lim.max_file_size:
-            raise CapacityError(f"file {show(name)} declares {declared} bytes, over the {lim.max_file_size} per-file limit")
+            raise CapacityError(f"file {show(name)} declares {declared} bytes, over the {lim.max_file_size} "
+                                "per-file limit")
         if self.bytes + declared > lim.max_bytes:
             raise CapacityError(f"file {show(name)} would take the total over {lim.max_bytes} bytes")
         if self.declared.files is not None and self.files >= self.declared.files:
@@ -263,7 +271,7 @@ class Tree:
                     raise IntegrityError(f"the archive holds more than the {self.declared.file_bytes} file bytes "
                                          f"its .seal header declares (at {show(name)})")
                 if behind is not None:
-                    behind.put(lambda piece=piece: _write_piece(fd, piece, name))
+                    behind.put(partial(_write_piece, fd, piece, name))
                 else:
                     _write_piece(fd, piece, name)
                 if sink is not None:

@@ -24,7 +24,7 @@ import zlib
 from typing import Iterator
 
 from ..errors import CapacityError, IntegrityError, UnsafeError
-from .decompress import CHUNK, RATIO_GRACE, Raw
+from .decompress import CHUNK, RATIO_GRACE, Archive
 from .limits import Limits
 from .tree import Tree, fs_error, parts_of, show, write_all
 
@@ -39,7 +39,7 @@ class _SpoolFile(io.FileIO):
         super().__init__(fd, "rb", closefd=False)
         self._size = size
 
-    def read(self, n: int | None = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
             n = max(0, self._size - self.tell())
         if n > ZIP_CD_MAX:
@@ -47,7 +47,7 @@ class _SpoolFile(io.FileIO):
         return super().read(n)
 
 
-def _spool(raw: Raw, dir_fd: int, limits: Limits) -> tuple[int, int]:
+def _spool(archive: Archive, dir_fd: int, limits: Limits) -> tuple[int, int]:
     try:
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError:  # no O_TMPFILE here: a named file unlinked at once
@@ -57,7 +57,7 @@ def _spool(raw: Raw, dir_fd: int, limits: Limits) -> tuple[int, int]:
     try:
         size = 0
         while True:
-            view = raw.chunk(CHUNK)
+            view = archive.chunk(CHUNK)
             if not view:
                 return fd, size
             size += len(view)
@@ -96,9 +96,9 @@ def _zip_mtime(zi: zipfile.ZipInfo) -> float | None:
         return None
 
 
-def extract_zip(raw: Raw, tree: Tree) -> None:
+def extract_zip(archive: Archive, tree: Tree) -> None:
     limits = tree.limits
-    fd, size = _spool(raw, tree.root, limits)
+    fd, size = _spool(archive, tree.root, limits)
     try:
         try:
             zf = zipfile.ZipFile(_SpoolFile(fd, size))

@@ -1,4 +1,4 @@
-"""Test helpers for model signatures: keys, a small PKI, the model_signing CLI (the oracle), tars."""
+"""Test helpers for model signatures: keys, a small signing PKI, the model_signing CLI (the oracle), tars."""
 
 from __future__ import annotations
 
@@ -70,17 +70,6 @@ def model_signing(*args: str | Path) -> subprocess.CompletedProcess:
     """The model_signing CLI (the oracle), as installed from requirements-dev.txt."""
     return subprocess.run([sys.executable, "-m", "model_signing", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
-
-
-def make_model(root: Path, big: int = 3 * 2**20) -> None:
-    """Files of every kind the verifier treats differently: large (hashed in a thread), small,
-    empty, nested, and a git file (ignored by model_signing's signer and verifier)."""
-    (root / "sub" / "deeper").mkdir(parents=True)
-    (root / "weights.bin").write_bytes(os.urandom(big))
-    (root / "config.json").write_text('{"layers": 3}')
-    (root / "empty.txt").write_bytes(b"")
-    (root / "sub" / "deeper" / "vocab.txt").write_bytes(os.urandom(5000))
-    (root / ".gitignore").write_text("*.pyc\n")
 
 
 def pack(model: Path, out: Path, first: str | None = None) -> Path:

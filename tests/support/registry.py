@@ -12,7 +12,7 @@
   of every request, so tests can prove where credentials went.
 - Storage: serves the registry's blob files by storage path, with Range,
   and records the Authorization header of every request.
-- HeaderProxy: the fault proxy of servers.py, recording Authorization too.
+- HeaderProxy: the fault proxy (faults.py), recording Authorization too.
 
 Missing tools (docker-registry, skopeo, oras) skip, or fail under
 MODELSEAL_REQUIRE_IMAGES=1 (CI installs them: tools/host-packages.sh,
@@ -37,7 +37,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from servers import LOCAL, PKI, FaultProxy, ObjectServer, Server, _die_with_parent, free_port, stop_process, write_file
+from .faults import FaultProxy
+from .http import Server
+from .objects import ObjectServer
+from .pki import PKI
+from .processes import LOCAL, die_with_parent, free_port, stop_process, write_file
 
 REQUIRE = os.environ.get("MODELSEAL_REQUIRE_IMAGES") == "1"
 
@@ -229,7 +233,7 @@ class Registry:
         self.config = write_file(os.path.join(self.dir, "config.yml"), json.dumps(config), 0o644)
         self.log = open(os.path.join(self.dir, "registry.log"), "wb")
         self.proc = subprocess.Popen([exe, "serve", self.config], stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         self._wait(pki)
 
     @property

@@ -14,11 +14,18 @@ import json
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 from . import untrusted
 from .errors import IntegrityError, UsageError
-from .streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, _read_full
+from .streaming import (
+    AES256_GCM_HKDF_1MB,
+    DecryptingReader,
+    EncryptingWriter,
+    Readable,
+    Writable,
+    _read_full,
+)
 
 MAGIC = b"MSEAL"
 VERSION = 1
@@ -188,7 +195,7 @@ def encode_prefix(header: Header) -> bytes:
     return MAGIC + bytes([VERSION]) + struct.pack(">I", len(body)) + body
 
 
-def read_prefix(src: BinaryIO) -> tuple[Header, bytes]:
+def read_prefix(src: Readable) -> tuple[Header, bytes]:
     """Read and parse magic, length and header; return the header and the raw prefix."""
     fixed = bytearray(len(MAGIC) + 1 + 4)
     n = _read_full(src, memoryview(fixed))
@@ -212,7 +219,7 @@ def read_prefix(src: BinaryIO) -> tuple[Header, bytes]:
     return Header.from_json(obj), bytes(fixed) + bytes(body)
 
 
-def open_sealed(src: BinaryIO, key_for: Callable[[Header], bytes]) -> tuple[Header, DecryptingReader]:
+def open_sealed(src: Readable, key_for: Callable[[Header], bytes]) -> tuple[Header, DecryptingReader]:
     """Parse the prefix, ask `key_for` for the data key, return a plaintext reader.
 
     `key_for` sees the header first so envelope keys can be unwrapped from it.
@@ -228,7 +235,7 @@ def open_sealed(src: BinaryIO, key_for: Callable[[Header], bytes]) -> tuple[Head
     return header, DecryptingReader(src, data_key, prefix, AES256_GCM_HKDF_1MB)
 
 
-def seal_writer(out: BinaryIO, header: Header, data_key: bytes) -> EncryptingWriter:
+def seal_writer(out: Writable, header: Header, data_key: bytes) -> EncryptingWriter:
     """Write the prefix to `out`; return the writer for the plaintext."""
     check_data_key(data_key)
     header.key_id = key_id(data_key)

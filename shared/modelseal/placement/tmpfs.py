@@ -12,8 +12,13 @@ import ctypes
 import os
 import platform
 import stat
+from typing import TYPE_CHECKING
 
-from .errors import UnsafeError
+from ..errors import UnsafeError
+
+if TYPE_CHECKING:
+    from ..atomic import TargetRule
+    from ..log import Log
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
@@ -63,7 +68,7 @@ def fs_name(magic: int) -> str:
     return MEMORY_FILESYSTEMS.get(magic) or _KNOWN.get(magic) or f"filesystem type {magic:#x}"
 
 
-def require_memory_fd(fd: int, where: str, allow_disk: bool, log=None, what: str = "plaintext") -> bool:
+def require_memory_fd(fd: int, where: str, allow_disk: bool, log: Log | None = None, what: str = "plaintext") -> bool:
     """Refuse (exit 7) unless the open file or directory `fd` is on tmpfs/ramfs, or disk is allowed.
 
     Returns False when the target is not memory but `allow_disk` let it pass (warned on `log`).
@@ -102,6 +107,22 @@ def swap_enabled(proc_swaps: str = "/proc/swaps") -> bool:
         return False
 
 
-def warn_if_swap(log) -> None:
+def warn_if_swap(log: Log) -> None:
     if swap_enabled():
         log.warning("swap_on", message="swap is enabled: tmpfs pages may be written to disk")
+
+
+def memory_only(allow_disk: bool, log: Log, what: str = "plaintext") -> TargetRule:
+    """The memory-only rule (require_memory_fd), for each descriptor an output is written through.
+
+    --allow-disk is warned about once per stage, not once per descriptor.
+    """
+    warn_if_swap(log)
+    warned = False
+
+    def rule(fd: int, where: str) -> None:
+        nonlocal warned
+        if not require_memory_fd(fd, where, allow_disk, None if warned else log, what):
+            warned = True
+
+    return rule

@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import LOCAL, free_port, start_child, stop_process
+from .processes import LOCAL, free_port, start_child, stop_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S3RVER = REPO / "tools" / "s3rver" / "node_modules" / ".bin" / "s3rver"
 #: s3rver checks signatures against its one built-in key pair.
 ACCESS_KEY = SECRET_KEY = "S3RVER"

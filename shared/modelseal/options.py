@@ -1,0 +1,181 @@
+"""What a command asks of a stage, grouped: built once by the CLI from its flags, taken whole by the stages.
+
+A field is named as its flag's destination (`--tink-template` -> tink_template),
+so cli.py builds each group by name: a new flag is one edit in the parser and
+one here. Fields whose value is read from several flags or made into an
+object (the associated data, the workers, the unpack limits, the signature
+verifier) are built by the CLI and named in its builder.
+
+    Connection  how every backend reaches its service (any setting also a URI query parameter)
+    KeySpec     where the key comes from: a key file or a key URI
+    SourceSpec  where the ciphertext comes from, and the digest it must have
+    Decryption  how the ciphertext is read: its format, associated data, Tink template, workers
+    Guards      what a write must respect: memory only, the preflight, the unpack limits, a signature
+    Output      where the result goes, and what is consumed after success
+    Sealing     what `seal` and `convert` record and pack
+    Unwrapping  where `fetch-key` finds the wrapped key, and what kind of secret it writes
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from . import bounds
+from .errors import UsageError
+from .uri import URI
+
+if TYPE_CHECKING:
+    from .keys import KeySource
+    from .signing import StreamVerifier
+    from .unpack.limits import Limits
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Connection settings common to every backend; any may come from the URI query."""
+
+    timeout: float = field(default=30.0, metadata={"number": bounds.TIMEOUT})
+    ca: str | None = field(default=None, metadata={"check": True})  # CA bundle for TLS
+    cert: str | None = None  # client certificate (PEM, may hold the key)
+    cert_key: str | None = None  # client key, when separate
+    token_file: str | None = None  # bearer token
+    endpoint_url: str | None = None
+    allow_http: bool = False
+    retries: int = field(default=6, metadata={"number": bounds.RETRIES})
+    #: S3 parts in flight: (concurrency + 1) x part_size of memory
+    concurrency: int = field(default=4, metadata={"number": bounds.CONCURRENCY})
+    cdh_url: str = "http://127.0.0.1:8006"
+    role: str | None = None  # Vault Kubernetes-auth role
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def with_query(self, query: dict[str, str]) -> "Connection":
+        """These settings with the URI query's values; numbers are read by their bounds.Number rule,
+        and a setting that asks for a check (`ca`) may not be empty, as with its flag."""
+        known = {f.name: f for f in fields(self) if f.name != "extra"}
+        changes: dict[str, Any] = {}
+        extra = dict(self.extra)
+        for k, v in query.items():
+            f = known.get(k)
+            if f is None:
+                extra[k] = v
+            elif "number" in f.metadata:
+                changes[k] = f.metadata["number"].parse(v, f"query parameter {k}")
+            elif f.metadata.get("check") and not v.strip():
+                raise UsageError(f"query parameter {k}: an empty value would turn its check off; "
+                                 "give a value or leave it out")
+            elif isinstance(getattr(self, k), bool):
+                changes[k] = v.lower() in ("1", "true", "yes")
+            else:
+                changes[k] = v
+        return replace(self, extra=extra, **changes)
+
+    @classmethod
+    def checks(cls) -> tuple[str, ...]:
+        """The settings that ask for a check (a trust anchor): an empty value is refused."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("check"))
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Where the key comes from: a key file (`--key`) or a key URI (`--key-uri`)."""
+
+    key_file: str | None = None
+    key_uri: str | None = None
+
+    def source(self, connection: Connection) -> KeySource:
+        from .keys import open_key
+
+        if bool(self.key_file) == bool(self.key_uri):
+            raise UsageError("give exactly one of --key FILE or --key-uri URI")
+        if self.key_file:  # a path is a path: `#` and `?` in it are not URI syntax
+            return open_key(URI.for_path(os.path.abspath(self.key_file)), connection)
+        return open_key(self.key_uri or "", connection)
+
+    def file(self) -> str | None:
+        """The key file on disk, if the key comes from one (--key, or a file:// key URI)."""
+        if self.key_file:
+            return self.key_file
+        uri = URI.parse(self.key_uri or "")
+        return uri.path if uri.scheme == "file" and uri.path != "-" else None
+
+    def deletable(self, delete_key: bool) -> str | None:
+        """The key file --delete-key removes after success; refused when there is none."""
+        if not delete_key:
+            return None
+        path = self.file()
+        if path is None:
+            raise UsageError(f"--delete-key: the key comes from {URI.parse(self.key_uri or '').scheme}:, "
+                             "not from a key file; there is nothing to delete")
+        return path
+
+    def secret(self, source: KeySource, fmt: str) -> bytes:
+        """The key material a format needs: a key file's bytes as they are (a Tink
+        keyset, a raw key, a passphrase), or what the key URI yields."""
+        if self.key_file:
+            with open(self.key_file, "rb") as f:
+                return f.read(1 << 20)
+        return source.secret(encoding="raw") if fmt == "openpgp" else source.data_key()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the ciphertext comes from (`--source`, a URI), and the SHA-256 it must have (`--sha256`)."""
+
+    source: str
+    sha256: str | None = None
+
+
+#: The input formats `decrypt` and `run` read.
+FORMATS = ("seal", "tink", "openpgp")
+
+
+@dataclass(frozen=True)
+class Decryption:
+    """How the ciphertext is read (`workers`: see modelseal.parallel)."""
+
+    format: str = "seal"
+    associated_data: bytes = b""  # --format tink
+    tink_template: str = "AES256_GCM_HKDF_1MB"  # --format tink with a raw key
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What a stage's writes must respect."""
+
+    allow_disk: bool = False  # plaintext (or a key) on a filesystem that is not memory, logged
+    preflight: bool = True  # room on the target and under the memory limit, checked before writing
+    limits: Limits | None = None  # unpack's limits (None: unpack.Limits())
+    allow_symlinks: bool = False  # unpack symlinks that stay inside the tree
+    verify: StreamVerifier | None = None  # the model's signature, checked in the stream before the rename
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the result goes (`-o`), and which inputs are deleted once it is there."""
+
+    path: str
+    delete_key: bool = False
+    delete_input: bool = False
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """What `seal` (and `convert`, name and version only) records in the header and packs."""
+
+    name: str | None = None  # default: the model's file name
+    model_version: str = ""
+    compress: str = "none"
+    sign_key: str | None = None
+    follow_external_symlinks: bool = False
+
+
+@dataclass(frozen=True)
+class Unwrapping:
+    """Where `fetch-key` finds a wrapped key's .seal header, and whether the secret is a passphrase."""
+
+    wrapped_from: str | None = None  # a local .seal
+    source: str | None = None  # the model's source: a ranged read of its first bytes
+    passphrase: bool = False  # a secret of any length, not a 32-byte data key

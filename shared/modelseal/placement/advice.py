@@ -1,0 +1,74 @@
+"""`modelseal inspect --resources`: the numbers of pods.shapes() as YAML with comments, for the example pod specs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import untrusted
+from ..sealfile import Header
+from .need import MIB, mib, quantity
+from .pods import shapes
+
+
+def _comment(value: Any, limit: int) -> str:
+    """A header string (unauthenticated: anyone can edit a .seal's header) fit for a YAML comment.
+
+    As it is when it is short and printable; else quoted and shortened (untrusted.show escapes
+    line breaks, YAML's U+0085/U+2028/U+2029 included, and ESC), so it can neither end the comment
+    and add keys nor reach a terminal as a control sequence."""
+    if isinstance(value, str) and value.isprintable() and len(value) <= limit:
+        return value
+    return untrusted.show(value, limit)
+
+
+def _resources(memory: int) -> str:
+    q = quantity(memory)
+    return f"{{resources: {{requests: {{memory: {q}}}, limits: {{memory: {q}}}}}}}"
+
+
+def advice(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> str:
+    """YAML (with comments) giving limits and sizeLimits for the example pod specs' shapes."""
+    s = shapes(header, payload_bytes, prefix_bytes)
+    lines = [f"# {_comment(header.name or 'model', 80)} {_comment(header.version or '', 40)}".rstrip(),
+             f"# unpacked: {s.tree_text}",
+             f"# decrypted payload ({_comment(header.compression, 20)} tar): "
+             + (mib(s.plaintext) if s.plaintext is not None else "unknown (read from stdin)"),
+             "# tmpfs pages count against the memory limit of the container that writes them, and stay",
+             "# in the pod until deleted (README.md, Sizing). Memory requests equal limits: the pages are real.",
+             ""]
+    one = s.single_stage
+    if one is None:
+        lines.append("# Cannot size the pod without the model's unpacked size: reseal it with modelseal seal.")
+        return "\n".join(lines) + "\n"
+    lines += [
+        "single-stage:                      # examples/kubernetes/single-stage.yaml",
+        "  initContainers:",
+        f"    modelseal: {_resources(one.init_memory_s3)}   # from s3://; "
+        f"https:// or file://: {quantity(one.init_memory)}",
+        "  containers:",
+        f"    serving: {{resources: {{limits: {{memory: {quantity(one.serving_memory)}}}}}}}   "
+        "# plus what the server itself needs",
+        "  volumes:",
+        f"    models: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(one.models_volume)}}}}}",
+    ]
+    four = s.four_stage
+    if four is None:
+        lines.append("# four-stage: the decrypted payload's size is unknown (give the .seal file, not stdin)")
+        return "\n".join(lines) + "\n"
+    lines += [
+        "four-stage:                        # examples/kubernetes/four-stage.yaml",
+        "  initContainers:",
+        f"    fetch-key: {_resources(four.fetch_key_memory)}",
+        f"    fetch-model: {_resources(four.fetch_model_memory)}   # from s3://; ciphertext to disk",
+        f"    decrypt: {_resources(four.decrypt_memory)}",
+        f"    unpack: {_resources(four.unpack_memory)}   # the tar is still in the pod while the tree is written",
+        "  containers:",
+        f"    serving: {{resources: {{limits: {{memory: {quantity(four.serving_memory)}}}}}}}   "
+        "# plus what the server itself needs",
+        "  volumes:",
+        f"    secrets: {{emptyDir: {{medium: Memory, sizeLimit: {four.secrets_volume // MIB}Mi}}}}",
+        f"    ciphertext: {{emptyDir: {{sizeLimit: {quantity(four.ciphertext_volume)}}}}}",
+        f"    plaintext: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(four.plaintext_volume)}}}}}",
+        f"    models: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(four.models_volume)}}}}}",
+    ]
+    return "\n".join(lines) + "\n"
