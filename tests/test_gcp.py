@@ -297,9 +297,9 @@ def test_kms_wrap_unwrap_round_trip(kms, pki, metadata):
     assert src.unwraps
     wrapped = src.wrap(KEY)
     assert wrapped.provider == "gcp-kms" and wrapped.key_id == f"{KEY_NAME}/cryptoKeyVersions/1"
-    assert wrapped.context == {"modelseal": "v1", "model": "llama"}
+    assert wrapped.context == {"modelseal": "v2", "model": "llama"}
     assert KEY not in wrapped.ciphertext
-    aad = b'{"model":"llama","modelseal":"v1"}'
+    aad = b'{"model":"llama","modelseal":"v2"}'
     _, path, headers, body = kms.seen[-1]
     assert path == f"/v1/{KEY_NAME}:encrypt" and headers["Authorization"] == f"Bearer {metadata.token}"
     sent = json.loads(body)
@@ -318,13 +318,13 @@ def test_kms_wrap_unwrap_round_trip(kms, pki, metadata):
 def test_kms_context_is_bound_to_the_ciphertext(kms, pki):
     wrapped = open_key(kms_uri(kms, pki, query="context.model=llama"), fast()).wrap(KEY)
     plain = open_key(kms_uri(kms, pki), fast())
-    tampered = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v1", "model": "mistral"})
+    tampered = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v2", "model": "mistral"})
     with pytest.raises(IntegrityError, match="does not match") as e:  # Cloud KMS: 400, the AAD differs
         plain.data_key(tampered)
     assert e.value.exit_code == 4
     assert base64.b64decode(json.loads(kms.seen[-1][3])["additionalAuthenticatedData"]) == \
-        b'{"model":"mistral","modelseal":"v1"}'
-    dropped = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v1"})
+        b'{"model":"mistral","modelseal":"v2"}'
+    dropped = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v2"})
     with pytest.raises(IntegrityError):
         plain.data_key(dropped)
     before = kms.count()

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from conftest import refused
-from modelseal import header_v2
+from modelseal import header_v2, sealfile
 from modelseal.errors import DeniedError, IntegrityError, NotARecipient, UsageError
 from modelseal.keys import open_key
 from modelseal.recipients import kms, x25519
@@ -24,6 +24,11 @@ from support.processes import write_file
 from support.vault import VaultServer
 
 PLAINTEXT = b"weights\n" * 1000
+
+
+def unlocking(identities):
+    """open_sealed's key_for for a version 2 file: the header unlocked with these identities."""
+    return lambda header: header.unlock(identities)
 
 
 @pytest.fixture
@@ -54,7 +59,7 @@ def sealed(data_key: bytes, to: list) -> bytes:
 
 
 def opened(data: bytes, identities: list) -> bytes:
-    header, reader = header_v2.open_sealed(io.BytesIO(data), identities)
+    header, reader = sealfile.open_sealed(io.BytesIO(data), unlocking(identities))
     return reader.read()
 
 
@@ -65,9 +70,9 @@ def test_two_age_recipients_and_one_kms_recipient_each_alone_unlocks(kms_keys, m
     data = sealed(data_key, [alice.recipient, bob.recipient, kms.Recipient(aws(moto, alias))])
     for identity in (alice, bob, kms.Identity(aws(moto, alias)), kms.Identity(aws(moto, arn))):
         assert opened(data, [identity]) == PLAINTEXT, identity
-    header = header_v2.read_prefix(io.BytesIO(data))
+    header = sealfile.read_prefix(io.BytesIO(data))[0]
     assert header.recipients()[2] == {"type": "kms", "recipient": f"aws-kms {arn}"}
-    assert header.stanzas[2].args[2] == '{"modelseal":"v1"}'
+    assert header.stanzas[2].args[2] == '{"modelseal":"v2"}'
     assert data_key not in data
 
 
@@ -97,7 +102,7 @@ def test_a_kms_stanza_with_a_changed_context_is_refused_by_the_service(kms_keys,
     alias, _ = kms_keys[0]
     data_key = header_v2.new_data_key()
     s = kms.Recipient(aws(moto, alias)).wrap(data_key)
-    changed = Stanza(s.type, (s.args[0], s.args[1], '{"modelseal":"v2"}'), s.body)
+    changed = Stanza(s.type, (s.args[0], s.args[1], '{"modelseal":"v1"}'), s.body)
     with refused(IntegrityError, match="unwrapped none"):
         kms.Identity(aws(moto, alias)).unwrap([changed])
     assert kms.Identity(aws(moto, alias)).unwrap([s]) == data_key
@@ -114,7 +119,7 @@ def test_vault_transit_is_a_recipient_through_the_same_code(pki, shm_dir):
         other = open_key(f"vault-transit://127.0.0.1:{vault.port}/transit/other", opts)
         data_key = header_v2.new_data_key()
         data = sealed(data_key, [kms.Recipient(other), kms.Recipient(key)])
-        header = header_v2.read_prefix(io.BytesIO(data))
+        header = sealfile.read_prefix(io.BytesIO(data))[0]
         assert [r["recipient"] for r in header.recipients()] == ["vault-transit transit/other",
                                                                  "vault-transit transit/modelseal"]
         assert header.stanzas[1].body.startswith(b"vault:v1:")

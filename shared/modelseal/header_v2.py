@@ -13,85 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import struct
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, BinaryIO, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import recipients, untrusted
 from .errors import IntegrityError, NotARecipient, UsageError
-from .sealfile import ALG, COMPRESSIONS, DATA_KEY_SIZE, MAGIC, Sizes
 from .recipients.stanza import MAX_LIST_BYTES, Stanza, decode_list, encode_list
-from .streaming import AES256_GCM_HKDF_1MB, DecryptingReader, EncryptingWriter, _read_full
+from .sealfile import DATA_KEY_SIZE, MAGIC, MAX_HEADER, Fixed, key_id
+from .streaming import AES256_GCM_HKDF_1MB, EncryptingWriter, Readable, Writable, _read_full
 
 VERSION = 2
 PREFIX = MAGIC + bytes([VERSION])
-MAX_FIXED = 65536
 MAC_SIZE = 32
 MAC_INFO = b"modelseal/v2/header"
-_KNOWN = {"v", "alg", "segment_size", "content", "name", "version", "created"}
-
-
-@dataclass
-class Fixed:
-    """The fields bound to the payload for good: what rewrapping never changes."""
-
-    compression: str = "none"
-    content_type: str = "tar"
-    name: str = ""
-    version: str = ""
-    created: str = ""
-    sizes: Sizes = field(default_factory=Sizes)
-    extra: dict[str, Any] = field(default_factory=dict)  # unknown members, kept as read
-
-    def __post_init__(self) -> None:
-        if not self.created:
-            self.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = dict(self.extra)
-        obj.update({"v": VERSION, "alg": ALG, "segment_size": AES256_GCM_HKDF_1MB.segment_size,
-                    "content": {"type": self.content_type, "compression": self.compression, **self.sizes.to_json()},
-                    "name": self.name, "version": self.version, "created": self.created})
-        return obj
-
-    def encode(self) -> bytes:
-        """The canonical bytes: keys sorted, no whitespace, ASCII with \\u escapes."""
-        raw = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode("ascii")
-        if len(raw) > MAX_FIXED:
-            raise UsageError(f"the fixed header is {len(raw)} bytes, over the {MAX_FIXED}-byte limit")
-        return raw
-
-    @classmethod
-    def parse(cls, raw: bytes) -> "Fixed":
-        """Strict, as version 1's header: every member the type it must be, or the header is malformed."""
-        obj = untrusted.json_document(raw, "bad header")
-        if not isinstance(obj, dict):
-            raise IntegrityError("bad header: not a JSON object")
-        if not _is_int(obj.get("v"), VERSION):
-            raise IntegrityError(f"bad header: header version {untrusted.show(obj.get('v'), 40)} in a version 2 file")
-        if obj.get("alg") != ALG or not _is_int(obj.get("segment_size"), AES256_GCM_HKDF_1MB.segment_size):
-            raise IntegrityError(f"bad header: unsupported algorithm {untrusted.show(obj.get('alg'), 60)}")
-        content = obj.get("content") or {}
-        if not isinstance(content, dict):
-            raise IntegrityError("bad header: content is not a JSON object")
-        compression = content.get("compression", "none")
-        if not isinstance(compression, str) or compression not in COMPRESSIONS:
-            raise IntegrityError(f"bad header: unsupported content compression {untrusted.show(compression, 40)}")
-        texts = {name: untrusted.text(obj.get(name), f"bad header: {name}") for name in ("name", "version", "created")}
-        return cls(compression=compression,
-                   content_type=untrusted.text(content.get("type", "tar"), "bad header: content.type"),
-                   sizes=Sizes.from_json(content), extra={k: v for k, v in obj.items() if k not in _KNOWN},
-                   **texts)
-
-
-def _is_int(value: Any, expected: int) -> bool:
-    return type(value) is int and value == expected
+__all__ = ["Fixed", "Header", "new_data_key", "read_after_magic", "seal", "seal_writer"]
 
 
 def _mac(data_key: bytes, authenticated: bytes) -> bytes:
@@ -133,6 +73,8 @@ class Header:
         """A header for `data_key` with these stanzas (writers: UsageError for anything over a limit)."""
         if len(data_key) != DATA_KEY_SIZE:
             raise UsageError(f"data key must be {DATA_KEY_SIZE} bytes")
+        if fixed.FORMAT != VERSION:
+            raise UsageError(f"a version {VERSION} header's fixed section, not a version {fixed.FORMAT} header")
         raw = fixed.encode() if fixed_raw is None else fixed_raw
         list_raw = encode_list(list(stanzas), UsageError)
         unsigned = cls(fixed, raw, tuple(stanzas), list_raw, b"")
@@ -201,32 +143,23 @@ def seal(fixed: Fixed, data_key: bytes, to: Sequence[recipients.Recipient]) -> H
     return Header.build(fixed, [r.wrap(data_key) for r in to], data_key)
 
 
-def _read(src: BinaryIO, n: int, where: str) -> bytes:
+def _read(src: Readable, n: int, where: str) -> bytes:
     buf = bytearray(n)
     if _read_full(src, memoryview(buf)) < n:
         raise IntegrityError(f"truncated: input ends inside {where}")
     return bytes(buf)
 
 
-def read_prefix(src: BinaryIO, already: bytes = b"") -> Header:
-    """Read and check a version 2 prefix from `src`; `already` is what a caller read of the magic first.
+def read_after_magic(src: Readable) -> Header:
+    """The rest of a version 2 prefix, once sealfile.read_prefix has read its magic and version byte.
 
     Each length is checked against its limit before its bytes are read.
     """
-    magic = already + _read_full_or_short(src, len(PREFIX) - len(already))
-    if not magic:
-        raise IntegrityError("empty input: not a .seal file")
-    if magic[:len(MAGIC)] != MAGIC:
-        raise IntegrityError("not a .seal file: bad magic")
-    if len(magic) < len(PREFIX):
-        raise IntegrityError("truncated: input ends inside the magic")
-    if magic[len(MAGIC)] != VERSION:
-        raise IntegrityError(f"unsupported .seal format version {magic[len(MAGIC)]}")
     (flen,) = struct.unpack(">I", _read(src, 4, "the fixed header's length"))
-    if not 2 <= flen <= MAX_FIXED:
-        raise IntegrityError(f"bad header: fixed header length {flen} is not 2 to {MAX_FIXED} bytes (the limit)")
+    if not 2 <= flen <= MAX_HEADER:
+        raise IntegrityError(f"bad header: fixed header length {flen} is not 2 to {MAX_HEADER} bytes (the limit)")
     fixed_raw = _read(src, flen, "the fixed header")
-    fixed = Fixed.parse(fixed_raw)
+    fixed = Fixed.from_json(untrusted.json_document(fixed_raw, "bad header"))
     (rlen,) = struct.unpack(">I", _read(src, 4, "the recipient list's length"))
     if not 2 <= rlen <= MAX_LIST_BYTES:
         raise IntegrityError(f"bad recipient list: length {rlen} is not 2 to {MAX_LIST_BYTES} bytes (the limit)")
@@ -238,23 +171,10 @@ def read_prefix(src: BinaryIO, already: bytes = b"") -> Header:
     return Header(fixed, fixed_raw, tuple(stanzas), list_raw, mac)
 
 
-def _read_full_or_short(src: BinaryIO, n: int) -> bytes:
-    buf = bytearray(max(n, 0))
-    got = _read_full(src, memoryview(buf))
-    return bytes(buf[:got])
-
-
-def seal_writer(out: BinaryIO, header: Header, data_key: bytes, *, salt: bytes | None = None,
+def seal_writer(out: Writable, header: Header, data_key: bytes, *, salt: bytes | None = None,
                 nonce_prefix: bytes | None = None) -> EncryptingWriter:
     """Write the prefix to `out`; return the writer of the payload (`salt`, `nonce_prefix`: test hooks)."""
     if not header.verifies(data_key):
         raise UsageError("the header was not made for this data key")
     out.write(header.encode())
     return EncryptingWriter(out, data_key, header.aad, AES256_GCM_HKDF_1MB, salt=salt, nonce_prefix=nonce_prefix)
-
-
-def open_sealed(src: BinaryIO, identities: Sequence[recipients.Identity],
-                already: bytes = b"") -> tuple[Header, DecryptingReader]:
-    """Read the prefix, unlock it with one of `identities`, return the header and a plaintext reader."""
-    header = read_prefix(src, already)
-    return header, DecryptingReader(src, header.unlock(identities), header.aad, AES256_GCM_HKDF_1MB)

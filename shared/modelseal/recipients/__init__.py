@@ -7,14 +7,26 @@ key), `kms` (any key source that wraps). Their recipients have
 `wrap(data_key) -> Stanza` and `matches(stanza)`; their identities
 `unwrap(stanzas) -> data key`, raising NotARecipient when no stanza is
 theirs. Stanzas of other types are kept and skipped.
+
+On the command line a recipient is one string (`seal --recipient R`,
+`rewrap --add R`, `rewrap --remove R`): an age public key (`age1...`), or a
+key URI: a key service that wraps is a `kms` recipient, any other key
+source's 32-byte key a `symmetric` one. `--remove` also takes a recipient as
+`inspect` lists it ("key id ...", "aws-kms arn:..."), so a recipient whose
+key is gone can still be removed.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
+from .. import untrusted
+from ..errors import UsageError
 from . import kms, symmetric, x25519
 from .stanza import Stanza
+
+if TYPE_CHECKING:
+    from ..options import Connection
 
 TYPES = {m.TYPE: m for m in (x25519, symmetric, kms)}
 
@@ -38,8 +50,45 @@ def check(stanza: Stanza, what: str) -> None:
 
 
 def describe(stanza: Stanza) -> dict[str, str]:
-    """What `inspect` lists for a stanza: its type and who it is for (no secrets: none are in a stanza)."""
+    """What `inspect` lists for a stanza: its type and who it is for, as `rewrap --remove` takes it (no secrets:
+    none are in a stanza)."""
     module = TYPES.get(stanza.type)
     if module is None:
         return {"type": stanza.type, "recipient": "(a type this version does not know)"}
     return {"type": stanza.type, "recipient": module.label(stanza)}
+
+
+def recipient(text: str, connection: Connection) -> Recipient:
+    """A recipient named on the command line (module docstring); a malformed one is a usage error (exit 2)."""
+    if text[:4].lower() == "age1" or text[:15].upper() == "AGE-SECRET-KEY-":
+        return x25519.Recipient.parse(text)
+    from ..keys import open_key
+
+    source = open_key(text, connection)
+    if source.provider:
+        return kms.Recipient(source)
+    return symmetric.Key(source.data_key())
+
+
+def removal(text: str, connection: Connection) -> Recipient:
+    """What `rewrap --remove` takes: a recipient as --add takes it, or as `inspect` lists it."""
+    if " " in text:  # no age key or URI has a space; every label inspect prints for a known type has one
+        return Listed(text)
+    return recipient(text, connection)
+
+
+class Listed:
+    """A recipient as `inspect` lists it: removes the stanzas with that label (it cannot wrap)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def describe(self) -> str:
+        return untrusted.show(self.label, 200)
+
+    def matches(self, stanza: Stanza) -> bool:
+        module = TYPES.get(stanza.type)
+        return module is not None and module.label(stanza) == self.label
+
+    def wrap(self, data_key: bytes) -> Stanza:
+        raise UsageError(f"{self.describe()}: a recipient as inspect lists it can be removed, not added")

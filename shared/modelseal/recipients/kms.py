@@ -2,31 +2,32 @@
 
 The `kms` stanza is version 1's `wrapped_key` as a stanza: args = [provider,
 key id, context], body = the service's ciphertext (docs/FORMAT.md, "kms").
-Generic over the key sources: any KeySource whose `wrap()` returns a
-WrappedKey and whose `material()` unwraps one is a recipient, with no change
-here or in the format.
+Generic over the key sources: any KeySource that declares the `provider` it
+wraps for (its `wrap()` returns a WrappedKey, its `material()` unwraps one)
+is a recipient, with no change here or in the format.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .. import untrusted
 from ..errors import DeniedError, IntegrityError, NotARecipient, UsageError
 from ..sealfile import WrappedKey
 from .stanza import Stanza
 
+if TYPE_CHECKING:
+    from ..keys import KeySource
+
 TYPE = "kms"
 
 
-def provider_of(source: Any) -> str:
-    """The provider name a wrapping key source writes (its backend module's PROVIDER)."""
-    provider = getattr(source, "provider", None) or getattr(sys.modules[type(source).__module__], "PROVIDER", None)
-    if not isinstance(provider, str) or not getattr(source, "unwraps", False):
+def provider_of(source: KeySource) -> str:
+    """The provider name a wrapping key source declares; a source that does not wrap is no recipient."""
+    if not source.provider:
         raise UsageError(f"{source.uri.redacted()}: this key source does not wrap keys, so it cannot be a recipient")
-    return provider
+    return source.provider
 
 
 def context_text(context: dict[str, str]) -> str:
@@ -54,7 +55,7 @@ def _context(text: str, what: str) -> dict[str, str]:
 class Recipient:
     """A wrapping key source as a recipient: `seal --recipient aws-kms://...`, `rewrap --add`."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: KeySource) -> None:
         self.source = source
         self.provider = provider_of(source)
 
@@ -65,15 +66,14 @@ class Recipient:
         return stanza_of(self.source.wrap(data_key)).check(f"the {self.provider} stanza", UsageError)
 
     def matches(self, stanza: Stanza) -> bool:
-        """The stanza is this provider's and names this key as the source does (`rewrap --remove`)."""
-        kid = getattr(self.source, "key_id", None)
-        return stanza.type == TYPE and stanza.args[:2] == (self.provider, kid)
+        """The stanza is this provider's and names this source's key, as its service names it (`rewrap --remove`)."""
+        return stanza.type == TYPE and stanza.args[0] == self.provider and self.source.wrapped_by(stanza.args[1])
 
 
 class Identity:
     """A wrapping key source as an identity: it asks its service to unwrap its provider's stanzas."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: KeySource) -> None:
         self.source = source
         self.provider = provider_of(source)
 
@@ -86,7 +86,7 @@ class Identity:
         A refusal (another key of the same service: "incorrect key", or a
         denial) moves on to the next; unavailable and usage errors stop.
         """
-        mine = [s for s in stanzas if s.type == TYPE and s.args[:1] == (self.provider,)]
+        mine = [s for s in stanzas if s.type == TYPE and self.source.unwraps_for(s.args[0])]
         if not mine:
             raise NotARecipient(f"no {self.provider} key is a recipient of this file")
         refusals: list[IntegrityError | DeniedError] = []
