@@ -1046,8 +1046,7 @@ def test_seal_with_key_vault_then_run_with_the_attested_release(kv, sidecar, wi_
     assert r.code == 0, r.stderr
     seal_output = r.stderr
     header = json.loads(modelseal("inspect", str(sealed)).stdout)
-    assert header["wrapped_key"]["provider"] == "azure-kv"
-    assert header["wrapped_key"]["key_id"] == kv.kid("models", kv.version)
+    assert header["recipients"] == [{"type": "kms", "recipient": f"azure-kv {kv.kid('models', kv.version)}"}]
     out = shm / "out"
     r = modelseal("run", "--source", str(sealed), "-o", str(out), "--ca", pki.ca, "--key-uri",
                   f"azure-skr://{VAULT_HOST}/keys/models?maa={MAA}&sidecar={sidecar.url}&context.model=resnet",

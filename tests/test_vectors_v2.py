@@ -17,7 +17,7 @@ import pyrage
 import pytest
 
 from conftest import one_line
-from modelseal import errors, header_v2, sealfile
+from modelseal import errors, sealfile
 from modelseal.recipients import symmetric, x25519
 
 HERE = Path(__file__).parent / "vectors"

@@ -58,8 +58,8 @@ from . import KeySource
 from .azurekv import (
     BASE_CONTEXT,
     HOST,
-    RSA_BITS,
     PROVIDERS,
+    RSA_BITS,
     KeyRef,
     b64url_decode,
     bind,

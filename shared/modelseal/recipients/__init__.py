@@ -26,6 +26,7 @@ from . import kms, symmetric, x25519
 from .stanza import Stanza
 
 if TYPE_CHECKING:
+    from ..keys import KeySource
     from ..options import Connection
 
 TYPES = {m.TYPE: m for m in (x25519, symmetric, kms)}
@@ -68,6 +69,24 @@ def recipient(text: str, connection: Connection) -> Recipient:
     if source.provider:
         return kms.Recipient(source)
     return symmetric.Key(source.data_key())
+
+
+def of_key(source: KeySource) -> Recipient:
+    """`--key FILE` / `--key-uri URI` as a recipient: a key service that wraps, or a 32-byte key."""
+    return kms.Recipient(source) if source.provider else symmetric.Key(source.data_key())
+
+
+def identities(key: KeySource | None, identity: KeySource | None) -> list[Identity]:
+    """What a reader of a version 2 header tries, cheapest first: the age identities `--identity` yields,
+    a 32-byte key (a symmetric recipient's, or the data key itself: the header MAC decides), then a key
+    service (a network call per stanza it is tried on)."""
+    found: list[Identity] = []
+    if identity is not None:
+        what = f"--identity {identity.uri.redacted()}"
+        found += x25519.parse_identities(identity.secret(encoding="raw"), what, UsageError)
+    if key is not None:
+        found += [kms.Identity(key)] if key.provider else symmetric.given_key(key.data_key())
+    return found
 
 
 def removal(text: str, connection: Connection) -> Recipient:

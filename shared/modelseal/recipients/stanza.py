@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Type
 
 from .. import untrusted
 from ..errors import IntegrityError, ModelsealError
@@ -56,7 +56,7 @@ class Stanza:
     args: tuple[str, ...]
     body: bytes
 
-    def check(self, what: str, error: type[ModelsealError] = IntegrityError) -> "Stanza":
+    def check(self, what: str, error: Type[ModelsealError] = IntegrityError) -> "Stanza":  # noqa: UP006 (`type` is a field)
         """Refuse a stanza outside the generic limits (with `error`: IntegrityError reading, UsageError writing)."""
         if not isinstance(self.type, str) or not 0 < len(self.type) <= MAX_TYPE or not _printable(self.type, 0x21):
             raise error(f"{what}: the type is not 1 to {MAX_TYPE} printable ASCII characters without spaces")
