@@ -187,6 +187,16 @@ def test_a_key_file_is_a_symmetric_recipient_and_the_data_key_opens_too(shm, mod
     (shm / "wrong.key").write_bytes(os.urandom(32))
     code, error = decrypts(shm, sealed, "--key", str(shm / "wrong.key"))
     assert code == 4 and "header MAC" in error
+    # removed as inspect lists it (the key file itself need not be at hand), by the data key
+    label = recipients_of(sealed)[1]["recipient"]
+    assert label.startswith("key id ")
+    r = modelseal("rewrap", str(sealed), "-o", str(sealed), "--key", str(shm / "data.key"), "--remove", label)
+    assert r.code == 0, r.stderr
+    assert [x["type"] for x in recipients_of(sealed)] == ["X25519"]
+    code, error = decrypts(shm, sealed, "--key", str(shm / "k"))
+    assert code == 4
+    code, error = decrypts(shm, sealed, "--key", str(shm / "data.key"))  # the data key still opens: no revocation
+    assert code == 0, error
 
 
 @pytest.fixture
