@@ -359,3 +359,29 @@ def test_rewrap_on_oci_keeps_the_payload(shm, model):
         assert tree(shm / "tree") == tree(model)
         code, error = decrypts(shm, shm / "r.seal", "--identity", alice.uri)
         assert code == 4 and "not a recipient" in error
+
+
+def test_a_version_1_file_wrapped_by_kms_with_the_v1_context_still_opens(shm, kms_key, moto):
+    """Files sealed before version 2 carry {"modelseal": "v1"}: the context goes back to KMS as stored."""
+    import io
+
+    import boto3
+
+    from modelseal import sealfile
+
+    kms_uri, arn = kms_key
+    data_key, plaintext = os.urandom(32), os.urandom(70_000)
+    client = boto3.client("kms", endpoint_url=moto.url, region_name="us-east-1")
+    blob = client.encrypt(KeyId=arn, Plaintext=data_key, EncryptionContext={"modelseal": "v1"})["CiphertextBlob"]
+    header = sealfile.Header(key_id="", wrapped_key=sealfile.WrappedKey("aws-kms", arn, blob, {"modelseal": "v1"}))
+    out = io.BytesIO()
+    with sealfile.seal_writer(out, header, data_key) as w:
+        w.write(plaintext)
+    (shm / "v1.seal").write_bytes(out.getvalue())
+    assert out.getvalue()[:6] == b"MSEAL\x01"
+    code, error = decrypts(shm, shm / "v1.seal", "--key-uri", kms_uri)
+    assert code == 0, error
+    assert (shm / "plain.tar").read_bytes() == plaintext
+    r = modelseal("fetch-key", "--key-uri", kms_uri, "--wrapped-from", str(shm / "v1.seal"), "-o", str(shm / "k"))
+    assert r.code == 0, r.stderr
+    assert (shm / "k").read_bytes() == data_key
