@@ -277,13 +277,13 @@ def test_v2_vector_through_the_cli(vector, shm):
 
 
 def test_the_four_stage_chain_with_an_age_identity_from_a_secret_file(shm, model):
-    """fetch-model, fetch-key --identity (the Secret's file) writes the data key, decrypt --key, unpack."""
+    """fetch-key --identity (the Secret's file) writes the data key from the source's header (a ranged read),
+    then fetch-model, decrypt --key, unpack: the pod's four init containers."""
     alice = Age(shm, "alice")
     sealed = shm / "m.seal"
     assert modelseal("seal", str(model), "-o", str(sealed), "--recipient", alice.recipient).code == 0
-    steps = [("fetch-model", "--source", f"file://{sealed}", "-o", str(shm / "fetched.seal")),
-             ("fetch-key", "--identity", alice.uri, "--wrapped-from", str(shm / "fetched.seal"), "-o",
-              str(shm / "data.key")),
+    steps = [("fetch-key", "--identity", alice.uri, "--source", f"file://{sealed}", "-o", str(shm / "data.key")),
+             ("fetch-model", "--source", f"file://{sealed}", "-o", str(shm / "fetched.seal")),
              ("decrypt", "--in", str(shm / "fetched.seal"), "--key", str(shm / "data.key"), "-o",
               str(shm / "m.tar"), "--delete-input", "--delete-key"),
              ("unpack", "--in", str(shm / "m.tar"), "-o", str(shm / "tree"), "--delete-input")]

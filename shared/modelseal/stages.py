@@ -372,15 +372,17 @@ def fetch_key(key_uri: str | None, output: Output, unwrapping: Unwrapping, guard
         raise UsageError("--passphrase: an age identity unlocks a .seal's data key, not a passphrase")
     key_source = open_key(key_uri, connection) if key_uri else None
     identity = open_key(unwrapping.identity, connection) if unwrapping.identity else None
+    named = key_source or identity
+    assert named is not None
     with PartialFile(out, 0o400, rule=memory_only(guards.allow_disk, log, "the key")) as f:
-        log.info("key_source", uri=(key_source or identity).uri.redacted())  # type: ignore[union-attr]
+        log.info("key_source", uri=named.uri.redacted())
         header = None if passphrase else header_from(unwrapping, connection)
         if key_source is not None and not key_source.unwraps and not isinstance(header, header_v2.Header):
             key = key_source.secret(encoding="raw") if passphrase else key_source.data_key()  # the key as it is
         else:
             if header is None:
-                raise UsageError(f"{(key_source or identity).uri.redacted()}: the data key is in a .seal "  # type: ignore[union-attr]
-                                 "header: give --wrapped-from FILE or --source URI")
+                raise UsageError(f"{named.uri.redacted()}: the data key is in a .seal header: give "
+                                 "--wrapped-from FILE or --source URI")
             if isinstance(header, sealfile.Header) and key_source is not None and header.wrapped_key is None:
                 raise UsageError(f"{key_source.uri.redacted()}: the .seal header carries no wrapped key")
             key = data_key_of(header, key_source, identity)
