@@ -308,6 +308,10 @@ def test_identity_usage_errors_are_exit_2(shm, model):
         r = modelseal(*args)
         assert r.code == 2 and says in r.error(), (args[0], r.error())
         assert not (shm / "x.seal").exists() and not (shm / "o").exists() and not (shm / "k").exists()
+    secret = alice.file.read_text().split()[-1]  # an identity given where a recipient goes: never echoed
+    r = modelseal("seal", str(model), "-o", str(shm / "x.seal"), "--recipient", secret)
+    assert r.code == 2 and "public key" in r.error() and secret[15:] not in r.stderr
+    assert not (shm / "x.seal").exists()
 
 
 # ---- rewrap on object stores and registries: the payload streamed through ---------------------------------
