@@ -412,9 +412,8 @@ def rewrap(source: str, output: Output, rewrapping: Rewrapping, connection: Conn
     remove = [recipients.removal(text, connection) for text in rewrapping.remove]
     if not add and not remove:
         raise UsageError("nothing to do: give --add R or --remove R")
-    backend = open_source(source, connection)
-    log.info("source", uri=backend.uri.redacted())
-    with backend.open() as stream:
+    ciphertext = open_ciphertext(SourceSpec(source), connection, log)
+    with ciphertext.stream as stream:
         header, _ = sealfile.read_prefix(stream)
         if isinstance(header, sealfile.Header):
             raise UsageError("a version 1 .seal has one key and no recipient list, and its whole header is bound "
