@@ -389,3 +389,22 @@ def test_a_version_1_file_wrapped_by_kms_with_the_v1_context_still_opens(shm, km
     r = modelseal("fetch-key", "--key-uri", kms_uri, "--wrapped-from", str(shm / "v1.seal"), "-o", str(shm / "k"))
     assert r.code == 0, r.stderr
     assert (shm / "k").read_bytes() == data_key
+
+
+def test_repeatable_flags_from_the_environment(shm, model):
+    """$MODELSEAL_RECIPIENT / _ADD / _REMOVE, as a pod spec sets them: words on one line, or one a line (an
+    inspect label has spaces)."""
+    alice, bob = Age(shm, "alice"), Age(shm, "bob")
+    assert modelseal("keygen", "-o", str(shm / "k")).code == 0
+    sealed = shm / "m.seal"
+    r = modelseal("seal", str(model), "-o", str(sealed),
+                  env={"MODELSEAL_RECIPIENT": f"{alice.recipient} {bob.recipient}"})
+    assert r.code == 0, r.stderr
+    r = modelseal("rewrap", str(sealed), "-o", str(sealed), "--identity", alice.uri,
+                  env={"MODELSEAL_ADD": f"file://{shm / 'k'}"})
+    assert r.code == 0, r.stderr
+    label = recipients_of(sealed)[2]["recipient"]
+    r = modelseal("rewrap", str(sealed), "-o", str(sealed), "--identity", alice.uri,
+                  env={"MODELSEAL_REMOVE": f"{label}\n{bob.recipient}\n"})
+    assert r.code == 0, r.stderr
+    assert recipients_of(sealed) == [{"type": "X25519", "recipient": alice.recipient}]

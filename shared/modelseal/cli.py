@@ -51,8 +51,10 @@ def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, **k
     kw["help"] = f"{kw.get('help', '')} [${env}]".strip()
     if kw.get("action") == "store_true":
         kw["default"] = value is not None and value.strip().lower() in ("1", "true", "yes", "on")
-    elif kw.get("action") == "append":  # repeatable: the variable holds the values separated by whitespace
-        kw["default"] = value.split() if value is not None else []
+    elif kw.get("action") == "append":  # repeatable: the variable holds one value a line, or (one line) a word
+        kw["default"] = [] if value is None else [v.strip() for v in value.splitlines() if v.strip()] \
+            if "\n" in value.strip() else value.split()
+        kw["help"] = f"{kw['help']} (in ${env}: one a line, or separated by spaces on one line)"
     elif value is not None:
         kw["default"] = value
         if names[0].startswith("-"):
