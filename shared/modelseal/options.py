@@ -120,6 +120,9 @@ class KeySpec:
         if not delete_key:
             return None
         path = self.file()
+        if path is None and not self.key_uri:
+            raise UsageError("--delete-key deletes a --key file; an --identity is not deleted (it is a Secret's, "
+                             "say, and may open other files)")
         if path is None:
             raise UsageError(f"--delete-key: the key comes from {URI.parse(self.key_uri or '').scheme}:, "
                              "not from a key file; there is nothing to delete")
