@@ -304,6 +304,8 @@ def test_identity_usage_errors_are_exit_2(shm, model):
                        (["decrypt", "--in", str(sealed), "-o", str(shm / "o"), "--identity",
                          f"file://{shm / 'not-age'}"], "not an age identity"),
                        (["fetch-key", "--identity", alice.uri, "-o", str(shm / "k")], "--wrapped-from"),
+                       (["decrypt", "--in", str(sealed), "-o", str(shm / "o"), "--identity", alice.uri,
+                         "--delete-key"], "an --identity is not deleted"),
                        (["rewrap", str(sealed), "-o", str(shm / "x.seal"), "--identity", alice.uri], "nothing to do")):
         r = modelseal(*args)
         assert r.code == 2 and says in r.error(), (args[0], r.error())

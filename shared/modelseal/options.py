@@ -112,7 +112,9 @@ class KeySpec:
         """The key file on disk, if the key comes from one (--key, or a file:// key URI)."""
         if self.key_file:
             return self.key_file
-        uri = URI.parse(self.key_uri or "")
+        if not self.key_uri:
+            return None  # --identity only
+        uri = URI.parse(self.key_uri)
         return uri.path if uri.scheme == "file" and uri.path != "-" else None
 
     def deletable(self, delete_key: bool) -> str | None:
