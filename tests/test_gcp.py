@@ -748,6 +748,33 @@ def test_seal_to_gs_then_run_from_gs_byte_exact(emulator, kms, metadata, pki, sh
     _no_token_leaked(r, term, metadata)
 
 
+def test_rewrap_on_gs_with_the_cloud_kms_key_adds_an_age_recipient(emulator, kms, metadata, pki, shm):
+    """rewrap gs:// -> gs://, unlocked by Cloud KMS: the payload byte for byte, and the age key added opens it."""
+    import pyrage
+
+    from conftest import payload_offset
+
+    emu, bucket = emulator
+    src = shm / "model"
+    src.mkdir()
+    make_tree(src, big=MiB + 3)
+    identity = pyrage.x25519.Identity.generate()
+    (shm / "age.key").write_text(f"{identity}\n")
+    env = _cli_env(metadata, STORAGE_EMULATOR_HOST=emu.url)
+    key_uri = f"gcp-kms://{KEY_NAME}?endpoint_url={kms.url}"
+    r = modelseal("seal", str(src), "-o", f"gs://{bucket}/m.seal", "--key-uri", key_uri, "--ca", pki.ca, env=env)
+    assert r.code == 0, r.stderr
+    r = modelseal("rewrap", f"gs://{bucket}/m.seal", "-o", f"gs://{bucket}/r.seal", "--key-uri", key_uri,
+                  "--add", str(identity.to_public()), "--ca", pki.ca, env=env)
+    assert r.code == 0, r.stderr
+    before, after = emu.get(bucket, "m.seal"), emu.get(bucket, "r.seal")
+    assert after[payload_offset(after):] == before[payload_offset(before):] and len(after) > len(before)
+    r = modelseal("run", "--source", f"gs://{bucket}/r.seal", "--identity", f"file://{shm / 'age.key'}",
+                  "-o", str(shm / "out"), env=env)
+    assert r.code == 0, r.stderr
+    assert tree(shm / "out") == tree(src)
+
+
 def test_cli_one_token_for_key_and_source_and_none_in_logs(kms, metadata, pki, shm):
     """Both the key and the model come through the bearer token: asked once per process, never logged."""
     with GCSServer(tls=pki.server_context()) as gcs:
