@@ -1,7 +1,7 @@
 """The .seal v2 test vectors published in docs/FORMAT.md: seal-v2.json and the files of tests/vectors/seal-v2/.
 
-Run through the library's v2 reader (modelseal.header_v2) until the command line reads version 2; the
-manifest already says what `modelseal decrypt` must do with each.
+Run here through the library's reader (sealfile.read_prefix, header_v2's unlock); tests/test_recipients_cli.py
+runs the same manifest through `modelseal decrypt`.
 """
 
 from __future__ import annotations
