@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,6 +31,8 @@ from conftest import modelseal as checkout_cli
 
 REPO = Path(__file__).resolve().parents[1]
 WHEELHOUSES = [REPO / "tests" / ".wheelhouse", REPO / "images" / ".wheelhouse"]
+WORKFLOWS = REPO / ".github" / "workflows"
+ZIZMOR_CONFIG = REPO / ".github" / "zizmor.yml"
 MiB = 1 << 20
 
 
@@ -253,3 +256,55 @@ def test_image_pins_are_hashed_and_inside_the_declared_ranges():
     for name, req in declared_ranges().items():
         assert req.specifier and all(s.operator in (">=", "<") for s in req.specifier), \
             f"{req}: the library declares a compatible range (>=low,<high), not a pin"
+
+
+# --------------------------------------------------------------------------- the workflows
+
+def lint(root: Path) -> list[str]:
+    """Every finding of actionlint and zizmor on root/.github/workflows (empty when both pass)."""
+    findings = []
+    r = run("actionlint", "-no-color", *sorted((root / ".github" / "workflows").glob("*.yml")), cwd=root, timeout=120)
+    if r.returncode != 0 or r.stdout.strip():
+        findings.append(f"actionlint ({r.returncode}): {r.stdout}{r.stderr}")
+    r = run("zizmor", "--offline", "--no-progress", "--config", root / ".github" / "zizmor.yml",
+            root / ".github" / "workflows", timeout=120)
+    if r.returncode != 0:
+        findings.append(f"zizmor ({r.returncode}): {r.stdout}{r.stderr}")
+    return findings
+
+
+def test_workflows_pass_actionlint_and_zizmor():
+    assert sorted(p.name for p in WORKFLOWS.glob("*.yml")) == ["ci.yml", "release.yml"]
+    assert lint(REPO) == []
+
+
+def test_every_action_is_pinned_by_commit_with_its_version():
+    uses = [(p.name, m) for p in WORKFLOWS.glob("*.yml")
+            for m in re.findall(r"^\s*(?:-\s*)?uses:\s*(.+)$", p.read_text(), re.M)]
+    assert uses
+    for name, ref in uses:
+        if ref.startswith("./"):
+            continue  # a workflow of this repository
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+", ref), f"{name}: {ref}"
+
+
+PLANTED = {
+    "an action by tag, not commit": (
+        "zizmor", lambda text: re.sub(r"actions/checkout@[0-9a-f]{40} # v(\d+)\.\S+", r"actions/checkout@v\1", text, count=1)),
+    "a job that needs no such job": ("actionlint", lambda text: text.replace("needs: [test", "needs: [tset", 1)),
+    "an event field pasted into a script": (
+        "zizmor", lambda text: text.replace("run: make dist", 'run: echo "${{ github.event.head_commit.message }}"; make dist', 1)),
+}
+
+
+@pytest.mark.parametrize("mistake", PLANTED)
+def test_the_linters_catch_a_planted_mistake(tmp_path, mistake):
+    """The lint above can fail: each planted mistake in a copy of release.yml is reported."""
+    linter, plant = PLANTED[mistake]
+    shutil.copytree(REPO / ".github", tmp_path / ".github")
+    release = tmp_path / ".github" / "workflows" / "release.yml"
+    text = release.read_text()
+    assert plant(text) != text, f"{mistake}: nothing to plant it in"
+    release.write_text(plant(text))
+    findings = lint(tmp_path)
+    assert any(f.startswith(linter) for f in findings), findings
