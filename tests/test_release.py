@@ -36,7 +36,8 @@ ZIZMOR_CONFIG = REPO / ".github" / "zizmor.yml"
 MiB = 1 << 20
 
 
-def run(*args: str | Path, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(*args: str | Path, env: dict | None = None, cwd: Path | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -197,8 +198,8 @@ def test_the_cloud_extra_is_what_the_hint_says_to_install(venv, shm):
 
     cloud = venv.path.parent / "cloud.txt"
     cloud.write_text(f"modelseal[cloud]=={modelseal.__version__} --hash=sha256:{sha256(venv.wheel)}\n")
-    r = pip(venv.path, "install", "--no-index", "--require-hashes", *venv.links,
-            "-r", REPO / "images" / "requirements-core.txt", "-r", REPO / "images" / "requirements-cloud.txt", "-r", cloud)
+    r = pip(venv.path, "install", "--no-index", "--require-hashes", *venv.links, "-r", cloud,
+            "-r", REPO / "images" / "requirements-core.txt", "-r", REPO / "images" / "requirements-cloud.txt")
     assert r.returncode == 0, r.stderr
     assert "does not provide the extra" not in r.stderr, r.stderr  # pip only warns when [cloud] is unknown
     r = pip(venv.path, "check")
@@ -290,10 +291,12 @@ def test_every_action_is_pinned_by_commit_with_its_version():
 
 PLANTED = {
     "an action by tag, not commit": (
-        "zizmor", lambda text: re.sub(r"actions/checkout@[0-9a-f]{40} # v(\d+)\.\S+", r"actions/checkout@v\1", text, count=1)),
+        "zizmor", lambda text: re.sub(r"actions/checkout@[0-9a-f]{40} # v(\d+)\.\S+", r"actions/checkout@v\1",
+                                      text, count=1)),
     "a job that needs no such job": ("actionlint", lambda text: text.replace("needs: [test", "needs: [tset", 1)),
     "an event field pasted into a script": (
-        "zizmor", lambda text: text.replace("run: make dist", 'run: echo "${{ github.event.head_commit.message }}"; make dist', 1)),
+        "zizmor", lambda text: text.replace("run: make dist",
+                                            'run: echo "${{ github.event.head_commit.message }}"; make dist', 1)),
 }
 
 
