@@ -6,14 +6,25 @@ PYTEST_ARGS ?=
 CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint lint-python lint-shell clean
+.PHONY: setup dist demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint lint-python lint-shell clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules tests/.wheelhouse/.done  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
 	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
+
+# The images' pinned, hashed wheels for this machine's Python: tests/test_release.py
+# installs the built wheel from them into a fresh venv, offline.
+tests/.wheelhouse/.done: images/requirements-core.txt images/requirements-cloud.txt | $(PY)
+	$(PY) -m pip download -q --only-binary=:all: --dest tests/.wheelhouse -r images/requirements-core.txt -r images/requirements-cloud.txt
+	@touch $@
+
+dist: $(PY)  ## the Python package: sdist and wheel in dist/, with the commit for `modelseal --version` (tools/dist.sh)
+	$(PY) -m pip install -q $$(grep -E '^(build|setuptools)==' requirements-dev.txt)
+	rm -rf dist
+	PYTHON=$(PY) tools/dist.sh dist
 
 tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
 	@tools/host-packages.sh
@@ -72,4 +83,4 @@ lint-shell: setup  ## shellcheck (Debian's, from tools/host-packages.sh) on ever
 	shellcheck $(SCRIPTS)
 
 clean:
-	rm -rf $(VENV) shared/*.egg-info
+	rm -rf $(VENV) shared/*.egg-info dist tests/.wheelhouse

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build every modelseal image, tagged modelseal/<name>:<version> and :latest
-# (version from shared/pyproject.toml). Works offline here (local Debian base,
+# (version from shared/modelseal/__init__.py). Works offline here (local Debian base,
 # wheelhouse) and on a machine that can pull python:3.11-slim-bookworm.
 #
 #   images/build.sh                       # everything
@@ -19,8 +19,8 @@ repo=$(dirname "$here")
 BASE_IMAGE=$("$here/base.sh" | tail -n1)
 "$here/wheelhouse.sh"
 
-VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$repo/shared/pyproject.toml" | head -n1)
-[ -n "$VERSION" ] || { echo "build: no version in shared/pyproject.toml" >&2; exit 1; }
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/shared/modelseal/__init__.py")
+[ -n "$VERSION" ] || { echo "build: no __version__ in shared/modelseal/__init__.py" >&2; exit 1; }
 SOURCE_URL=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
 # The tags every image gets; the first one chains the layers (base <- stages).
 if [ -n "${MODELSEAL_IMAGE_TAG:-}" ]; then tags=("$MODELSEAL_IMAGE_TAG"); else tags=("$VERSION" latest); fi

@@ -24,7 +24,7 @@ REGISTRY=${REGISTRY%/}
 case "$REGISTRY" in
     *://*) echo "publish: REGISTRY is host[:port]/prefix, without a scheme" >&2; exit 2 ;;
 esac
-VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$repo/shared/pyproject.toml" | head -n1)
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/shared/modelseal/__init__.py")
 SOURCE_TAG=${MODELSEAL_IMAGE_TAG:-$VERSION}
 STAGES=(fetch-key fetch-model decrypt unpack run)
 

@@ -23,30 +23,10 @@ log() { echo "wheelhouse: $*" >&2; }
 arch=${WHEEL_ARCH:-$(docker info -f '{{.Architecture}}' 2>/dev/null || uname -m)}
 case $arch in amd64) arch=x86_64 ;; arm64) arch=aarch64 ;; esac
 
-# Guard against drift: every pin in shared/pyproject.toml (core deps and the
-# "cloud" extra) must appear, identically, in the requirements files.
-python3 - "$repo/shared/pyproject.toml" "$here"/requirements-core.txt "$here"/requirements-cloud.txt <<'PY'
-import re, sys, tomllib
-proj = tomllib.load(open(sys.argv[1], "rb"))["project"]
-wanted = list(proj.get("dependencies", [])) + list(proj.get("optional-dependencies", {}).get("cloud", []))
-norm = lambda s: re.sub(r"[-_.]+", "-", s.strip().lower())
-pins = {}
-for f in sys.argv[2:]:
-    for line in open(f):
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, ver = line.partition("==")
-            pins[norm(name)] = ver.strip()
-bad = []
-for req in wanted:
-    m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*(?:\[[^]]*\])?\s*==\s*([^\s;]+)\s*", req)
-    if not m:
-        bad.append(f"{req!r} is not pinned with ==")
-    elif pins.get(norm(m[1])) != m[2]:
-        bad.append(f"{req!r} but images/requirements-*.txt have {pins.get(norm(m[1]))!r}")
-if bad:
-    sys.exit("wheelhouse: shared/pyproject.toml and images/requirements-*.txt disagree:\n  " + "\n  ".join(bad))
-PY
+# images/requirements-*.txt carry a sha256 for every wheel (images/lock.sh
+# writes them), so pip downloads here, and installs in the image builds, in
+# hash-checking mode. That each pin satisfies shared/pyproject.toml's ranges is
+# tests/test_release.py's check (and pip's, installing modelseal in the base).
 
 mkdir -p "$out/build"
 stamp=$(cat "$here"/requirements-*.txt | sha256sum | cut -c1-16)-$arch
@@ -87,12 +67,15 @@ fi
 log "building the modelseal wheel from shared/"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# Copy without build leftovers; building in place would write into shared/.
-tar -C "$repo/shared" --exclude=build --exclude='*.egg-info' --exclude=__pycache__ \
-    --exclude=.pytest_cache -cf - . | tar -C "$tmp" -xf -
+# A copy with the commit written in (modelseal --version); building in place would write into shared/.
+"$repo/tools/package-source.sh" "$tmp" >/dev/null
 find "$out" -maxdepth 1 -name 'modelseal-*.whl' -delete
-# Fixed zip timestamps: the same source gives the same wheel bytes, so Docker's
-# layer cache survives a rebuild that changed nothing.
+# Fixed zip timestamps: the same source and commit give the same wheel bytes, so
+# Docker's layer cache survives a rebuild that changed nothing.
 SOURCE_DATE_EPOCH=315532800 PIP_NO_INDEX=1 PIP_FIND_LINKS="$out/build" \
     $PIP wheel --quiet --no-deps --wheel-dir "$out" "$tmp" >&2
-ls "$out"/modelseal-*.whl >&2
+# Its hash, for the base image's `pip install --require-hashes` (the rest are images/requirements-core.txt's).
+wheel=$(ls "$out"/modelseal-*.whl)
+version=$(basename "$wheel" | cut -d- -f2)
+printf 'modelseal==%s --hash=sha256:%s\n' "$version" "$(sha256sum "$wheel" | cut -d' ' -f1)" >"$out/requirements-modelseal.txt"
+ls "$wheel" >&2
