@@ -139,13 +139,14 @@ def summary(a: argparse.Namespace, report: dict[str, Any]) -> None:
     pub = report["public_key"]
     for stage, e in report["stages"].items():
         log(f"{a.registry}/{stage}:{a.version}")
-        log(f"  index      {e['index']}  signature {e['signature']}")
+        log(f"  {'index':<13s}{e['index']}  signature {e['signature']}")
         for plat, p in e["platforms"].items():
-            log(f"  {plat:11s}{p['digest']}  {p['compressed'] / 1e6:.1f} MB compressed")
-            log(f"  {'':11s}SBOM {p['sbom']}  signature {p['signature']}")
+            log(f"  {plat:<13s}{p['digest']}  {p['compressed'] / 1e6:.1f} MB compressed")
+            log(f"  {'':<13s}SBOM {p['sbom']}  signature {p['signature']}")
     some = next(iter(report["stages"]))
     ref = f"{a.registry}/{some}@{report['stages'][some]['index']}"
-    insecure = " --allow-insecure-registry --allow-http-registry" if "127.0.0.1" in a.registry else ""
+    plain = a.allow_http or web.is_loopback(a.registry.partition("/")[0].rsplit(":", 1)[0].strip("[]"))
+    insecure = " --allow-insecure-registry --allow-http-registry" if plain else ""
     log(f"signed with the key whose public half is {pub} (ECDSA P-256, cosign's format); verify:")
     log(f"  cosign verify --key {pub} --insecure-ignore-tlog{insecure} {ref}")
     log(f"  or a sigstoreSigned policy with keyPath {pub} (skopeo/podman/CRI-O; use-sigstore-attachments: true)")
