@@ -21,8 +21,8 @@ The shapes, from sigstore's sources:
   config listing each layer's digest as a diff_id (mutate.Append on
   go-containerregistry's empty image).
 
-Signing again replaces our own earlier layer for the same payload and keeps
-every other signer's. Keys: PEM (PKCS#8 or SEC1) EC P-256; `cosign verify
+Signing again replaces our own earlier layer for the same payload (the one
+our key verifies) and keeps every other signer's. Keys: PEM (PKCS#8 or SEC1) EC P-256; `cosign verify
 --key` takes the public key's PEM as written here.
 """
 
@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -108,13 +109,25 @@ def attach(repo: Repository, key: ec.EllipticCurvePrivateKey, digest: str) -> st
     body = payload(f"{repo.registry}/{repo.name}", digest)
     layer = oci.descriptor(SIMPLE_SIGNING, body, annotations={SIGNATURE_ANNOTATION: sign(key, body)})
     tag = signature_tag(digest)
-    layers = [x for x in _existing_layers(repo, tag) if x.get("digest") != layer["digest"]] + [layer]
+    layers = [x for x in _existing_layers(repo, tag) if not _ours(key, x, layer["digest"], body)] + [layer]
     config = _config(layers)
     repo.push_blob(layer["digest"], body)
     repo.push_blob(oci.digest_of(config), config)
     manifest = oci.image_manifest(oci.descriptor(oci.IMAGE_CONFIG, config), layers)
     sig_digest, _ = repo.put_manifest(tag, manifest, oci.OCI_MANIFEST)
     return sig_digest
+
+
+def _ours(key: ec.EllipticCurvePrivateKey, layer: dict[str, Any], digest: str, body: bytes) -> bool:
+    """An existing signature layer of this payload by this key (signing again replaces it)."""
+    if layer.get("digest") != digest:
+        return False
+    try:
+        signature = base64.b64decode(layer.get("annotations", {}).get(SIGNATURE_ANNOTATION, ""), validate=True)
+        key.public_key().verify(signature, body, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _existing_layers(repo: Repository, tag: str) -> list[dict[str, Any]]:
