@@ -418,3 +418,19 @@ def test_arm64_images_run_the_chain_under_emulation(arm64: dict[str, str], shm: 
                   mounts=(shm,))
     assert r.returncode == 0, r.stderr[-2000:]
     assert tree(shm / "models" / "one") == tree(model)
+
+
+def test_publish_refuses_what_it_cannot_do() -> None:
+    """One line and its exit code: no REGISTRY (2), a scheme in it (2), a platform it does not build (2),
+    an architecture whose images are not built (1); nothing is pushed anywhere (no registry answers)."""
+    need(harness.engine_missing())
+    script = str(harness.REPO / "images" / "publish.sh")
+    base = {k: v for k, v in os.environ.items() if k not in ("REGISTRY", "PLATFORMS", "MODELSEAL_IMAGE_TAG")}
+    cases = [({}, 2, "set REGISTRY=host[:port]/prefix"),
+             ({"REGISTRY": "https://127.0.0.1:9/x"}, 2, "without a scheme"),
+             ({"REGISTRY": "127.0.0.1:9/x", "PLATFORMS": "linux/s390x"}, 2, "'linux/s390x' is not linux/amd64"),
+             ({"REGISTRY": "127.0.0.1:9/x", "MODELSEAL_IMAGE_TAG": "never-built"}, 1, ":never-built is not built")]
+    for env, code, message in cases:
+        r = subprocess.run([script], capture_output=True, text=True, env={**base, **env}, timeout=60)
+        assert (r.returncode, r.stdout) == (code, ""), (env, r.returncode, r.stderr)
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
