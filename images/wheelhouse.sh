@@ -84,7 +84,8 @@ if [ ! -e "$out/debs/.done" ] && command -v apt-get >/dev/null &&
     state=$out/.apt-$debarch
     mkdir -p "$out/debs" "$state/lists/partial" "$state/archives/partial"
     apt=(apt-get -q -o "APT::Architecture=$debarch" -o "APT::Architectures=$debarch"
-         -o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state" -o Dir::State::status=/dev/null)
+         -o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state" -o Dir::State::status=/dev/null
+         -o APT::Sandbox::User=root)
     if "${apt[@]}" update >&2 && (cd "$out/debs" && "${apt[@]}" download binutils-"$gnu" binutils-common \
             libbinutils libctf0 libctf-nobfd0 libgprofng0 libjansson4 >&2); then
         touch "$out/debs/.done"
