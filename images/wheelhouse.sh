@@ -4,19 +4,22 @@
 # PyPI but no container registry).
 #
 #   images/wheelhouse.sh            # from anywhere; idempotent
+#   WHEEL_ARCH=aarch64 WHEELHOUSE=images/.wheelhouse-arm64 images/wheelhouse.sh
 #
 # Third-party wheels are downloaded for the images' Python (CPython 3.11,
 # glibc 2.36 = Debian bookworm, the Docker engine's CPU), not the host's, and
 # only re-downloaded when a requirements file or the target changes. The
 # modelseal wheel is rebuilt from ./shared every time (its version does not
 # change with every edit), offline, from a copy so shared/ gets no build files.
-# Env: WHEEL_ARCH (x86_64|aarch64; default: the Docker engine's), PIP (default
-# "python3 -m pip").
+# Env: WHEEL_ARCH (x86_64|aarch64; default: the Docker engine's), WHEELHOUSE
+# (the folder; default images/.wheelhouse, the one the Dockerfiles copy unless
+# told otherwise; images/build.sh gives another architecture its own), PIP
+# (default "python3 -m pip").
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-out=$here/.wheelhouse
+out=${WHEELHOUSE:-$here/.wheelhouse}
 PIP=${PIP:-python3 -m pip}
 log() { echo "wheelhouse: $*" >&2; }
 
@@ -49,19 +52,27 @@ if [ "$(cat "$out/.stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "$stamp" >"$out/.stamp"
 fi
 
-# binutils .debs (for `strip` inside the base build only; never installed in
-# an image). Debian-bookworm hosts only: elsewhere the build just skips
-# stripping and the base is ~10 MB larger.
+# binutils .debs of the images' architecture (for `strip` inside the base
+# build only; never installed in an image), through a private apt state for
+# that architecture so the host's own apt configuration is left alone.
+# Debian-bookworm hosts only: elsewhere the build just skips stripping and the
+# base is ~10 MB larger.
 if [ ! -e "$out/debs/.done" ] && command -v apt-get >/dev/null &&
     grep -qs '^VERSION_CODENAME=bookworm' /etc/os-release; then
+    case $arch in x86_64) debarch=amd64 ;; aarch64) debarch=arm64 ;; *) debarch=$arch ;; esac
     gnu=$arch-linux-gnu; gnu=${gnu//_/-}
-    mkdir -p "$out/debs"
-    if (cd "$out/debs" && apt-get download -q binutils-"$gnu" binutils-common libbinutils \
-            libctf0 libctf-nobfd0 libgprofng0 libjansson4 >&2); then
+    state=$out/.apt-$debarch
+    mkdir -p "$out/debs" "$state/lists/partial" "$state/archives/partial"
+    apt=(apt-get -q -o "APT::Architecture=$debarch" -o "APT::Architectures=$debarch"
+         -o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state" -o Dir::State::status=/dev/null
+         -o APT::Sandbox::User=root)
+    if "${apt[@]}" update >&2 && (cd "$out/debs" && "${apt[@]}" download binutils-"$gnu" binutils-common \
+            libbinutils libctf0 libctf-nobfd0 libgprofng0 libjansson4 >&2); then
         touch "$out/debs/.done"
     else
         log "warning: no binutils .debs; images will not be stripped"
     fi
+    rm -rf "$state"
 fi
 
 log "building the modelseal wheel from shared/"
