@@ -38,6 +38,10 @@ for p in "${platforms[@]}"; do
     esac
 done
 
+# Every target of images/stages/Dockerfile (images/targets.sh: publish and sizes take the same list).
+stage_list=$("$here/targets.sh")
+mapfile -t stages <<<"$stage_list"
+
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/shared/modelseal/__init__.py")
 [ -n "$VERSION" ] || { log "no __version__ in shared/modelseal/__init__.py"; exit 1; }
 SOURCE_URL=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
@@ -73,11 +77,11 @@ for arch in "${archs[@]}"; do
     build cloud-base "$here/cloud-base/Dockerfile" "$repo" --build-arg BASE="modelseal/base:$CHAIN$suffix" \
         --build-arg WHEELHOUSE="$wheelhouse"
     # The stages: one Dockerfile, one target each; they copy nothing, so their context is that folder alone.
-    for s in fetch-key fetch-model decrypt unpack run; do
+    for s in "${stages[@]}"; do
         build "$s" "$here/stages/Dockerfile" "$here/stages" --target "$s" \
             --build-arg BASE="modelseal/base:$CHAIN$suffix" --build-arg CLOUD_BASE="modelseal/cloud-base:$CHAIN$suffix"
     done
     log "linux/$arch: $((SECONDS - start)) s"
-    built+=("modelseal/{base,cloud-base,fetch-key,fetch-model,decrypt,unpack,run}:$CHAIN$suffix")
+    built+=("modelseal/{base,cloud-base,$(IFS=,; echo "${stages[*]}")}:$CHAIN$suffix")
 done
 echo "${built[*]}"

@@ -38,7 +38,9 @@ case "$REGISTRY" in
 esac
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/shared/modelseal/__init__.py")
 SOURCE_TAG=${MODELSEAL_IMAGE_TAG:-$VERSION}
-STAGES=(fetch-key fetch-model decrypt unpack run)
+# Every target of images/stages/Dockerfile, as images/build.sh built them.
+stage_list=$("$here/targets.sh")
+mapfile -t STAGES <<<"$stage_list"
 engine=$(docker info -f '{{.Architecture}}')
 case $engine in x86_64) engine=amd64 ;; aarch64) engine=arm64 ;; esac
 PLATFORMS=${PLATFORMS:-linux/$engine}
@@ -55,7 +57,7 @@ for p in "${platforms[@]}"; do
 done
 
 args=(--registry "$REGISTRY" --version "$VERSION" --source-tag "$SOURCE_TAG" --platforms "$PLATFORMS"
-      --engine-arch "$engine" --key "${SIGNING_KEY:-$here/.signing/cosign.key}"
+      --engine-arch "$engine" --stages "$(IFS=,; echo "${STAGES[*]}")" --key "${SIGNING_KEY:-$here/.signing/cosign.key}"
       --source-url "$(git -C "$repo" remote get-url origin 2>/dev/null || true)")
 [ -n "${PUBLISH_REPORT:-}" ] && args+=(--report "$PUBLISH_REPORT")
 [ "${PUBLISH_ALLOW_HTTP:-}" = 1 ] && args+=(--allow-http)

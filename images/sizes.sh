@@ -18,5 +18,8 @@ engine=$(docker info -f '{{.Architecture}}')
 case $engine in x86_64) engine=amd64 ;; aarch64) engine=arm64 ;; esac
 PLATFORMS=${PLATFORMS:-linux/$engine}
 archs=${PLATFORMS//linux\//}
+# Every target of images/stages/Dockerfile (images/targets.sh), after base and cloud-base.
+stage_list=$("$here/targets.sh")
+mapfile -t stages <<<"$stage_list"
 PYTHONPATH="$repo/shared:$here${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m release.sizes \
-    --tag "${TAG:-latest}" --archs "$archs" --engine-arch "$engine"
+    --tag "${TAG:-latest}" --archs "$archs" --engine-arch "$engine" --stages "$(IFS=,; echo "${stages[*]}")"

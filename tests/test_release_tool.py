@@ -197,3 +197,36 @@ def test_arm64_is_v8_in_the_index() -> None:
                                                                       "variant": "v8"}
     assert oci.platform({"architecture": "amd64", "os": "linux"}) == {"architecture": "amd64", "os": "linux"}
 
+
+# --------------------------------------------------------------------------- which images are released
+
+IMAGES = Path(__file__).resolve().parents[1] / "images"
+
+
+def targets(dockerfile: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(IMAGES / "targets.sh"), *([str(dockerfile)] if dockerfile else [])],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_target_of_the_stages_dockerfile_is_released(tmp_path: Path) -> None:
+    """images/targets.sh is the one list that build.sh, publish.sh and sizes.sh take: every
+    `FROM ... AS <target>` of images/stages/Dockerfile, so a target added there (a webhook) is
+    built, published with its SBOMs and signed with no other list to update."""
+    text = (IMAGES / "stages" / "Dockerfile").read_text()
+    declared = [m.split()[-1] for m in text.splitlines() if m.upper().startswith("FROM ") and " AS " in m.upper()]
+    r = targets()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == declared and {"fetch-key", "fetch-model", "decrypt", "unpack", "run"} <= set(declared)
+
+    planted = tmp_path / "Dockerfile"
+    planted.write_text(text + "\nFROM ${CLOUD_BASE} AS webhook\nENTRYPOINT [\"modelseal\", \"webhook\"]\n")
+    assert targets(planted).stdout.split() == [*declared, "webhook"]
+    planted.write_text("FROM scratch\n")
+    r = targets(planted)
+    assert r.returncode == 1 and r.stderr.strip() == f"targets: no 'FROM ... AS <target>' in {planted}"
+
+    for script in ("build.sh", "publish.sh", "sizes.sh"):
+        code = [line for line in (IMAGES / script).read_text().splitlines() if not line.lstrip().startswith("#")]
+        assert any('"$here/targets.sh"' in line for line in code), script
+        assert not any(t in line for t in declared if t != "run" for line in code), script  # no list of its own
+

@@ -27,8 +27,6 @@ from modelseal.options import Connection
 from . import cosign, oci, referrers, sbom
 from .store import Repository
 
-STAGES = ("fetch-key", "fetch-model", "decrypt", "unpack", "run")
-
 
 def log(msg: str) -> None:
     print(f"publish: {msg}", file=sys.stderr, flush=True)
@@ -45,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-http", action="store_true", help="plain HTTP to a registry that is not on loopback")
     p.add_argument("--source-url", default="")
     p.add_argument("--report", type=Path)
-    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--stages", required=True, help="the stage images, comma-separated (images/targets.sh)")
     return p.parse_args(argv)
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import oci
 
+#: The four-stage chain, whose distinct layers are totalled (what a node pulls for such a pod).
 STAGES = ("fetch-key", "fetch-model", "decrypt", "unpack")
-EXTRA = ("base", "cloud-base", "run")
+BASES = ("base", "cloud-base")
 MB = 1_000_000  # docker's "MB"
 
 
@@ -28,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="latest")
     p.add_argument("--archs", required=True, help="amd64,arm64")
     p.add_argument("--engine-arch", required=True)
+    p.add_argument("--stages", required=True, help="every stage image, comma-separated (images/targets.sh)")
     a = p.parse_args(argv)
     print(f"{'IMAGE':34s} {'ARCH':5s} {'BYTES':>10s} {'MB':>7s} {'GZIP_MB':>8s} {'LAYERS':>6s}")
     for arch in a.archs.split(","):
         suffix = "" if arch == a.engine_arch else f"-{arch}"
-        names = [f"modelseal/{n}:{a.tag}{suffix}" for n in STAGES + EXTRA]
+        names = [f"modelseal/{n}:{a.tag}{suffix}" for n in BASES + tuple(a.stages.split(","))]
         present = [n for n in names
                    if subprocess.run(["docker", "image", "inspect", n], capture_output=True).returncode == 0]
         for n in names:
