@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,31 @@ def test_every_target_of_the_stages_dockerfile_is_released(tmp_path: Path) -> No
         assert any('"$here/targets.sh"' in line for line in code), script
         assert not any(t in line for t in declared if t != "run" for line in code), script  # no list of its own
 
+
+def dockerignore_lets_through(path: str) -> bool:
+    """Whether the root .dockerignore leaves `path` in the build context: the last rule that matches the
+    path or a folder above it wins; `*` stays within one path segment (Go's filepath.Match, as Docker)."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    included = True
+    for line in (IMAGES.parent / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        pattern = "".join("[^/]*" if c == "*" else re.escape(c) for c in line.lstrip("!"))
+        if any(re.fullmatch(pattern, p) for p in prefixes):
+            included = keep
+    return included
+
+
+def test_every_architectures_wheelhouse_reaches_the_image_build() -> None:
+    """images/base/Dockerfile copies ${WHEELHOUSE}/ (images/.wheelhouse, or images/.wheelhouse-ARCH for
+    another architecture: images/build.sh) and installs modelseal by the hash in its
+    requirements-modelseal.txt (--require-hashes): both must be in the context for every architecture."""
+    for wheelhouse in (".wheelhouse", ".wheelhouse-arm64", ".wheelhouse-amd64"):
+        for name in ("modelseal-0.1.0-py3-none-any.whl", "requirements-modelseal.txt", "debs/binutils_2.40.deb"):
+            assert dockerignore_lets_through(f"images/{wheelhouse}/{name}"), (wheelhouse, name)
+    assert dockerignore_lets_through("images/requirements-core.txt")
+    assert not dockerignore_lets_through("shared/modelseal/cli.py")
+    assert not dockerignore_lets_through("images/.signing/cosign.key")
