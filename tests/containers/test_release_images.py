@@ -99,7 +99,7 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    from registries import Registry, need_tool
+    from support.registry import Registry, need_tool
 
     need(harness.engine_missing())
     need_tool("docker-registry")
