@@ -21,7 +21,7 @@ import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import __version__, bounds, stages
+from . import bounds, buildinfo, stages
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
 from .options import (
@@ -220,10 +220,21 @@ def _preflight(p: argparse.ArgumentParser) -> None:
                                                          "limit before writing (logged)")
 
 
+class _Version(argparse.Action):
+    """--version, asked only when given: finding the commit may run git, which no stage should wait for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        print(buildinfo.version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelseal", description="Deliver encrypted models into pods; "
                                      "plaintext only ever on tmpfs.")
-    parser.add_argument("--version", action="version", version=f"modelseal {__version__}")
+    parser.add_argument("--version", action=_Version, help="print the version and the commit it was built from")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
