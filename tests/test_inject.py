@@ -174,6 +174,16 @@ def test_flags_win_over_annotations_and_images_are_configurable(sealed: Path) ->
     assert c["image"] == "registry.example.com/ms/run:9.9"
     assert c["args"][:2] == ["--source", "https://example.test/m.seal"]
     assert spec_of(obj)["containers"][0]["volumeMounts"][0]["mountPath"] == "/mnt/models"
+    notes = obj["metadata"]["annotations"]  # written back: the webhook, seeing these pods, changes nothing
+    assert notes["modelseal.dev/mount"] == "/mnt/models" and notes["modelseal.dev/source"] == c["args"][1]
+    assert inject(obj, reader(sealed), images=Images("registry.example.com/ms", "9.9")) == obj
+    deployment = inject(workload("Deployment"), reader(sealed), Params(shape="four"))
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["modelseal.dev/shape"] == "four"
+    assert "annotations" not in deployment["metadata"]
+    assert inject(deployment, reader(sealed)) == deployment
+    plain = inject(workload("Pod", annotations={}), reader(sealed), Params(**{k.split("/")[1].replace("-", "_"): v
+                                                                             for k, v in ANNOTATIONS.items()}))
+    assert plain["metadata"]["annotations"] == {} and spec_of(plain)["initContainers"]  # flags alone: no annotations
 
 
 def test_a_serving_container_without_a_memory_limit_gets_the_models_pages_as_its_request(sealed: Path) -> None:
@@ -208,7 +218,8 @@ def test_injecting_twice_through_the_command_line_prints_the_same_yaml(sealed: P
 
 def test_another_shape_replaces_the_first_one(sealed: Path) -> None:
     four = inject(workload("Deployment"), reader(sealed), Params(shape="four"))
-    assert inject(four, reader(sealed), Params(shape="single")) == inject(workload("Deployment"), reader(sealed))
+    single = Params(shape="single")
+    assert inject(four, reader(sealed), single) == inject(workload("Deployment"), reader(sealed), single)
 
 
 def test_what_the_user_had_is_kept_in_place(sealed: Path) -> None:

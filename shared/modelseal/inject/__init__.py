@@ -34,7 +34,8 @@ def inject(obj: Any, read: Callable[[Checked], SealedModel], given: Params = Par
     into what is known of the model (sizes.read_model: a ranged read of the
     source, a local .seal, or modelseal.dev/size). Raises UsageError (one
     line, naming the object) when the workload contradicts what the model
-    needs; `obj` is never modified.
+    needs; `obj` is never modified. Where the workload is annotated, the
+    annotations given as flags are updated to the flags' values.
     """
     work = copy.deepcopy(obj)
     workload = find(work)
@@ -43,4 +44,8 @@ def inject(obj: Any, read: Callable[[Checked], SealedModel], given: Params = Par
     params = given.over(Params.from_annotations(workload.annotations, workload.where))
     checked = check(params, workload.where, containers=workload.names())
     podspec.apply(workload, checked, numbers(read(checked), checked.shape, checked.scheme), images)
+    # Flags that override annotations are written back: the annotations stay the truth, and the
+    # webhook, meeting the pods of this workload later, finds nothing to change.
+    workload.annotate({PREFIX + note: getattr(given, name) for note, name in ANNOTATIONS.items()
+                       if getattr(given, name)})
     return work

@@ -30,6 +30,12 @@ class Workload:
     spec: dict[str, Any]
     annotations: dict[str, Any]
     model_container: dict[str, Any] | None = None  # an InferenceService's spec.predictor.model
+    places: tuple[dict[str, Any], ...] = ()  # the live annotation maps that hold modelseal.dev/* keys
+
+    def annotate(self, values: dict[str, str]) -> None:
+        """Set `values` wherever the workload keeps its modelseal.dev/* annotations (so they stay the truth)."""
+        for place in self.places:
+            place.update(values)
 
     def containers(self) -> list[dict[str, Any]]:
         found = list(self.spec.get("containers") or [])
@@ -71,6 +77,10 @@ def _annotations(meta: Any, where: str, path: str) -> dict[str, Any]:
     return _object(_object(meta, where, path).get("annotations"), where, path + ".annotations")
 
 
+def _places(*maps: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    return tuple(m for m in maps if any(isinstance(k, str) and k.startswith(PREFIX) for k in m))
+
+
 def find(obj: Any) -> Workload | None:
     """The workload in `obj` (modified in place when injected), or None for a kind injection leaves alone."""
     if not isinstance(obj, dict):
@@ -84,13 +94,13 @@ def find(obj: Any) -> Workload | None:
     own = _annotations(meta, where, "metadata")
     spec = _member(obj, "spec", where, "spec")
     if kind == "Pod":
-        return Workload(where, spec, dict(own))
+        return Workload(where, spec, dict(own), places=_places(own))
     if kind == "InferenceService":
         predictor = _member(spec, "predictor", where, "spec.predictor")
         model = predictor.get("model")
         if model is not None:
             model = _object(model, where, "spec.predictor.model")
-        return Workload(where, predictor, dict(own), model)
+        return Workload(where, predictor, dict(own), model, _places(own))
     if kind == "CronJob":
         spec = _member(_member(spec, "jobTemplate", where, "spec.jobTemplate"), "spec", where,
                        "spec.jobTemplate.spec")
@@ -104,4 +114,4 @@ def find(obj: Any) -> Workload | None:
         if isinstance(key, str) and key.startswith(PREFIX) and key in own and own[key] != value:
             raise UsageError(f"{where}: annotation {key} differs between metadata and {prefix}.metadata")
         merged[key] = value
-    return Workload(where, _member(template, "spec", where, prefix + ".spec"), merged)
+    return Workload(where, _member(template, "spec", where, prefix + ".spec"), merged, places=_places(own, inner))
