@@ -277,6 +277,17 @@ def test_a_body_over_the_limit_is_refused_unread(hook: Webhook, pki) -> None:  #
         conn.close()
 
 
+def test_a_client_without_tls_gets_nothing_and_the_server_goes_on(hook: Webhook, pki) -> None:  # noqa: F811
+    plain = http.client.HTTPConnection(LOCAL, hook.port, timeout=30)
+    try:
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("POST", "/mutate", body=json.dumps(review(workload("Pod"))).encode())
+            plain.getresponse().read()
+    finally:
+        plain.close()
+    assert hook.get(pki.ca, "/healthz") == (200, b"ok\n")
+
+
 def test_health_endpoints(hook: Webhook, pki) -> None:  # noqa: F811
     assert hook.get(pki.ca, "/healthz") == (200, b"ok\n")
     assert hook.get(pki.ca, "/readyz") == (200, b"ok\n")
