@@ -11,9 +11,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with the cloud and inject extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
-	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
+	$(PY) -m pip install -q -e './shared[cloud,inject]' -r requirements-dev.txt
 
 tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
 	@tools/host-packages.sh

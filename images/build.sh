@@ -39,8 +39,8 @@ build() {  # name, Dockerfile, context, then extra docker build args
 build base "$here/base/Dockerfile" "$repo" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg SOURCE_URL="$SOURCE_URL"
 build cloud-base "$here/cloud-base/Dockerfile" "$repo" --build-arg BASE="modelseal/base:$CHAIN"
 # The stages: one Dockerfile, one target each; they copy nothing, so their context is that folder alone.
-for s in fetch-key fetch-model decrypt unpack run; do
+for s in fetch-key fetch-model decrypt unpack run webhook; do
     build "$s" "$here/stages/Dockerfile" "$here/stages" --target "$s" \
         --build-arg BASE="modelseal/base:$CHAIN" --build-arg CLOUD_BASE="modelseal/cloud-base:$CHAIN"
 done
-echo "modelseal/{base,cloud-base,fetch-key,fetch-model,decrypt,unpack,run}:$CHAIN"
+echo "modelseal/{base,cloud-base,fetch-key,fetch-model,decrypt,unpack,run,webhook}:$CHAIN"

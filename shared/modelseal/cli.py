@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _preflight(p)
     _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
     _connection(p)
+    _injection_commands(command)
     return parser
 
 
@@ -366,6 +367,92 @@ def _unpack(a: argparse.Namespace, log: Log) -> dict:
 def _run(a: argparse.Namespace, log: Log) -> dict:
     return stages.run(_build(SourceSpec, a), _output(a), _keyspec(a), _decryption(a), _guards(a, log),
                       _connection_of(a), log)
+
+
+# ---- injection (issue 23): `inject` and `webhook`, one block ------------------------------------
+
+def _injection_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """`modelseal inject` and `modelseal webhook`: both run inject.inject() (one function), on YAML or on reviews."""
+    def images(p: argparse.ArgumentParser) -> None:
+        _flag(p, "--image-prefix", default="modelseal", help="the stage images' registry and prefix: PREFIX/run:TAG")
+        _flag(p, "--image-tag", default=__version__, help="the stage images' tag")
+
+    p = command("inject", _inject, "add the sealed model's delivery (init containers, tmpfs volumes, limits sized "
+                "from its header) to workloads: YAML in, YAML out")
+    _flag(p, "-f", "--filename", required=True, help="workloads (multi-document YAML), - for stdin")
+    _flag(p, "--source", help="the sealed model's URI (default: the modelseal.dev/source annotation)")
+    _flag(p, "--seal", metavar="FILE", help="read the header from this local .seal, not by a ranged read of --source")
+    _flag(p, "--key-uri", help="key URI for the stages (modelseal.dev/key-uri)")
+    _flag(p, "--identity", metavar="URI", help="age identity URI for the stages (modelseal.dev/identity; needs "
+          "the .seal format v2 and stage images that read it)")
+    _flag(p, "--verify-key", metavar="CONFIGMAP[/KEY]", help="check the model's signature with the public key in "
+          "this ConfigMap (key signer.pub by default)")
+    _flag(p, "--container", help="the serving container (default: the only one)")
+    _flag(p, "--mount", help="where the serving container reads the model (mounted read-only)")
+    _flag(p, "--shape", choices=("single", "four"), help="single (one `run` init container, the default) or four "
+          "stages")
+    _flag(p, "--size", help="the models volume's size from `inspect --resources` (modelseal.dev/size): size "
+          "without reading the header")
+    images(p)
+    _connection(p)
+
+    p = command("webhook", _webhook, "serve the mutating admission webhook (AdmissionReview v1 over TLS) that "
+                "injects pods annotated with modelseal.dev/*")
+    _flag(p, "--tls-cert", required=True, help="serving certificate chain (PEM), re-read when it changes")
+    _flag(p, "--tls-key", required=True, help="its private key (PEM), re-read when it changes")
+    _flag(p, "--listen", default="0.0.0.0:8443", help="HOST:PORT (port 0: any free port, logged)")
+    _flag(p, "--allow-sources", metavar="PREFIX,...", help="read headers only from sources under these URI "
+          "prefixes (default: any s3://, https://, oci://; never file:// unless listed)")
+    images(p)
+    _connection(p)
+
+
+def _inject(a: argparse.Namespace, log: Log) -> dict:
+    from .inject import Images, Params, documents, inject, read_model
+
+    given = Params(source=a.source, key_uri=a.key_uri, identity=a.identity, verify_key=a.verify_key,
+                   container=a.container, mount=a.mount, shape=a.shape, size=a.size)
+    options, cache = _options(a), {}
+
+    def read(checked):  # one ranged read per source, however many workloads name it
+        key = (checked.source, checked.size)
+        if key not in cache:
+            cache[key] = read_model(checked, options, a.seal)
+        return cache[key]
+
+    images = Images(a.image_prefix, a.image_tag)
+    out = [inject(doc, read, given, images) for doc in documents.load(a.filename)]
+    sys.stdout.write(documents.dump(out))  # only once every document is done: nothing half-written
+    return {"documents": len(out)}
+
+
+def _webhook(a: argparse.Namespace, log: Log) -> dict:
+    from . import webhook
+    from .errors import Stopped
+    from .inject import Images, inject, read_model
+
+    options, images = _options(a), Images(a.image_prefix, a.image_tag)
+    allowed = [s.strip() for s in (a.allow_sources or "").split(",") if s.strip()]
+
+    def read(checked):
+        if checked.size is None and not (any(checked.source.startswith(s) for s in allowed) if allowed
+                                         else checked.scheme != "file"):
+            raise UsageError(f"this webhook reads no header from {checked.scheme}: sources"
+                             + (f" (it reads {', '.join(allowed)})" if allowed else "")
+                             + "; set modelseal.dev/size, or inject with `modelseal inject`")
+        return read_model(checked, options)
+
+    certificates = webhook.Certificates(a.tls_cert, a.tls_key, log)
+    server = webhook.WebhookServer(webhook.parse_listen(a.listen), certificates,
+                                   lambda obj: inject(obj, read, images=images), log)
+    log.info("listening", address=server.server_address[0], port=server.server_address[1])
+    try:
+        server.serve_forever()
+    except Stopped:
+        log.info("stopping")
+    finally:
+        server.server_close()
+    return {"certificate_loads": certificates.loads}
 
 
 def _workers(a: argparse.Namespace) -> int:
