@@ -10,6 +10,7 @@ every injected kind validates with kubernetes-validate --strict.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,17 @@ from typing import Any
 import pytest
 import yaml
 
-import servers
 from conftest import modelseal, one_line
-from injection import (ANNOTATIONS, KINDS, keyed_seal, pod_spec, serving, spec_of, validate_strict, workload)
-from models import make_model
 from modelseal.cli import build_parser
 from modelseal.errors import UsageError
-from modelseal.inject import Images, Params, inject, read_model
+from modelseal.inject import Images, Params, inject, model_shapes
 from modelseal.inject.params import check
-from modelseal.inject.sizes import PREFIX_READ
-from modelseal.uri import Options
-from servers import ObjectServer, pki  # noqa: F401 - pki is a fixture
+from modelseal.options import Connection
+from modelseal.stages import PREFIX_READ
+from support.injection import ANNOTATIONS, KINDS, keyed_seal, pod_spec, serving, spec_of, validate_strict, workload
+from support.models import make_model
+from support.objects import ObjectServer
+from support.processes import make_shm_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "kubernetes"
@@ -37,9 +38,9 @@ MIB = 1 << 20
 @pytest.fixture(scope="module")
 def sealed():
     """A model of about 6 MiB in 60 files, sealed with zstd (sizes in the header), and its key."""
-    d = Path(servers.make_shm_dir("modelseal-inject-"))
+    d = Path(make_shm_dir("modelseal-inject-"))
     try:
-        model = make_model(d / "resnet", 6 * MIB, shards=2, small=58)
+        model = make_model(d / "resnet", tree_bytes=6 * MIB, shards=2, small=58)
         seal, key = keyed_seal(d, model, "--compress", "zstd")
         yield seal
     finally:
@@ -48,7 +49,7 @@ def sealed():
 
 def reader(seal: Path):
     def read(checked):
-        return read_model(checked, Options(), str(seal))
+        return model_shapes(checked, Connection(), str(seal))
     return read
 
 
@@ -95,7 +96,20 @@ def test_the_numbers_are_what_inspect_resources_prints(sealed: Path, shm: Path) 
     assert int(memory(init(single)["modelseal"]).removesuffix("Mi")) > 96 + 96
 
 
-def test_the_header_is_read_by_one_ranged_read_of_the_source(sealed: Path, shm: Path, pki) -> None:  # noqa: F811
+@pytest.mark.parametrize("source", ["s3://models/m.seal", "gs://models/m.seal", "azblob://acct/models/m.seal",
+                                    "https://models.example/m.seal", "oci://registry.example/models/m:1",
+                                    "file:///models/m.seal"])
+def test_a_source_read_in_parallel_parts_gets_inspects_s3_number(sealed: Path, source: str) -> None:
+    comment = modelseal("inspect", "--resources", str(sealed)).stdout.decode()
+    s3, other = re.search(r"modelseal: .*memory: (\d+Mi)\}\}\}   # from s3://; https:// or file://: (\d+Mi)",
+                          comment).groups()
+    assert s3 != other
+    obj = inject(workload("Pod"), reader(sealed), Params(source=source))
+    parallel = source.split(":")[0] in ("s3", "gs", "azblob")  # their streams hold parts in flight (ranged.py)
+    assert memory(init(obj)["modelseal"]) == (s3 if parallel else other)
+
+
+def test_the_header_is_read_by_one_ranged_read_of_the_source(sealed: Path, shm: Path, pki) -> None:
     data = sealed.read_bytes()
     assert len(data) > 4 * PREFIX_READ
     src = shm / "workload.yaml"
@@ -307,7 +321,7 @@ def test_a_contradiction_is_refused_with_one_line_and_nothing_printed(sealed: Pa
     assert message in error and "\n" not in error, error
     assert "u:p@" not in r.stderr
     with pytest.raises(UsageError) as e:
-        inject(obj, reader(sealed) if seal else lambda checked: read_model(checked, Options()))
+        inject(obj, reader(sealed) if seal else lambda checked: model_shapes(checked, Connection()))
     assert message in one_line(e.value)
 
 

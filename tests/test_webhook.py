@@ -29,12 +29,13 @@ import jsonpatch
 import pytest
 import yaml
 
-import servers
 from conftest import modelseal
-from injection import ANNOTATIONS, keyed_seal, pod_spec, serving, spec_of, validate_strict, workload
-from models import make_model
 from modelseal.inject.patch import diff
-from servers import LOCAL, ObjectServer, make_pki, pki, stop_process  # noqa: F401 - pki is a fixture
+from support.injection import ANNOTATIONS, keyed_seal, pod_spec, serving, spec_of, validate_strict, workload
+from support.models import make_model
+from support.objects import ObjectServer
+from support.pki import make_pki
+from support.processes import LOCAL, die_with_parent, make_shm_dir, stop_process
 
 MIB = 1 << 20
 GROUPS = {"Pod": ("", "v1", "pods"), "Deployment": ("apps", "v1", "deployments"),
@@ -51,7 +52,7 @@ class Webhook:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "modelseal", "webhook", "--tls-cert", cert, "--tls-key", key,
                  "--listen", f"{LOCAL}:0", "--ca", ca, "--timeout", "5", "--retries", "1", *extra],
-                stdout=subprocess.DEVNULL, stderr=log, env=env, preexec_fn=servers._die_with_parent)
+                stdout=subprocess.DEVNULL, stderr=log, env=env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 30
         while (port := self._port()) is None:
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-2000:]
@@ -131,11 +132,11 @@ def patched(obj: Any, response: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def model(pki):  # noqa: F811
+def model(pki):
     """A sealed model of about 3 MiB served over HTTPS (the test CA); its .seal on tmpfs."""
-    d = Path(servers.make_shm_dir("modelseal-webhook-"))
+    d = Path(make_shm_dir("modelseal-webhook-"))
     try:
-        seal, _ = keyed_seal(d, make_model(d / "resnet", 3 * MIB, shards=2, small=20), "--compress", "zstd")
+        seal, _ = keyed_seal(d, make_model(d / "resnet", tree_bytes=3 * MIB, shards=2, small=20), "--compress", "zstd")
         with ObjectServer({"/models/resnet.seal": seal.read_bytes()}, tls=pki.server_context()) as server:
             yield server, seal, d
     finally:
@@ -143,7 +144,7 @@ def model(pki):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def hook(model, pki):  # noqa: F811
+def hook(model, pki):
     server, _, d = model
     w = Webhook(d, pki.server_cert, pki.server_key, pki.ca, "--allow-sources", server.url + "/models/")
     yield w
@@ -181,7 +182,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_patch_gives_what_inject_prints(hook: Webhook, model, pki, case: str) -> None:  # noqa: F811
+def test_the_patch_gives_what_inject_prints(hook: Webhook, model, pki, case: str) -> None:
     kind, spec, notes = CASES[case]
     obj = annotated(kind, model, spec() if spec else None, **notes)
     before = model[0].count()
@@ -196,20 +197,20 @@ def test_the_patch_gives_what_inject_prints(hook: Webhook, model, pki, case: str
     validate_strict([mutated], model[2])
 
 
-def test_an_injected_object_gets_no_patch(hook: Webhook, model, pki) -> None:  # noqa: F811
+def test_an_injected_object_gets_no_patch(hook: Webhook, model, pki) -> None:
     once = patched(annotated("Pod", model), answer_of(hook, pki.ca, annotated("Pod", model)))
     response = answer_of(hook, pki.ca, once)
     assert response["allowed"] is True and "patch" not in response
 
 
-def test_an_object_without_annotations_is_allowed_unchanged(hook: Webhook, model, pki) -> None:  # noqa: F811
+def test_an_object_without_annotations_is_allowed_unchanged(hook: Webhook, model, pki) -> None:
     before = model[0].count()
     response = answer_of(hook, pki.ca, workload("Pod", annotations={}))
     assert response == {"uid": response["uid"], "allowed": True}
     assert model[0].count() == before
 
 
-def test_a_review_without_an_object_is_allowed(hook: Webhook, pki) -> None:  # noqa: F811
+def test_a_review_without_an_object_is_allowed(hook: Webhook, pki) -> None:
     r = review(None)
     status, answer = hook.post(pki.ca, json.dumps(r).encode())
     assert status == 200 and answer["response"] == {"uid": r["request"]["uid"], "allowed": True}
@@ -227,7 +228,7 @@ DENIALS = {
 
 
 @pytest.mark.parametrize("case", DENIALS)
-def test_an_annotated_object_that_cannot_be_injected_is_denied(hook: Webhook, model, pki, case: str) -> None:  # noqa: F811
+def test_an_annotated_object_that_cannot_be_injected_is_denied(hook: Webhook, model, pki, case: str) -> None:
     notes, code, message = DENIALS[case]
     notes = dict(notes)
     limit = notes.pop("LIMIT", None)
@@ -253,19 +254,19 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", MALFORMED)
-def test_a_malformed_review_is_answered_400_with_the_reason(hook: Webhook, pki, case: str) -> None:  # noqa: F811
+def test_a_malformed_review_is_answered_400_with_the_reason(hook: Webhook, pki, case: str) -> None:
     status, answer = hook.post(pki.ca, MALFORMED[case])
     assert status == 400 and set(answer) == {"error"}, answer
     assert answer["error"] and "\n" not in answer["error"]
 
 
-def test_an_object_that_is_not_a_mapping_is_denied(hook: Webhook, pki) -> None:  # noqa: F811
+def test_an_object_that_is_not_a_mapping_is_denied(hook: Webhook, pki) -> None:
     r = review(["not", "an", "object"])
     status, answer = hook.post(pki.ca, json.dumps(r).encode())
     assert status == 200 and answer["response"]["allowed"] is False, answer
 
 
-def test_a_body_over_the_limit_is_refused_unread(hook: Webhook, pki) -> None:  # noqa: F811
+def test_a_body_over_the_limit_is_refused_unread(hook: Webhook, pki) -> None:
     conn = hook.connection(pki.ca)
     try:
         conn.putrequest("POST", "/mutate")
@@ -277,7 +278,7 @@ def test_a_body_over_the_limit_is_refused_unread(hook: Webhook, pki) -> None:  #
         conn.close()
 
 
-def test_a_client_without_tls_gets_nothing_and_the_server_goes_on(hook: Webhook, pki) -> None:  # noqa: F811
+def test_a_client_without_tls_gets_nothing_and_the_server_goes_on(hook: Webhook, pki) -> None:
     plain = http.client.HTTPConnection(LOCAL, hook.port, timeout=30)
     try:
         with pytest.raises((http.client.HTTPException, OSError)):
@@ -288,13 +289,13 @@ def test_a_client_without_tls_gets_nothing_and_the_server_goes_on(hook: Webhook,
     assert hook.get(pki.ca, "/healthz") == (200, b"ok\n")
 
 
-def test_health_endpoints(hook: Webhook, pki) -> None:  # noqa: F811
+def test_health_endpoints(hook: Webhook, pki) -> None:
     assert hook.get(pki.ca, "/healthz") == (200, b"ok\n")
     assert hook.get(pki.ca, "/readyz") == (200, b"ok\n")
     assert hook.get(pki.ca, "/metrics")[0] == 404
 
 
-def test_the_log_names_each_review_and_no_annotation_values(hook: Webhook, model, pki) -> None:  # noqa: F811
+def test_the_log_names_each_review_and_no_annotation_values(hook: Webhook, model, pki) -> None:
     answer_of(hook, pki.ca, annotated("Pod", model, None, **{"modelseal.dev/container": "server"}))
     reviews = [r for r in hook.records() if r.get("event") == "review"]
     assert reviews and reviews[-1]["allowed"] is False and "is not a container" in reviews[-1]["error"]
@@ -309,7 +310,7 @@ def _replace(src: str, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def test_a_renewed_certificate_is_served_without_a_restart(pki, shm: Path) -> None:  # noqa: F811
+def test_a_renewed_certificate_is_served_without_a_restart(pki, shm: Path) -> None:
     cert, key = shm / "tls.crt", shm / "tls.key"
     _replace(pki.server_cert, cert)
     _replace(pki.server_key, key)
@@ -336,7 +337,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(pki, shm: Path) -> No
         hook.stop()
 
 
-def test_the_webhook_stops_cleanly_on_sigterm(pki, shm: Path) -> None:  # noqa: F811
+def test_the_webhook_stops_cleanly_on_sigterm(pki, shm: Path) -> None:
     hook = Webhook(shm, pki.server_cert, pki.server_key, pki.ca)
     hook.proc.terminate()
     assert hook.proc.wait(30) == 0

@@ -402,57 +402,24 @@ def _injection_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     _flag(p, "--tls-key", required=True, help="its private key (PEM), re-read when it changes")
     _flag(p, "--listen", default="0.0.0.0:8443", help="HOST:PORT (port 0: any free port, logged)")
     _flag(p, "--allow-sources", metavar="PREFIX,...", help="read headers only from sources under these URI "
-          "prefixes (default: any s3://, https://, oci://; never file:// unless listed)")
+          "prefixes (default: any source but file://)")
     images(p)
     _connection(p)
 
 
 def _inject(a: argparse.Namespace, log: Log) -> dict:
-    from .inject import Images, Params, documents, inject, read_model
+    from .inject import Images, Params, inject_documents
 
-    given = Params(source=a.source, key_uri=a.key_uri, identity=a.identity, verify_key=a.verify_key,
-                   container=a.container, mount=a.mount, shape=a.shape, size=a.size)
-    options, cache = _options(a), {}
-
-    def read(checked):  # one ranged read per source, however many workloads name it
-        key = (checked.source, checked.size)
-        if key not in cache:
-            cache[key] = read_model(checked, options, a.seal)
-        return cache[key]
-
-    images = Images(a.image_prefix, a.image_tag)
-    out = [inject(doc, read, given, images) for doc in documents.load(a.filename)]
-    sys.stdout.write(documents.dump(out))  # only once every document is done: nothing half-written
-    return {"documents": len(out)}
+    text, count = inject_documents(a.filename, a.seal, _build(Params, a), _build(Images, a), _connection_of(a))
+    sys.stdout.write(text)
+    return {"documents": count}
 
 
 def _webhook(a: argparse.Namespace, log: Log) -> dict:
     from . import webhook
-    from .errors import Stopped
-    from .inject import Images, inject, read_model
+    from .inject import Images
 
-    options, images = _options(a), Images(a.image_prefix, a.image_tag)
-    allowed = [s.strip() for s in (a.allow_sources or "").split(",") if s.strip()]
-
-    def read(checked):
-        if checked.size is None and not (any(checked.source.startswith(s) for s in allowed) if allowed
-                                         else checked.scheme != "file"):
-            raise UsageError(f"this webhook reads no header from {checked.scheme}: sources"
-                             + (f" (it reads {', '.join(allowed)})" if allowed else "")
-                             + "; set modelseal.dev/size, or inject with `modelseal inject`")
-        return read_model(checked, options)
-
-    certificates = webhook.Certificates(a.tls_cert, a.tls_key, log)
-    server = webhook.WebhookServer(webhook.parse_listen(a.listen), certificates,
-                                   lambda obj: inject(obj, read, images=images), log)
-    log.info("listening", address=server.server_address[0], port=server.server_address[1])
-    try:
-        server.serve_forever()
-    except Stopped:
-        log.info("stopping")
-    finally:
-        server.server_close()
-    return {"certificate_loads": certificates.loads}
+    return webhook.serve(_build(webhook.Serving, a), _build(Images, a), _connection_of(a), log)
 
 
 def _workers(a: argparse.Namespace) -> int:

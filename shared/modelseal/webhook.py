@@ -27,13 +27,28 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from . import untrusted
-from .errors import ModelsealError, UsageError, classify
+from .errors import ModelsealError, Stopped, UsageError, classify
+from .inject import Checked, Images, inject, model_shapes
 from .inject.patch import diff
 from .log import Log
+from .options import Connection
+from .placement import Shapes
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the webhook serves (`modelseal webhook`'s flags, of the same names)."""
+
+    tls_cert: str  # the serving certificate chain (PEM), re-read when it changes
+    tls_key: str  # its private key (PEM), re-read when it changes
+    listen: str = "0.0.0.0:8443"  # HOST:PORT; port 0: any free port, logged
+    allow_sources: str | None = None  # PREFIX,...: the only sources whose headers it reads (default: all but file://)
+
 
 API_VERSION = "admission.k8s.io/v1"
 #: Larger than any object the API server stores (etcd's request limit is 1.5 MiB).
@@ -58,7 +73,7 @@ class Certificates:
             raise UsageError(f"cannot load the TLS certificate {self.cert} and key {self.key}")
 
     def _stat(self) -> tuple[Any, ...]:
-        stamps = []
+        stamps: list[tuple[Any, ...]] = []
         for path in (self.cert, self.key):
             try:
                 st = os.stat(path)  # follows the Secret volume's ..data symlink: a new file, a new inode
@@ -115,8 +130,7 @@ def review(body: bytes, mutate: Callable[[Any], Any]) -> tuple[int, dict[str, An
             mutated = mutate(obj)
             ops = diff(obj, mutated) if mutated is not obj else []
         except Exception as exc:  # fail closed: every failure, our own bugs included, is a denial
-            err = classify(exc)
-            response.update(allowed=False, status=_status(err))
+            response.update(allowed=False, status=_status(classify(exc)))
         else:
             if ops:
                 response["patchType"] = "JSONPatch"
@@ -216,3 +230,35 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or number is None or not 0 <= number <= 65535:
         raise UsageError(f"--listen {untrusted.show(text, 60)}: give HOST:PORT, e.g. 0.0.0.0:8443")
     return host.strip("[]") or "0.0.0.0", number
+
+
+def header_reader(allow_sources: str | None, connection: Connection) -> Callable[[Checked], Shapes]:
+    """What the webhook knows of a model: the header of a source it may read (a ranged read), or the
+    modelseal.dev/size annotation. It never reads its own filesystem (file://) unless that is listed."""
+    allowed = [s.strip() for s in (allow_sources or "").split(",") if s.strip()]
+
+    def read(checked: Checked) -> Shapes:
+        if checked.size is None and not (any(checked.source.startswith(s) for s in allowed) if allowed
+                                         else checked.scheme != "file"):
+            raise UsageError(f"this webhook reads no header from {checked.scheme}: sources"
+                             + (f" (it reads {', '.join(allowed)})" if allowed else "")
+                             + "; set modelseal.dev/size, or inject with `modelseal inject`")
+        return model_shapes(checked, connection)
+
+    return read
+
+
+def serve(serving: Serving, images: Images, connection: Connection, log: Log) -> dict[str, Any]:
+    """`modelseal webhook`: answer reviews until SIGTERM; the summary for the last log line."""
+    certificates = Certificates(serving.tls_cert, serving.tls_key, log)
+    read = header_reader(serving.allow_sources, connection)
+    server = WebhookServer(parse_listen(serving.listen), certificates, lambda obj: inject(obj, read, images=images),
+                           log)
+    log.info("listening", address=server.server_address[0], port=server.server_address[1])
+    try:
+        server.serve_forever()
+    except Stopped:
+        log.info("stopping")
+    finally:
+        server.server_close()
+    return {"certificate_loads": certificates.loads}

@@ -28,10 +28,11 @@ ANNOTATIONS = {
 }
 SHAPES = ("single", "four")
 #: A Kubernetes resource quantity (resource.Quantity's grammar, without the sign).
-_QUANTITY = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPEm]|[eE][+-]?[0-9]{1,3})?",
-                       re.ASCII)
-_FACTORS = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "k": 10**3,
-            "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": Fraction(1, 1000)}
+_QUANTITY = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                       r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPEm]|[eE][+-]?[0-9]{1,3})?", re.ASCII)
+_FACTORS: dict[str | None, int | Fraction] = {
+    None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": Fraction(1, 1000)}
 #: A ConfigMap name (DNS subdomain) and key (ConfigMap key characters).
 _CONFIGMAP = re.compile(r"(?P<name>[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)(?:/(?P<key>[-._a-zA-Z0-9]{1,253}))?",
                         re.ASCII)
@@ -53,18 +54,19 @@ def quantity_bytes(value: Any, what: str) -> int:
 
 @dataclass(frozen=True)
 class Images:
-    """Where the init-container images come from: PREFIX/<stage>:TAG (images/build.sh, make publish)."""
+    """Where the init-container images come from (`--image-prefix`, `--image-tag`): PREFIX/<stage>:TAG
+    (images/build.sh, make publish)."""
 
-    prefix: str = "modelseal"
-    tag: str = __version__
+    image_prefix: str = "modelseal"
+    image_tag: str = __version__
 
     def of(self, stage: str) -> str:
-        return f"{self.prefix.rstrip('/')}/{stage}:{self.tag}"
+        return f"{self.image_prefix.rstrip('/')}/{stage}:{self.image_tag}"
 
 
 @dataclass(frozen=True)
 class Params:
-    """One injection's parameters; `None` fields are not given (yet)."""
+    """One injection's parameters (`modelseal inject`'s flags, of the same names); `None` fields are not given."""
 
     source: str | None = None
     key_uri: str | None = None
@@ -147,7 +149,8 @@ def check(p: Params, where: str, *, containers: list[str]) -> Checked:
                          f"(containers: {', '.join(map(show, containers)) or 'none'})")
     mount = (p.mount or "").strip()
     if not mount:
-        raise UsageError(f"{where}: set {PREFIX}mount (--mount) to the path where {show(container, 80)} reads the model")
+        raise UsageError(f"{where}: set {PREFIX}mount (--mount) to the path where {show(container, 80)} reads "
+                         "the model")
     if not mount.startswith("/") or posixpath.normpath(mount) != mount or mount.startswith("//") or mount == "/" \
             or not mount.isprintable() or ":" in mount:
         raise UsageError(f"{where}: {PREFIX}mount {show(mount, 80)} is not a clean absolute path (not /, no .., "

@@ -75,7 +75,8 @@ def init_containers(p: Checked, n: Numbers, images: Images) -> list[dict[str, An
     if p.shape == "single":
         return [_container("run", SINGLE["run"], images, ["--source", p.source, *key, "-o", model, *verify],
                            [_mount("models"), *verify_mount], n.memory["run"])]
-    ciphertext, plaintext, secret = f"{INIT}/ciphertext/model.seal", f"{INIT}/plaintext/model.tar", f"{INIT}/secrets/key"
+    ciphertext, plaintext = f"{INIT}/ciphertext/model.seal", f"{INIT}/plaintext/model.tar"
+    secret = f"{INIT}/secrets/key"
     return [
         _container("fetch-key", FOUR["fetch-key"], images, [*key, "--source", p.source, "-o", secret],
                    [_mount("secrets")], n.memory["fetch-key"]),

@@ -1,94 +1,73 @@
-"""The numbers an injected pod carries, from the sealed model's header.
+"""The numbers an injected pod carries: placement.shapes() of the model's header, as `inspect --resources` prints them.
 
-`numbers()` is the one adapter between injection and the sizing rule
-(capacity.tree_need, sizing.py's working sets: what `inspect --resources`
-prints and what each stage's preflight checks): nothing else in inject/
-computes a size, so pointing injection at another home of that rule is an
-edit of this one function.
+model_shapes() gets placement's Shapes of the model (placement.shapes() of its
+header, or tree_shapes() of a model known only by `modelseal.dev/size`), and
+numbers() is the one adapter between injection and that rule: it picks the
+asked shape's numbers and rounds them to quantities as `inspect --resources`
+does. Nothing in inject/ computes a size.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 
-from .. import format as sealfmt
-from ..capacity import MIB, Need, quantity, tree_need
+from .. import sealfile, stages
 from ..errors import UsageError
-from ..sizing import S3_READER, WORKING_SET
-from ..sources import open_source
-from ..streaming import AES256_GCM_HKDF_1MB
-from ..uri import Options
+from ..options import Connection
+from ..placement import Shapes, shapes, tree_shapes
+from ..placement.need import quantity
+from ..sources import backend_class, open_source
 from .params import PREFIX, Checked, quantity_bytes
-
-#: The data key's volume (four-stage): a few bytes, as the examples size it.
-SECRETS = 1 * MIB
-#: Enough bytes to hold any .seal prefix (magic, length, header).
-PREFIX_READ = 6 + 4 + sealfmt.MAX_HEADER
-
-
-@dataclass(frozen=True)
-class SealedModel:
-    """What is known of the model: its header and the whole object's length, or only its unpacked size."""
-
-    header: sealfmt.Header | None = None
-    object_bytes: int | None = None  # the .seal object's length (None: the source did not say)
-    prefix_bytes: int = 0
-    unpacked: int | None = None  # modelseal.dev/size, when no header was read
 
 
 @dataclass(frozen=True)
 class Numbers:
-    """Bytes, each already a quantity (a whole multiple of 16Mi, as `inspect --resources` rounds)."""
+    """Bytes, each already a quantity (as `inspect --resources` rounds them)."""
 
     volumes: dict[str, int]  # role (models, plaintext, ciphertext, secrets) -> sizeLimit
     memory: dict[str, int]  # stage (run, fetch-key, fetch-model, decrypt, unpack) -> request = limit
     serving: int  # the model's pages: the least the serving container's memory limit must hold
 
 
-def read_model(p: Checked, options: Options, seal: str | None = None) -> SealedModel:
-    """The header from `seal` (a local .seal file), else `modelseal.dev/size`, else a ranged read of the source."""
+def model_shapes(p: Checked, connection: Connection, seal: str | None = None) -> Shapes:
+    """What the model needs, by placement's rule: from the header of `seal` (a local .seal file), else from
+    `modelseal.dev/size`, else from the header a ranged read of the source gets."""
     if seal:
-        with open(seal, "rb") as f:
-            header, prefix = sealfmt.read_prefix(f)
-            return SealedModel(header, os.fstat(f.fileno()).st_size, len(prefix))
-    if p.size is not None:
-        return SealedModel(unpacked=p.size)
-    source = open_source(p.source, options)
-    header, prefix = sealfmt.read_prefix(io.BytesIO(source.read_prefix(PREFIX_READ)))
-    return SealedModel(header, source.size, len(prefix))
+        seen = stages.inspect(seal)
+    elif p.size is not None:
+        return tree_shapes(p.size)
+    else:
+        source = open_source(p.source, connection)
+        header, prefix = sealfile.read_prefix(io.BytesIO(source.read_prefix(stages.PREFIX_READ)))
+        size = source.size
+        seen = stages.Inspection(header, len(prefix), None if size is None else size - len(prefix))
+    return shapes(seen.header, seen.payload_bytes, seen.prefix_bytes)
 
 
 def _q(n: int) -> int:
     return quantity_bytes(quantity(n), "quantity")
 
 
-def numbers(model: SealedModel, shape: str, scheme: str) -> Numbers:
-    """The sizeLimits, memory limits and serving floor of one stage shape, by `inspect --resources`' rule."""
-    reader = S3_READER if scheme == "s3" else 0
-    plaintext = None
-    if model.header is not None:
-        if model.object_bytes is not None:
-            plaintext = AES256_GCM_HKDF_1MB.plaintext_size_of(model.object_bytes - model.prefix_bytes)
-        need = tree_need(model.header.sizes, plaintext, model.header.compression)
-    else:
-        need = tree_need(None, model.unpacked, "none")  # the unpacked size stands for the tree
-    if need.bytes is None:
-        raise UsageError(f"cannot size the pod: the model's unpacked size is unknown ({need.source}); reseal it "
-                         f"with modelseal seal, or set {PREFIX}size to the models volume's size from "
+def numbers(s: Shapes, shape: str, source: str) -> Numbers:
+    """The sizeLimits, memory limits and serving floor of one stage shape, for a pod reading `source`."""
+    one = s.single_stage
+    if one is None:
+        raise UsageError(f"cannot size the pod: the model's unpacked size is {s.tree_text}; reseal it with "
+                         f"modelseal seal, or set {PREFIX}size to the models volume's size from "
                          "`modelseal inspect --resources`")
-    tree = need.bytes
     if shape == "single":
-        return Numbers(volumes={"models": _q(tree)}, memory={"run": _q(tree + WORKING_SET["run"] + reader)},
-                       serving=_q(tree))
-    tar = Need.file(plaintext, "").bytes if plaintext is not None else None
-    if tar is None:
+        parallel = backend_class(source).PARALLEL_PARTS
+        return Numbers(volumes={"models": _q(one.models_volume)},
+                       memory={"run": _q(one.init_memory_s3 if parallel else one.init_memory)},
+                       serving=_q(one.serving_memory))
+    four = s.four_stage
+    if four is None:
         raise UsageError("cannot size the four-stage shape: the decrypted payload's size comes from the .seal "
-                         f"object's length, which is not known here; use shape single, or give the .seal file")
+                         "object's length, which is not known here; use shape single, or give the .seal file")
     return Numbers(
-        volumes={"secrets": SECRETS, "ciphertext": _q(model.object_bytes or tar), "plaintext": _q(tar),
-                 "models": _q(tree)},
-        memory={"fetch-key": _q(WORKING_SET["fetch-key"]), "fetch-model": _q(WORKING_SET["fetch-model"] + reader),
-                "decrypt": _q(tar + WORKING_SET["decrypt"]), "unpack": _q(tar + tree + WORKING_SET["unpack"])},
-        serving=_q(tree))
+        volumes={"secrets": four.secrets_volume, "ciphertext": _q(four.ciphertext_volume),
+                 "plaintext": _q(four.plaintext_volume), "models": _q(four.models_volume)},
+        memory={"fetch-key": _q(four.fetch_key_memory), "fetch-model": _q(four.fetch_model_memory),
+                "decrypt": _q(four.decrypt_memory), "unpack": _q(four.unpack_memory)},
+        serving=_q(four.serving_memory))
