@@ -14,7 +14,6 @@ OOM-kill it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -23,11 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import harness
-import s3server
 from conftest import SHM, modelseal
 from harness import Pod, digests_of, images_built, need, pod_spec, quantity_bytes  # noqa: F401 - a fixture
-from models import make_model
+from support import s3rver as s3rver_support
+from support.models import make_model
 
 pytestmark = pytest.mark.usefixtures("images_built")
 
@@ -45,19 +43,19 @@ class Sealed:
 
 @pytest.fixture(scope="module")
 def sealed() -> Sealed:
-    need(s3server.missing())
+    need(s3rver_support.missing())
     try:
         import boto3
 
-        import servers
+        from support import moto as moto_support
     except ImportError as exc:
         need(f"boto3 and moto[server] are needed on the host ({exc}); make setup installs them")
-    s3rver, moto = s3server.s3rver_server(), servers.moto_server()
+    s3rver, moto = s3rver_support.s3rver_server(), moto_support.moto_server()
     region = "eu-west-1"
     env = {"AWS_ENDPOINT_URL_S3": s3rver.url, "AWS_ENDPOINT_URL_KMS": moto.url,
-           "AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3server.SECRET_KEY,
+           "AWS_ACCESS_KEY_ID": s3rver_support.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3rver_support.SECRET_KEY,
            "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_EC2_METADATA_DISABLED": "true"}
-    kw = dict(region_name=region, aws_access_key_id=s3server.ACCESS_KEY, aws_secret_access_key=s3server.SECRET_KEY)
+    kw = dict(region_name=region, aws_access_key_id=s3rver_support.ACCESS_KEY, aws_secret_access_key=s3rver_support.SECRET_KEY)
     bucket, alias = f"models-{secrets.token_hex(4)}", f"alias/models-{secrets.token_hex(4)}"
     boto3.client("s3", endpoint_url=s3rver.url, **kw).create_bucket(Bucket=bucket)
     kms = boto3.client("kms", endpoint_url=moto.url, **kw)
@@ -65,7 +63,7 @@ def sealed() -> Sealed:
     base = SHM / f"modelseal-inject-{secrets.token_hex(4)}"
     base.mkdir()
     try:
-        model = make_model(base / "resnet", TREE)
+        model = make_model(base / "resnet", tree_bytes=TREE)
         source = f"s3://{bucket}/resnet/1.seal"
         r = modelseal("seal", str(model), "-o", source, "--key-uri", f"aws-kms://{alias}", "--name", "resnet",
                       "--compress", "zstd", env={**env, "AWS_CONFIG_FILE": "/dev/null",
