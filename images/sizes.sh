@@ -14,7 +14,7 @@ set -euo pipefail
 
 TAG=${TAG:-latest}
 stages=(fetch-key fetch-model decrypt unpack)
-extra=(base cloud-base run)
+extra=(base cloud-base run webhook)
 MB=1000000  # docker's "MB" is 10^6 bytes
 
 printf '%-28s %10s %8s %7s\n' IMAGE BYTES MB LAYERS
