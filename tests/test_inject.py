@@ -101,7 +101,7 @@ def test_the_numbers_are_what_inspect_resources_prints(sealed: Path, shm: Path) 
                                     "file:///models/m.seal"])
 def test_a_source_read_in_parallel_parts_gets_inspects_s3_number(sealed: Path, source: str) -> None:
     comment = modelseal("inspect", "--resources", str(sealed)).stdout.decode()
-    s3, other = re.search(r"modelseal: .*memory: (\d+Mi)\}\}\}   # from s3://; https:// or file://: (\d+Mi)",
+    s3, other = re.search(r"modelseal: .*memory: (\d+Mi)\}\}\}   # from azblob://, gs://, s3://; other sources: (\d+Mi)",
                           comment).groups()
     assert s3 != other
     obj = inject(workload("Pod"), reader(sealed), Params(source=source))

@@ -48,8 +48,8 @@ SECRETS_VOLUME = 1 * MIB
 class SingleStage:
     """examples/kubernetes/single-stage.yaml: one `run` init container writes the tree."""
 
-    init_memory: int  # the init container's request and limit, reading from https:// or file://
-    init_memory_s3: int  # the same, reading from s3://
+    init_memory: int  # the init container's request and limit, reading from https://, oci:// or file://
+    init_memory_s3: int  # the same, reading a source of parallel parts (PARALLEL_PARTS: s3://, gs://, azblob://)
     serving_memory: int  # the tree the serving container keeps in the pod (plus what the server needs)
     models_volume: int  # the models emptyDir's sizeLimit
 

@@ -83,6 +83,11 @@ def backends() -> dict:
     return discover(sys.modules[__name__])
 
 
+def parallel_schemes() -> list[str]:
+    """The schemes whose streams hold parallel ranged parts (PARALLEL_PARTS), as `inspect --resources` names them."""
+    return sorted(scheme for scheme, module in backends().items() if module.Backend.PARALLEL_PARTS)
+
+
 def backend_class(uri: str | URI) -> type[Source]:
     """The Source class that reads a URI (nothing is opened or constructed)."""
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
