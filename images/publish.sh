@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Push every stage image to a registry, tagged with its version and `latest`,
-# and print the digest of each, ready to pin in a pod spec:
+# Push every stage image and the admission webhook's to a registry, tagged with
+# its version and `latest`, and print the digest of each, ready to pin in a pod
+# spec (the webhook's in the chart's image.repository and stageImages.prefix):
 #
 #   make publish REGISTRY=registry.example.com/modelseal
 #   REGISTRY=127.0.0.1:5000/modelseal images/publish.sh      # images already built
 #
-# stdout, one line per stage:  <stage> <REGISTRY>/<stage>:<version>@sha256:<digest>
+# stdout, one line per image:  <stage> <REGISTRY>/<stage>:<version>@sha256:<digest>
 # Pin with the digest (examples/kubernetes/*.yaml show where):
 #   image: registry.example.com/modelseal/run:0.1.0@sha256:...
 #
@@ -26,7 +27,7 @@ case "$REGISTRY" in
 esac
 VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$repo/shared/pyproject.toml" | head -n1)
 SOURCE_TAG=${MODELSEAL_IMAGE_TAG:-$VERSION}
-STAGES=(fetch-key fetch-model decrypt unpack run)
+STAGES=(fetch-key fetch-model decrypt unpack run webhook)
 
 for s in "${STAGES[@]}"; do
     docker image inspect "modelseal/$s:$SOURCE_TAG" >/dev/null 2>&1 \
