@@ -146,7 +146,7 @@ def model(pki):
 @pytest.fixture(scope="module")
 def hook(model, pki):
     server, _, d = model
-    w = Webhook(d, pki.server_cert, pki.server_key, pki.ca, "--allow-sources", server.url + "/models/")
+    w = Webhook(d, pki.server_cert, pki.server_key, pki.ca, "--allow-sources", server.url + "/models")
     yield w
     w.stop()
 
@@ -222,7 +222,15 @@ DENIALS = {
     "a missing container": ({"modelseal.dev/container": "server"}, 400, "'server' is not a container of this pod"),
     "an unreadable source": ({"modelseal.dev/source": "MISSING"}, 403, "404"),
     "a source the webhook may not read": ({"modelseal.dev/source": "file:///etc/passwd"}, 400,
-                                          "reads no header from file: sources"),
+                                          "reads no header from that file: source"),
+    # the hook reads under URL/models (no trailing /): a name that only begins the same, and a path
+    # that a server resolves to outside it, are not under it
+    "a source beside the allowed prefix": ({"modelseal.dev/source": "URL/models-private/resnet.seal"}, 400,
+                                           "reads no header from that https: source (it reads only under"),
+    "a dot segment out of the allowed prefix": ({"modelseal.dev/source": "URL/models/../resnet.seal"}, 400,
+                                                "reads no header from that https: source (it reads only under"),
+    "an encoded dot segment out of it": ({"modelseal.dev/source": "URL/models/%2E%2E/resnet.seal"}, 400,
+                                         "reads no header from that https: source (it reads only under"),
     "a limit below the model": ({"modelseal.dev/container": "serving", "LIMIT": "8Mi"}, 400, "below the model's"),
 }
 
@@ -234,6 +242,8 @@ def test_an_annotated_object_that_cannot_be_injected_is_denied(hook: Webhook, mo
     limit = notes.pop("LIMIT", None)
     if notes.get("modelseal.dev/source") == "MISSING":
         notes["modelseal.dev/source"] = f"{model[0].url}/models/missing.seal"
+    if "modelseal.dev/source" in notes:
+        notes["modelseal.dev/source"] = notes["modelseal.dev/source"].replace("URL/", f"{model[0].url}/")
     obj = annotated("Pod", model, pod_spec(serving(memory=limit)) if limit else None, **notes)
     response = answer_of(hook, pki.ca, obj)
     assert response["allowed"] is False and "patch" not in response

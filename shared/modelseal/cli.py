@@ -410,7 +410,8 @@ def _injection_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     _flag(p, "--listen", default="0.0.0.0:8443", help="HOST:PORT to serve /mutate, /healthz and /readyz on "
           "(default %(default)s; port 0: any free port, logged)")
     _flag(p, "--allow-sources", metavar="PREFIX,...", help="read headers only from sources under these URI "
-          "prefixes (default: any source but file://); pods that set modelseal.dev/size need no read")
+          "prefixes, at a / boundary, without . or .. segments (default: any source but file://); pods that set "
+          "modelseal.dev/size need no read")
     images(p)
     _connection(p, header)
 

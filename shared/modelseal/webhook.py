@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
 
 from . import untrusted
 from .errors import ModelsealError, Stopped, UsageError, classify
@@ -232,16 +233,29 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", number
 
 
+def under(source: str, prefix: str) -> bool:
+    """`source` lies under the `--allow-sources` prefix: at a boundary (`s3://models` admits
+    s3://models/m.seal, not s3://models-private/m.seal), with no `.` or `..` segment (plain or
+    percent-encoded) that a server could resolve to outside it."""
+    if not source.startswith(prefix):
+        return False
+    rest = source[len(prefix):]
+    if rest and not prefix.endswith("/") and rest[0] not in "/?":
+        return False
+    return not any(unquote(segment) in (".", "..") for segment in urlsplit(source).path.split("/"))
+
+
 def header_reader(allow_sources: str | None, connection: Connection) -> Callable[[Checked], Shapes]:
     """What the webhook knows of a model: the header of a source it may read (a ranged read), or the
     modelseal.dev/size annotation. It never reads its own filesystem (file://) unless that is listed."""
     allowed = [s.strip() for s in (allow_sources or "").split(",") if s.strip()]
 
     def read(checked: Checked) -> Shapes:
-        if checked.size is None and not (any(checked.source.startswith(s) for s in allowed) if allowed
+        if checked.size is None and not (any(under(checked.source, s) for s in allowed) if allowed
                                          else checked.scheme != "file"):
-            raise UsageError(f"this webhook reads no header from {checked.scheme}: sources"
-                             + (f" (it reads {', '.join(allowed)})" if allowed else "")
+            # The source is not quoted: its query may hold a credential (an Azure SAS).
+            raise UsageError(f"this webhook reads no header from that {checked.scheme}: source"
+                             + (f" (it reads only under {', '.join(allowed)})" if allowed else "")
                              + "; set modelseal.dev/size, or inject with `modelseal inject`")
         return model_shapes(checked, connection)
 
