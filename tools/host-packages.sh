@@ -3,8 +3,8 @@
 # every compressor, GNU time (peak RSS in bench/), node and npm (s3rver, tools/s3rver),
 # the CNCF distribution registry and skopeo (the OCI tests and bench/oci.py), nginx
 # (bench/https.py starts its own, on a free port with its own configuration),
-# the shell linter of `make lint`, and cosign (the release tests' independent
-# verifier, below). Installed from Debian when missing.
+# the shell linter of `make lint`, kubectl (kustomize) for the webhook's deployment,
+# and cosign (the release tests' independent verifier, below). Installed from Debian when missing.
 set -euo pipefail
 need=()
 command -v gpg >/dev/null || need+=(gnupg)
@@ -17,6 +17,7 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v shellcheck >/dev/null || need+=(shellcheck)  # make lint
+command -v kubectl >/dev/null || need+=(kubernetes-client)  # `kubectl kustomize` renders deploy/kustomize (tests/test_deploy.py)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
