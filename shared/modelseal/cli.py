@@ -387,7 +387,8 @@ def _injection_commands(command: Callable[..., argparse.ArgumentParser]) -> None
     def images(p: argparse.ArgumentParser) -> None:
         _flag(p, "--image-prefix", default="modelseal", help="the injected stage images' registry and prefix: "
               "PREFIX/run:TAG (default %(default)s)")
-        _flag(p, "--image-tag", default=__version__, help="the injected stage images' tag (default %(default)s)")
+        _flag(p, "--image-tag", default=buildinfo.__version__,
+              help="the injected stage images' tag (default %(default)s)")
 
     header = ("connection, for reading the model's header (not written into the pods; also as URI query "
               "parameters)")
