@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import untrusted
-from ..sealfile import Header
+from ..sealfile import Fixed
 from ..sources import parallel_schemes
 from .need import MIB, mib, quantity
 from .pods import shapes
@@ -27,7 +27,7 @@ def _resources(memory: int) -> str:
     return f"{{resources: {{requests: {{memory: {q}}}, limits: {{memory: {q}}}}}}}"
 
 
-def advice(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> str:
+def advice(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0) -> str:
     """YAML (with comments) giving limits and sizeLimits for the example pod specs' shapes."""
     s = shapes(header, payload_bytes, prefix_bytes)
     lines = [f"# {_comment(header.name or 'model', 80)} {_comment(header.version or '', 40)}".rstrip(),
