@@ -8,7 +8,7 @@ CHAIN ?= single-stage
 PLATFORMS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup dist demo demo-up demo-down demo-local images sizes publish test test-fast test-multiarch mutants bench lint lint-python lint-shell clean
+.PHONY: setup dist demo demo-up demo-down demo-local images sizes publish test test-fast test-multiarch mutants bench bench-large lint lint-python lint-shell clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -74,8 +74,11 @@ test-fast: setup  ## everything but the container tests
 mutants: setup  ## plant each curated bug (tools/mutants.toml) in a copy of the library; fail if a test misses one
 	$(PY) tools/mutants.py
 
-bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k), then one table of ratios
+bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k, large), then one table of ratios
 	$(PY) bench/all.py
+
+bench-large: setup  ## LLM-sized models: run and decrypt at 1, 4 and 16 GiB against tar -xf and dd (needs ~34 GiB on /var/tmp, 17 GiB of /dev/shm)
+	BENCH_SIZES_GIB="1 4 16" $(PY) bench/large.py
 
 # Every shell script: the images' and the demo's build scripts, tools/, CI's entry point.
 SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/images/*/*.sh tools/*.sh) .ci/run

@@ -25,7 +25,7 @@ import time
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ["decrypt", "run", "scaling", "fetch", "https", "oci", "verify", "openpgp", "s2k"]
+BENCHES = ["decrypt", "run", "scaling", "fetch", "https", "oci", "verify", "openpgp", "s2k", "large"]
 
 
 def markdown(rows: list[list[str]], header: list[str]) -> str:

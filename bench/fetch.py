@@ -32,7 +32,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from measure import Contender, fill, interleave, record_group, table  # noqa: E402
+from measure import Contender, count_cpu, fill, interleave, measured_cpu, record, record_group, table  # noqa: E402
 from support.s3rver import ACCESS_KEY, missing, s3rver_server, SECRET_KEY
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -128,16 +128,27 @@ def main() -> None:
         envs[contenders[1].name] = crt_env
         for c in contenders:  # each contender with its own environment (see the module docstring)
             c.once = (lambda env=None, c=c, once=c.once: once(envs[c.name]))  # type: ignore[method-assign]
+        cpu = count_cpu(contenders)  # the client's CPU: the goal is stated in it (the server shares the cores)
         interleave(contenders, ROUNDS)
         base, crt = contenders[0], contenders[1]
+        gib = SIZE / 2**30
+        per_gib = {c.name: measured_cpu(cpu, c.name) / gib for c in contenders}
         notes = {c.name: f"{crt.median / c.median:.2f}x CRT" for c in contenders[2:]}
         notes["modelseal fetch-model"] += "; goals: 1.5x boto3, 1.0x CRT, RSS <= 128 MiB"
         record_group(f"S3 (s3rver, 127.0.0.1) -> tmpfs, {SIZE / 2**30:g} GiB", contenders, base, SIZE,
                      goals={"modelseal fetch-model": 1.5}, notes=notes)
+        for c in contenders:
+            record(f"S3 client CPU per GiB (s3rver), {gib:g} GiB", c.name, per_gib[c.name], rss_mib=c.rss_mib,
+                   vs=crt.name, ratio=per_gib[crt.name] / per_gib[c.name],
+                   goal=1.0 if c.name == "modelseal fetch-model" else None,
+                   note="seconds column: client CPU-seconds per GiB; ratio above 1: less CPU than the CRT client")
         rows = [[c.name, f"{c.median:.2f}", f"{SIZE / c.median / 2**20:.0f}", f"{base.median / c.median:.2f}",
-                 f"{crt.median / c.median:.2f}", f"{c.rss_mib:.0f}"] for c in contenders]
-        print(table(f"S3 (s3rver on 127.0.0.1) -> tmpfs, {SIZE / 2**30:g} GiB, median of {ROUNDS} rounds",
-                    rows, ["contender", "seconds", "MiB/s", "x boto3", "x CRT", "peak RSS MiB"]))
+                 f"{crt.median / c.median:.2f}", f"{per_gib[c.name]:.2f}", f"{per_gib[c.name] / per_gib[crt.name]:.2f}",
+                 f"{c.rss_mib:.0f}"] for c in contenders]
+        print(table(f"S3 (s3rver on 127.0.0.1) -> tmpfs, {gib:g} GiB, median of {ROUNDS} rounds, load "
+                    f"{os.getloadavg()[0]:.1f}", rows,
+                    ["contender", "seconds", "MiB/s", "x boto3", "x CRT", "client CPU s/GiB", "CPU x CRT",
+                     "peak RSS MiB"]))
     finally:
         server.stop()
         shutil.rmtree(disk, ignore_errors=True)

@@ -72,6 +72,28 @@ def interleave(contenders: list[Contender], rounds: int, warmup: int = 1, env: d
                 c.samples.append(s)
 
 
+def count_cpu(contenders: list[Contender]) -> dict[str, list[float]]:
+    """CPU seconds (user + sys) of each repetition of each contender, from the children's rusage: what a
+    client costs when the wall time is bound by a server sharing the cores. Call before interleave()."""
+    import resource
+
+    cpu: dict[str, list[float]] = {}
+    for c in contenders:
+        def counted(env=None, c=c, once=c.once):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            sample = once(env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.setdefault(c.name, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            return sample
+        c.once = counted  # type: ignore[method-assign]
+    return cpu
+
+
+def measured_cpu(cpu: dict[str, list[float]], name: str, warmup: int = 1) -> float:
+    """The median CPU seconds of a contender's timed repetitions (the warm-up ones left out)."""
+    return statistics.median(cpu[name][warmup:])
+
+
 def table(title: str, rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))

@@ -463,3 +463,60 @@ def test_partial_install_names_what_to_install(tmp_path: Path, shm: Path) -> Non
         failed = [json.loads(x) for x in err.splitlines() if '"failed"' in x][0]["error"]
         assert "pip install 'modelseal[cloud]'" in failed and ("'tenacity'" in failed or "'requests'" in failed)
         assert "Traceback" not in err and "internal error" not in err
+
+
+def test_four_stage_zstd_chain_checks_capacity_in_unpack(shm: Path, model) -> None:
+    """decrypt leaves the verified header's sizes beside the tar (sizesfile.py): unpack sizes a zstd
+    tar's tree by them, where its own length says nothing, and --delete-input takes both."""
+    src, key, seal = model
+    tar = shm / "m.tar.zst"
+    r = modelseal("decrypt", "--in", str(seal), "--key", str(key), "-o", str(tar))
+    assert r.code == 0, r.stderr
+    declared = sealfile.read_prefix(io.BytesIO(seal.read_bytes()[:1 << 16]))[0].sizes
+    assert json.loads((shm / "m.tar.zst.sizes").read_text()) == declared.to_json()
+    with small_tmpfs(shm / "vol", "64m") as vol:
+        r = modelseal("unpack", "--in", str(tar), "-o", f"{vol}/resnet/1")
+        assert r.code == 6, r.stderr
+        assert f"under {vol}" in r.error() and "from the .seal header" in r.error()
+        assert not [x for x in r.logs() if x["event"] in ("preflight_unknown", "progress")]
+        assert os.listdir(vol) == []
+    with memory_cgroup(200 * MIB) as enter:  # the tree's tmpfs pages would be charged here: refused, named
+        code, logs, err = cli_in(enter, "unpack", "--in", str(tar), "-o", str(shm / "small" / "m"))
+        assert code == 6 and "tmpfs pages count against the writer's limit" in _error(logs), err
+        assert not (shm / "small").exists()
+    r = modelseal("unpack", "--in", str(tar), "-o", str(shm / "out" / "m"), "--delete-input")
+    assert r.code == 0, r.stderr
+    pre = next(x for x in r.logs() if x["event"] == "preflight")
+    assert pre["source"] == "from the .seal header" and pre["needs"] >= declared.file_bytes
+    assert not [x for x in r.logs() if x["event"] == "preflight_unknown"]
+    assert not tar.exists() and not (shm / "m.tar.zst.sizes").exists()
+    assert sum(f.stat().st_size for f in (shm / "out" / "m").rglob("*") if f.is_file()) == declared.file_bytes
+
+
+def test_decrypt_sizes_file_is_held_like_the_header(shm: Path) -> None:
+    """unpack treats decrypt's sizes as the header: fewer than the archive holds is exit 4; a malformed or
+    symlinked one is exit 4 too; a decrypt without sizes (stdin content sealed as is) removes a stale one."""
+    src = make_model(shm / "src")
+    key = shm / "key"
+    key.write_bytes(os.urandom(32))
+    assert modelseal("seal", str(src), "-o", str(shm / "m.seal"), "--key", str(key)).code == 0
+    assert modelseal("decrypt", "--in", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "m.tar")).code == 0
+    sizes = shm / "m.tar.sizes"
+    truth = json.loads(sizes.read_text())
+    for content, what in ((json.dumps({**truth, "files": truth["files"] - 1}), "files its .seal header declares"),
+                          ('{"files": "many"}', "not a byte or file count"), ("[1, 2", "not valid UTF-8 JSON")):
+        sizes.write_text(content)
+        r = modelseal("unpack", "--in", str(shm / "m.tar"), "-o", str(shm / "out"))
+        assert r.code == 4 and what in r.error(), r.stderr
+        assert not (shm / "out").exists()
+    sizes.unlink()
+    sizes.symlink_to(shm / "key")
+    r = modelseal("unpack", "--in", str(shm / "m.tar"), "-o", str(shm / "out"))
+    assert r.code == 4 and "symlink" in r.error(), r.stderr
+    sizes.unlink()
+    sizes.write_text(json.dumps(truth))
+    tar = shm / "m.tar"
+    r = modelseal("seal", "-", "-o", str(shm / "bare.seal"), "--key", str(key), stdin=tar.read_bytes())
+    assert r.code == 0, r.stderr
+    r = modelseal("decrypt", "--in", str(shm / "bare.seal"), "--key", str(key), "-o", str(tar))
+    assert r.code == 0 and not sizes.exists(), r.stderr  # no sizes in that header: none left from before

@@ -18,10 +18,12 @@ import zstandard
 
 from support.archives import (COMPRESSIONS, Chunked, compress, d, end, f, gnu_tar, hard, header, local_header,
                               pad, pax_header, raw_zip, snapshot, sym, tar_bytes, tree, zip_bytes, zip_symlink)
+from conftest import refused
 from modelseal import unpack
 from modelseal.archive import compressor, write_tar
 from modelseal.errors import CapacityError, IntegrityError, UnsafeError, UsageError
 from modelseal.log import Log
+from modelseal.sealfile import Sizes
 from modelseal.unpack import Limits, extract
 
 
@@ -524,6 +526,19 @@ def test_ratio_limit_configurable_and_small_archives_fine(box: Box) -> None:
     data = tar_bytes([f("z", bytes(8 << 20))])
     box.refused(gzip.compress(data), CapacityError, "ratio over 10", limits=Limits(max_ratio=10))
     box.ok(gzip.compress(tar_bytes([f("z", bytes(3 << 20))])), limits=Limits(max_ratio=2))  # under the grace
+
+
+def test_decompressed_stream_is_held_to_the_header_tar_bytes(shm: Path) -> None:
+    """Under a .seal header's sizes the ratio is off (a model of zeros compresses past any ratio): its
+    tar_bytes bounds the decompressed stream instead, so a payload that lies about it is still no bomb."""
+    data = tar_bytes([f("model.safetensors", bytes(8 << 20))])
+    bomb = zstandard.ZstdCompressor().compress(data)
+    assert len(bomb) * 1000 < len(data)  # over the default ratio: only the header's sizes let it through
+    stats = extract(io.BytesIO(bomb), str(shm / "ok"), declared=Sizes(tar_bytes=len(data)), size=len(bomb))
+    assert stats["bytes"] == 8 << 20
+    with refused(IntegrityError, "decompresses to more than the 1048576 bytes its .seal header declares"):
+        extract(io.BytesIO(bomb), str(shm / "lie"), declared=Sizes(tar_bytes=1 << 20), size=len(bomb))
+    assert sorted(os.listdir(shm)) == ["ok"]
 
 
 def test_max_files(box: Box) -> None:

@@ -26,6 +26,15 @@ _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _NOUNS = {"integer": "a whole number", "number": "a finite decimal number", "size": "a size (e.g. 512M, 64G)"}
 
 
+def size_text(n: int) -> str:
+    """A byte count as the size flags take it: 64G, 512M, 3K, or the exact number."""
+    for unit in ("T", "G", "M", "K"):
+        factor = _UNITS[unit.lower()]
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
 def size(text: str) -> int | None:
     """Byte counts like 512M or 64GiB (binary units); None when the text is not one."""
     m = _SIZE.fullmatch(text.strip())
@@ -90,6 +99,10 @@ CONCURRENCY = Number("integer", 1, 256)
 MAX_BYTES = Number("size", 1, 2**63 - 1)
 MAX_FILES = Number("integer", 1, 2**31 - 1)
 MAX_FILE_SIZE = Number("size", 1, 2**63 - 1)
+#: The unpack limits for input whose .seal header declares no sizes (with sizes, the header's
+#: are the limits: unpack/limits.py); `--help` and README.md show them.
+UNPACK_DEFAULTS: dict[str, float] = {"max_bytes": 64 * 2**30, "max_files": 1_000_000, "max_file_size": 32 * 2**30,
+                                     "max_ratio": 1000.0}
 #: Decompressed / compressed bytes: below 1 even an uncompressed archive exceeds it.
 MAX_RATIO = Number("number", 1, 1e9)
 #: Decryption processes (1: in this process), or auto.

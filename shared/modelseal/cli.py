@@ -94,6 +94,7 @@ def _read_values(a: argparse.Namespace, argv: list[str]) -> None:
         value = getattr(a, dest, None)
         if value is not None:
             setattr(a, dest, rule.parse(value, _named(dest, argv)))
+            a.given_as = {**getattr(a, "given_as", {}), dest: _named(dest, argv)}  # for limit messages
 
 
 if TYPE_CHECKING:
@@ -179,12 +180,25 @@ def _aad(a: argparse.Namespace) -> bytes:
         raise UsageError("--associated-data-hex is not valid hex") from None
 
 
+def _limit_default(limit: str, header: str) -> str:
+    """The help text's default of an unpack limit: the header's sizes, else the fixed value (unpack/limits.py)."""
+    from .unpack.limits import shown
+
+    fixed = shown(limit, bounds.UNPACK_DEFAULTS[limit])
+    return f"(default: {header}; {fixed} for input without sizes in a .seal header)"
+
+
 def _limits(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("unpack limits (counted on the stream)")
-    _flag(g, "--max-bytes", help="total bytes extracted (e.g. 64G)")
-    _flag(g, "--max-files", help="number of entries")
-    _flag(g, "--max-file-size", help="bytes in one file (e.g. 32G)")
-    _flag(g, "--max-ratio", help="decompressed / compressed bytes")
+    g = p.add_argument_group("unpack limits (counted on the stream; a .seal header's sizes are the limits, "
+                             "a limit given below them is refused before the first byte)")
+    _flag(g, "--max-bytes", help="total bytes of files extracted, e.g. 200G "
+          + _limit_default("max_bytes", "the files' total the header declares"))
+    _flag(g, "--max-files", help="number of entries "
+          + _limit_default("max_files", "what the header's tar size can hold"))
+    _flag(g, "--max-file-size", help="bytes in one file, e.g. 64G "
+          + _limit_default("max_file_size", "the files' total the header declares"))
+    _flag(g, "--max-ratio", help="decompressed / compressed bytes "
+          + _limit_default("max_ratio", "off, the header's tar size bounds the stream"))
     _flag(g, "--allow-symlinks", action="store_true", help="extract symlinks that stay inside the target")
 
 
@@ -193,7 +207,9 @@ def _limits_of(a: argparse.Namespace) -> Limits:
 
     # _read_values has read these (command line or $MODELSEAL_*) by their bounds.Number rules.
     given = {k: getattr(a, k) for k in ("max_bytes", "max_files", "max_file_size", "max_ratio")}
-    return Limits(**{k: v for k, v in given.items() if v is not None})
+    named = getattr(a, "given_as", {})
+    return Limits(**{k: v for k, v in given.items() if v is not None},
+                  named={k: named[k] for k in given if k in named})
 
 
 def _verify(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from . import archive, header_v2, recipients, sealfile, tinkkeyset
+from . import archive, header_v2, recipients, sealfile, sizesfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
@@ -458,7 +458,8 @@ def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, gua
     identity = key.identity_source(connection)
     key_file = key.deletable(output.delete_key)
     preflight = Preflight(guards.preflight, log).announce()
-    with PartialFile(output.path, 0o600, rule=memory_only(guards.allow_disk, log)) as f:
+    rule = memory_only(guards.allow_disk, log)
+    with PartialFile(output.path, 0o600, rule=rule) as f:
         ciphertext = open_local(path, log)
         progress = log.progress("decrypt", ciphertext.size)
         with ciphertext.stream:
@@ -473,7 +474,15 @@ def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, gua
                                              "declares (content.tar_bytes): refused before writing past them")
                     background.write(segment)
                     progress.add(len(segment))
-        f.commit()
+        # Verified: the header's sizes go beside the output for unpack (sizesfile.py), whole, just before it.
+        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule)
+        if sizes is not None:
+            sizes.commit()
+        try:
+            f.commit()
+        except BaseException:
+            sizesfile.remove(output.path)
+            raise
     _consume([(output.delete_key, key_file), (output.delete_input, path)], log)
     log.info("decrypted", path=output.path, **progress.summary())
     return progress.summary()
@@ -486,11 +495,16 @@ def unpack(path: str, output: Output, guards: Guards, log: Log) -> dict:
     preflight = Preflight(guards.preflight, log).announce()
     with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
         archive = open_local(path, log)
+        declared = sizesfile.read(path)  # decrypt's record of the verified header's sizes, if it left one
+        if declared is not None:
+            log.info("sizes", path=sizesfile.path_of(path), **declared.to_json())
         with archive.stream:
             stats = dest.extract(archive.stream, limits=guards.limits or unpacker.Limits(),
                                  allow_symlinks=guards.allow_symlinks, preflight=preflight, size=archive.size,
-                                 verify=guards.verify)
+                                 declared=declared, verify=guards.verify)
     _consume([(output.delete_input, path)], log)
+    if output.delete_input and sizesfile.remove(path):
+        log.info("deleted", path=sizesfile.path_of(path))
     log.info("unpacked", path=output.path, **stats)
     return stats
 

@@ -19,7 +19,7 @@ The pieces, one per module:
     tar.py         the streaming tar reader (ustar / pax / GNU)
     zip.py         zip, spooled to an anonymous file on the target filesystem
     tree.py        name checks and the fd-relative writer of the staging tree
-    limits.py      the limits counted on the stream
+    limits.py      the limits counted on the stream: the header's sizes, else given, else the defaults
 
 Formats are detected from content: zip by its signature, otherwise tar, plain
 or gzip / xz / bzip2 / zstd compressed (modelseal.archive.detect_compression).
@@ -263,14 +263,16 @@ def _extract_into(source: Readable, root: int, dest: str, limits: Limits, allow_
         else:
             fmt, compression = "tar", detect_compression(head)
         log.info("unpack_start", format=fmt, compression=compression)
+        # The header's sizes are the limits; a given limit below them is refused here, before any write.
+        applied = limits.applied(declared, size, compression)
         if preflight is not None:  # once the compression is known, before the first byte is written
             preflight(root, dest, tree_need(declared, size, compression, buffers))
-        tree = Tree(root, limits, allow_symlinks, log, declared, verify, behind)
+        tree = Tree(root, applied, allow_symlinks, log, declared, verify, behind)
         try:
             if fmt == "zip":
                 extract_zip(archive, tree)
             else:
-                extract_tar(Decompressed(producer(archive, compression), limits), tree)
+                extract_tar(Decompressed(producer(archive, compression), applied), tree)
             tree.finish()
         finally:
             tree.close()

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import math
 import zlib
 from typing import Any, Generator
 
 from ..errors import CapacityError, IntegrityError
 from ..overlap import WriteBehind
 from ..streaming import ChunkReader, Readable
-from .limits import Limits
+from .limits import Applied
 
 CHUNK = 1 << 20  # copy buffer, archive read size and decompressed piece size
 IN_CHUNK = 64 << 10  # compressed bytes handed to a decompressor at a time
@@ -334,13 +335,16 @@ class ZstdDecompressor:
 class Decompressed:
     """The decompressed stream: small exact reads for headers, views for data; ratio checked."""
 
-    def __init__(self, producer, limits: Limits) -> None:
+    def __init__(self, producer, limits: Applied) -> None:
         self._p = producer
         self._cur = memoryview(b"")
         self._eof = False
         self.pos = 0  # bytes taken so far
         self.produced = 0
-        self._ratio = limits.max_ratio if producer.compressed else None
+        self._ratio = limits.max_ratio if producer.compressed and math.isfinite(limits.max_ratio) else None
+        self._limits = limits
+        # The header's tar_bytes, when it declares one, bounds the stream instead of a ratio (limits.py).
+        self._most = limits.max_tar if limits.max_tar is not None else math.inf
 
     def _more(self) -> bool:
         if self._eof:
@@ -351,12 +355,15 @@ class Decompressed:
             return False
         self._cur = memoryview(chunk)
         self.produced += len(chunk)
+        if self.produced > self._most:
+            raise IntegrityError(f"the archive decompresses to more than the {self._most} bytes its .seal header "
+                                 "declares (content.tar_bytes)")
         if self._ratio is not None and self.produced > RATIO_GRACE:
             consumed = max(1, self._p.consumed)
             if self.produced > self._ratio * consumed:
                 raise CapacityError(
                     f"compression ratio over {self._ratio:g}: {self.produced} bytes from {consumed} "
-                    "compressed bytes (a decompression bomb?)"
+                    f"compressed bytes (a decompression bomb?) {self._limits.over('max_ratio')}"
                 )
         return True
 

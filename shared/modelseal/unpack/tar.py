@@ -30,7 +30,7 @@ from typing import Iterator
 from .. import untrusted
 from ..errors import CapacityError, IntegrityError, UnsafeError
 from .decompress import CHUNK, TRAILING_MAX, Decompressed
-from .limits import Limits
+from .limits import Applied
 from .tree import Tree, parts_of, show
 
 EXT_HEADER_MAX = 1 << 20  # data of one pax / GNU long-name header
@@ -95,7 +95,7 @@ def _parse_pax(data: bytes, offset: int) -> dict[str, bytes | None]:
     return out
 
 
-def _tar_entries(stream: Decompressed, limits: Limits) -> Iterator[_Entry]:
+def _tar_entries(stream: Decompressed, limits: Applied) -> Iterator[_Entry]:
     """Members in order; after a file is yielded the caller must take exactly its size."""
     glob: dict[str, bytes | None] = {}
     while True:

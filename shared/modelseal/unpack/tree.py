@@ -49,7 +49,7 @@ from ..log import Log
 from ..overlap import WriteBehind
 from ..sealfile import Sizes
 from ..untrusted import show  # entry names in messages: quoted, shortened
-from .limits import Limits
+from .limits import Applied, Limits
 
 NAME_MAX = 255
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -57,7 +57,7 @@ FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 SMALL_FILE = 64 << 10  # files up to this size are written on the parsing thread (Tree.add_file)
 
 
-def parts_of(raw: bytes, limits: Limits, what: str = "entry") -> tuple[bytes, ...]:
+def parts_of(raw: bytes, limits: Limits | Applied, what: str = "entry") -> tuple[bytes, ...]:
     """Validate an archive name and split it into path components."""
     if not raw:
         raise UnsafeError(f"refusing {what} with an empty name")
@@ -80,7 +80,7 @@ def parts_of(raw: bytes, limits: Limits, what: str = "entry") -> tuple[bytes, ..
     return parts
 
 
-def link_parts(target: bytes, limits: Limits, name: bytes) -> list[bytes]:
+def link_parts(target: bytes, limits: Limits | Applied, name: bytes) -> list[bytes]:
     if not target:
         raise UnsafeError(f"refusing symlink {show(name)}: empty target")
     if b"\0" in target or b"\\" in target:
@@ -149,7 +149,7 @@ class Digests(Protocol):
 class Tree:
     """The staging tree, built only through directory file descriptors."""
 
-    def __init__(self, root: int, limits: Limits, allow_symlinks: bool, log: Log,
+    def __init__(self, root: int, limits: Applied | Limits, allow_symlinks: bool, log: Log,
                  declared: Sizes | None = None, digests: Digests | None = None,
                  behind: WriteBehind | None = None) -> None:
         self.root = root
@@ -159,7 +159,7 @@ class Tree:
         # file or at the end, and the whole staging tree goes either way.
         self.behind = behind
         self.digests = digests
-        self.limits = limits
+        self.limits = limits if isinstance(limits, Applied) else limits.applied(declared, None, "none")
         # What the authenticated .seal header says the archive holds: the
         # preflight sized the target by it, so holding more is an integrity error.
         self.declared = declared if declared is not None else Sizes()
@@ -178,7 +178,8 @@ class Tree:
     def _count(self, name: bytes) -> None:
         self.entries += 1
         if self.entries > self.limits.max_files:
-            raise CapacityError(f"more than {self.limits.max_files} entries (at {show(name)})")
+            raise CapacityError(f"more than {self.limits.max_files} entries (at {show(name)}) "
+                                f"{self.limits.over('max_files')}")
 
     def _open_dir(self, parent: int, comp: bytes, name: bytes) -> int:
         try:
@@ -237,11 +238,17 @@ class Tree:
         self._count(name)
         if not parts:
             raise UnsafeError(f"refusing file {show(name)}: it names the destination itself")
+        # What the header declares first: a header-sized limit (limits.py) is then never what an archive
+        # that holds more than its header says runs into; that is an integrity error, not a capacity one.
+        if self.declared.file_bytes is not None and self.bytes + declared > self.declared.file_bytes:
+            raise IntegrityError(f"the archive holds more than the {self.declared.file_bytes} file bytes "
+                                 f"its .seal header declares (at {show(name)})")
         if declared > lim.max_file_size:
             raise CapacityError(f"file {show(name)} declares {declared} bytes, over the {lim.max_file_size} "
-                                "per-file limit")
+                                f"per-file limit {lim.over('max_file_size')}")
         if self.bytes + declared > lim.max_bytes:
-            raise CapacityError(f"file {show(name)} would take the total over {lim.max_bytes} bytes")
+            raise CapacityError(f"file {show(name)} would take the total over {lim.max_bytes} bytes "
+                                f"{lim.over('max_bytes')}")
         if self.declared.files is not None and self.files >= self.declared.files:
             raise IntegrityError(f"the archive holds more than the {self.declared.files} files "
                                  f"its .seal header declares (at {show(name)})")
@@ -263,13 +270,15 @@ class Tree:
                 n = len(piece)
                 size += n
                 self.bytes += n
-                if size > lim.max_file_size:
-                    raise CapacityError(f"file {show(name)} is over the {lim.max_file_size}-byte per-file limit")
-                if self.bytes > lim.max_bytes:
-                    raise CapacityError(f"more than {lim.max_bytes} bytes extracted (at {show(name)})")
                 if self.declared.file_bytes is not None and self.bytes > self.declared.file_bytes:
                     raise IntegrityError(f"the archive holds more than the {self.declared.file_bytes} file bytes "
                                          f"its .seal header declares (at {show(name)})")
+                if size > lim.max_file_size:
+                    raise CapacityError(f"file {show(name)} is over the {lim.max_file_size}-byte per-file limit "
+                                        f"{lim.over('max_file_size')}")
+                if self.bytes > lim.max_bytes:
+                    raise CapacityError(f"more than {lim.max_bytes} bytes extracted (at {show(name)}) "
+                                        f"{lim.over('max_bytes')}")
                 if behind is not None:
                     behind.put(partial(_write_piece, fd, piece, name))
                 else:

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from ..errors import CapacityError, IntegrityError, UnsafeError
 from .decompress import CHUNK, RATIO_GRACE, Archive
-from .limits import Limits
+from .limits import Applied
 from .tree import Tree, fs_error, parts_of, show, write_all
 
 ZIP_CD_MAX = 32 << 20
@@ -47,13 +47,16 @@ class _SpoolFile(io.FileIO):
         return super().read(n)
 
 
-def _spool(archive: Archive, dir_fd: int, limits: Limits) -> tuple[int, int]:
+def _spool(archive: Archive, dir_fd: int, limits: Applied) -> tuple[int, int]:
     try:
         fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError:  # no O_TMPFILE here: a named file unlinked at once
         name = f".spool-{secrets.token_hex(8)}"
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         os.unlink(name, dir_fd=dir_fd)
+    # The archive itself may be longer than its files (headers, a stored zip): the header's tar_bytes, when
+    # it declares one, bounds the payload as decrypt holds it.
+    bound = max(limits.max_bytes, limits.max_tar or 0)
     try:
         size = 0
         while True:
@@ -61,8 +64,8 @@ def _spool(archive: Archive, dir_fd: int, limits: Limits) -> tuple[int, int]:
             if not view:
                 return fd, size
             size += len(view)
-            if size > limits.max_bytes:
-                raise CapacityError(f"zip archive over {limits.max_bytes} bytes (max_bytes)")
+            if size > bound:
+                raise CapacityError(f"zip archive over {bound} bytes {limits.over('max_bytes')}")
             try:
                 write_all(fd, view)
             except OSError as e:
@@ -108,7 +111,8 @@ def extract_zip(archive: Archive, tree: Tree) -> None:
         with zf:
             infos = zf.infolist()
             if len(infos) > limits.max_files:
-                raise CapacityError(f"zip has {len(infos)} entries, over {limits.max_files}")
+                raise CapacityError(f"zip has {len(infos)} entries, over {limits.max_files} "
+                                    f"{limits.over('max_files')}")
             _check_overlaps(fd, infos, size)
             produced = 0
 
@@ -124,7 +128,8 @@ def extract_zip(archive: Archive, tree: Tree) -> None:
                             got += len(piece)
                             produced += len(piece)
                             if produced > RATIO_GRACE and produced > limits.max_ratio * max(1, size):
-                                raise CapacityError(f"compression ratio over {limits.max_ratio:g} (a zip bomb?)")
+                                raise CapacityError(f"compression ratio over {limits.max_ratio:g} (a zip bomb?) "
+                                                    f"{limits.over('max_ratio')}")
                             yield piece
                 except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, struct.error) as e:
                     raise IntegrityError(f"corrupt zip entry {show(name)}: {e}") from None
