@@ -432,6 +432,32 @@ def _something_written(shm: Path, out: Path) -> bool:
     return any(p.is_file() and p.stat().st_size for p in out.parent.rglob("*")) if out.parent.exists() else False
 
 
+# ---- too few file descriptors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("nofile", [8, 12])
+def test_too_few_file_descriptors_exits_6_and_leaves_nothing(shm: Path, nofile: int) -> None:
+    """A low `ulimit -n` (EMFILE) is a limit like a full volume: exit 6 naming it, not exit 1, nothing left.
+
+    Found by the soak (bench/soak.py): it was "internal error", exit 1, "file: Too many open files"."""
+    (shm / "m").mkdir()
+    (shm / "m" / "w.bin").write_bytes(os.urandom(2 * MIB))
+    (shm / "key").write_bytes(os.urandom(32))
+    assert modelseal("seal", str(shm / "m"), "-o", str(shm / "m.seal"), "--key", str(shm / "key")).code == 0
+
+    def low() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    (shm / "vol").mkdir()
+    code, logs, err = cli_in(low, "run", "--source", str(shm / "m.seal"), "--key", str(shm / "key"),
+                             "-o", str(shm / "vol" / "model"), "--workers", "2")
+    assert code == 6, err
+    msg = _error(logs)
+    assert "too many open files" in msg and f"may open {nofile})" in msg and "ulimit -n" in msg, msg
+    assert "\n" not in msg and os.listdir(shm / "vol") == []  # one line; no staging directory, no parents
+
+
 # ---- a partial install ------------------------------------------------------------------------
 
 def test_partial_install_names_what_to_install(tmp_path: Path, shm: Path) -> None:

@@ -100,6 +100,10 @@ def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
     reason = exc.strerror or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return CapacityError(f"{where}: {reason}")
+    if exc.errno in (errno.EMFILE, errno.ENFILE):  # a limit, like a full volume: not an internal error
+        # (exc.filename here is whatever was being opened, often a library file: no help to the operator)
+        return CapacityError(f"{what + ': ' if what else ''}too many open files (this process may open "
+                             f"{_open_files_limit()}): raise the open-files limit (ulimit -n, the runtime's nofile)")
     if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR):
         return DeniedError(f"{where}: {reason}")
     if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ENAMETOOLONG):
@@ -107,6 +111,13 @@ def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
     if exc.errno in (errno.ELOOP, errno.EXDEV):
         return UnsafeError(f"{where}: {reason}")
     return ModelsealError(f"{where}: {reason}")
+
+
+def _open_files_limit() -> str:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "any number" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 def classify(exc: BaseException) -> ModelsealError:
