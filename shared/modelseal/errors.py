@@ -120,12 +120,30 @@ def _open_files_limit() -> str:
     return "any number" if soft == resource.RLIM_INFINITY else str(soft)
 
 
+def _stop_behind(exc: BaseException) -> Stopped | None:
+    """The stop signal this exception was raised while unwinding from, if any.
+
+    A stop that lands inside an import (an SDK's first use) leaves the module
+    half-initialized; the next import of it, in the cleanup the stop set
+    going, raises ImportError, and that, not the stop, reached the report:
+    exit 1, "internal error" (the soak's find, issue 25)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Stopped):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def classify(exc: BaseException) -> ModelsealError:
     """Turn any exception into a ModelsealError for reporting."""
+    stop = _stop_behind(exc)
+    if stop is not None:
+        return StoppedError(stop.signum)
     if isinstance(exc, ModelsealError):
         return exc
-    if isinstance(exc, Stopped):
-        return StoppedError(exc.signum)
     if isinstance(exc, KeyboardInterrupt):  # SIGINT before cli.py's handler was in place
         return StoppedError(signal.SIGINT)
     if isinstance(exc, MemoryError):
