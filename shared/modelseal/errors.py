@@ -114,9 +114,12 @@ def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
 
 
 def _open_files_limit() -> str:
-    import resource
+    try:
+        import resource  # loading it takes a descriptor too: at the limit, it may not load
 
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError):
+        return "too few"
     return "any number" if soft == resource.RLIM_INFINITY else str(soft)
 
 
