@@ -8,6 +8,7 @@ wrong, and never carry key material.
 from __future__ import annotations
 
 import errno
+import resource  # here, not when the open-files limit is hit: loading it then takes a descriptor too
 import signal
 
 OK = 0
@@ -114,12 +115,7 @@ def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
 
 
 def _open_files_limit() -> str:
-    try:
-        import resource  # loading it takes a descriptor too: at the limit, it may not load
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError):
-        return "too few"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return "any number" if soft == resource.RLIM_INFINITY else str(soft)
 
 
