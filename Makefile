@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 CHAIN ?= single-stage
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint lint-python lint-shell clean
+.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench soak lint lint-python lint-shell clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -57,6 +57,10 @@ mutants: setup  ## plant each curated bug (tools/mutants.toml) in a copy of the 
 
 bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k), then one table of ratios
 	$(PY) bench/all.py
+
+SOAK_ARGS ?=
+soak: setup  ## the long soak (issue 25): 128 deliveries, 16 at once, under faults, kills and resource limits; a table (SOAK_ARGS: --seed, --concurrency, --deliveries)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # Every shell script: the images' and the demo's build scripts, tools/, CI's entry point.
 SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/images/*/*.sh tools/*.sh) .ci/run
