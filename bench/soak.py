@@ -497,8 +497,17 @@ class Outcome:
 
 
 
-def session_processes(sid: int) -> list[int]:
-    """The live processes of session `sid` (a stage runs in a session of its own: itself and its workers)."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> float:
+    """Now, in the clock ticks since boot that /proc/PID/stat's start time counts."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * TICKS
+
+
+def session_processes(sid: int, started_by: float) -> list[int]:
+    """The live processes of session `sid` started by `started_by` (boot ticks): a stage runs in a session
+    of its own, so these are its workers. The start time keeps out a later session that reuses the pid."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -507,9 +516,26 @@ def session_processes(sid: int) -> list[int]:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] != "Z" and int(fields[19]) <= started_by + 1:
             found.append(int(entry))
     return found
+
+
+def held_shm(names: set[str]) -> set[str]:
+    """Which of these /dev/shm names some live process still has open or mapped (a neighbour's, not a leak)."""
+    held = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            maps = Path(f"/proc/{entry}/maps").read_text()
+            fds = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            continue
+        for n in names:
+            if f"/dev/shm/{n}" in maps or f"/dev/shm/{n}" in fds:
+                held.add(n)
+    return held
 
 
 class Delivery:
@@ -561,8 +587,10 @@ class Delivery:
                 self.out.corrupt += 1
                 self.violation("the key file is no data key")
 
-    def check_attempt(self, a: Attempt, proc_pid: int) -> None:
+    def check_attempt(self, a: Attempt, proc_pid: int, ended: float) -> None:
         lines = [x for x in a.stderr.splitlines() if x.strip()]
+        if a.code < 0 and a.signalled and lines and not a.stderr.endswith("\n"):
+            lines.pop()  # a line cut short by our SIGKILL
         records = []
         for x in lines:
             try:
@@ -585,7 +613,7 @@ class Delivery:
         elif a.code < 0 and -a.code != a.signalled:
             self.violation(f"{a.stage}: killed by signal {-a.code} that the soak did not send (an OOM kill?)")
         deadline = time.monotonic() + PROCESS_GRACE
-        while (left := session_processes(proc_pid)) and time.monotonic() < deadline:
+        while (left := session_processes(proc_pid, ended)) and time.monotonic() < deadline:
             time.sleep(0.1)
         if left:
             self.out.leftovers += len(left)
@@ -598,6 +626,7 @@ class Delivery:
 
     def check_shm(self) -> None:
         new = {n for n in os.listdir("/dev/shm") if SHM_NAMES.match(n)} - self.shm_before
+        new -= held_shm(new)  # the machine is shared: a live neighbour's segment is not our leak
         if new:
             self.out.leftovers += len(new)
             self.violation(f"shared memory left in /dev/shm: {sorted(new)[:5]}")
@@ -634,11 +663,13 @@ class Delivery:
                         signalled = kill[1]
             try:
                 proc.wait(ATTEMPT_TIMEOUT)
+                ended = boot_ticks()
             except subprocess.TimeoutExpired:
                 self.violation(f"{stage}: attempt {number} still running after {ATTEMPT_TIMEOUT:.0f} s (hung)"
                                + (" after SIGTERM" if signalled == signal.SIGTERM else ""))
                 proc.kill()
                 proc.wait()
+                ended = boot_ticks()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -650,7 +681,7 @@ class Delivery:
         self.out.attempts.append(a)
         self.out.error = next((json.loads(x).get("error", "") for x in reversed(a.stderr.splitlines())
                                if x.startswith("{") and '"failed"' in x), "")
-        self.check_attempt(a, proc.pid)
+        self.check_attempt(a, proc.pid, ended)
         return a
 
     def run(self) -> Outcome:
@@ -660,6 +691,7 @@ class Delivery:
         key_proxy = FaultProxy(world.moto.port)
         cgroup: MemoryCgroup | None = None
         filler: threading.Timer | None = None
+        refusing: socket.socket | None = None
         try:
             for f in plan.faults:
                 kw = dict(f)
@@ -680,7 +712,10 @@ class Delivery:
                 key_proxy.add_fault(Fault("stall", seconds=KEY_TIMEOUT + 1.5, times=1000))
             key_port = key_proxy.port
             if plan.key_fault == "refused":
-                key_port = free_port()  # nothing listens there
+                # bound, never listening: refused, and no other server can be given the port meanwhile
+                refusing = socket.socket()
+                refusing.bind((LOCAL, 0))
+                key_port = refusing.getsockname()[1]
             source, key_uri = world.source_uri(plan, proxy.port), world.key_uri(key_port)
 
             if plan.scenario == "enospc":
@@ -747,6 +782,8 @@ class Delivery:
             self.out.faults.update(self.served(proxy, key_proxy))
             proxy.close()
             key_proxy.close()
+            if refusing is not None:
+                refusing.close()
             if cgroup is not None:
                 cgroup.close()
             if filler is not None:
