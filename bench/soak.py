@@ -616,8 +616,16 @@ class Delivery:
         while (left := session_processes(proc_pid, ended)) and time.monotonic() < deadline:
             time.sleep(0.1)
         if left:
+            memfds = 0
+            for pid in left:
+                try:
+                    memfds += sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:")
+                                  for fd in os.listdir(f"/proc/{pid}/fd"))
+                except OSError:
+                    pass
             self.out.leftovers += len(left)
-            self.violation(f"{a.stage}: {len(left)} process(es) of the stage still alive after it exited")
+            self.violation(f"{a.stage}: {len(left)} process(es) of the stage still alive after it exited, "
+                           f"holding {memfds} memfd segment(s)")
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
