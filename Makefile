@@ -8,7 +8,7 @@ CHAIN ?= single-stage
 PLATFORMS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup dist demo demo-up demo-down demo-local images sizes publish test test-fast test-multiarch mutants bench bench-large lint lint-python lint-shell clean
+.PHONY: setup dist demo demo-up demo-down demo-local images sizes publish test test-fast test-multiarch mutants bench bench-large soak lint lint-python lint-shell clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -79,6 +79,10 @@ bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https,
 
 bench-large: setup  ## LLM-sized models: run and decrypt at 1, 4 and 16 GiB against tar -xf and dd (needs ~34 GiB on /var/tmp, 17 GiB of /dev/shm)
 	BENCH_SIZES_GIB="1 4 16" $(PY) bench/large.py
+
+SOAK_ARGS ?=
+soak: setup  ## the long soak (issue 25): 128 deliveries, 16 at once, under faults, kills and resource limits; a table (SOAK_ARGS: --seed, --concurrency, --deliveries)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # Every shell script: the images' and the demo's build scripts, tools/, CI's entry point.
 SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/images/*/*.sh tools/*.sh) .ci/run

@@ -432,6 +432,63 @@ def _something_written(shm: Path, out: Path) -> bool:
     return any(p.is_file() and p.stat().st_size for p in out.parent.rglob("*")) if out.parent.exists() else False
 
 
+# ---- too few file descriptors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("nofile", [8, 12])
+def test_too_few_file_descriptors_exits_6_and_leaves_nothing(shm: Path, nofile: int) -> None:
+    """A low `ulimit -n` (EMFILE) is a limit like a full volume: exit 6 naming it, not exit 1, nothing left.
+
+    Found by the soak (bench/soak.py): it was "internal error", exit 1, "file: Too many open files"."""
+    (shm / "m").mkdir()
+    (shm / "m" / "w.bin").write_bytes(os.urandom(2 * MIB))
+    (shm / "key").write_bytes(os.urandom(32))
+    assert modelseal("seal", str(shm / "m"), "-o", str(shm / "m.seal"), "--key", str(shm / "key")).code == 0
+
+    def low() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    (shm / "vol").mkdir()
+    code, logs, err = cli_in(low, "run", "--source", str(shm / "m.seal"), "--key", str(shm / "key"),
+                             "-o", str(shm / "vol" / "model"), "--workers", "2")
+    assert code == 6, err
+    msg = _error(logs)
+    assert "too many open files" in msg and f"may open {nofile})" in msg and "ulimit -n" in msg, msg
+    assert "\n" not in msg and os.listdir(shm / "vol") == []  # one line; no staging directory, no parents
+
+
+def test_unpack_short_of_descriptors_at_any_point_leaves_no_staging_directory(shm: Path) -> None:
+    """Whichever file or directory of the tree meets EMFILE, the staging directory goes with the failure.
+
+    It stayed (staging_cleanup_failed): removing it takes descriptors too, one per level (the soak's find)."""
+    src = shm / "m"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "w.bin").write_bytes(os.urandom(MIB))
+    (src / "sub" / "deeper" / "v.txt").write_bytes(os.urandom(5000))
+    (src / "c.json").write_text("{}")
+    subprocess.run(["tar", "-C", str(src), "-cf", str(shm / "m.tar"), "."], check=True)
+    failed = 0
+    for nofile in range(8, 30):
+        def low(nofile: int = nofile) -> None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        out = shm / f"out-{nofile}"
+        out.mkdir()
+        code, logs, err = cli_in(low, "unpack", "--in", str(shm / "m.tar"), "-o", str(out / "model"))
+        assert code in (0, 6), err
+        assert not [x for x in logs if x["event"] == "staging_cleanup_failed"], err
+        if code == 0:
+            assert {p.relative_to(out / "model"): p.read_bytes() for p in (out / "model").rglob("*") if p.is_file()} \
+                == {p.relative_to(src): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+        else:
+            failed += 1
+            assert os.listdir(out) == [], (nofile, os.listdir(out))
+    assert 0 < failed < 22  # the range covers failures inside the tree and success
+
+
 # ---- a partial install ------------------------------------------------------------------------
 
 def test_partial_install_names_what_to_install(tmp_path: Path, shm: Path) -> None:

@@ -237,3 +237,44 @@ def test_a_stage_that_finishes_is_unaffected(inputs: Path):
     assert r.code == 0, r.stderr
     with tarfile.open(shm / "m.tar") as t:
         assert (shm / "tree" / "weights.bin").read_bytes() == t.extractfile("weights.bin").read()
+
+
+# ---- found by the soak (bench/soak.py, issue 25): a stop at an awkward instant was exit 1 --------
+
+def test_a_stop_in_the_instant_the_handlers_are_set_up_is_exit_143_with_its_line(shm: Path) -> None:
+    """A SIGTERM that lands while StopSignals is still being entered (its handler in place, the stage's
+    try not yet begun) escaped main() as a traceback, exit 1. Here it lands there every time."""
+    boot = ("import os, signal, sys, time; from modelseal import cli, signals\n"
+            "enter = signals.StopSignals.__enter__\n"
+            "def late(self):\n"
+            "    out = enter(self)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, still inside __enter__\n"
+            "    time.sleep(5)\n"
+            "    return out\n"
+            "signals.StopSignals.__enter__ = late\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
+                       env=env, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 143, err
+    lines = [json.loads(x) for x in err.splitlines() if x.strip()]  # every line JSON: no traceback
+    failed = [x for x in lines if x["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["exit_code"] == 143 and "SIGTERM" in failed[0]["error"]
+    assert not (shm / "key").exists()
+
+
+def test_an_error_raised_while_a_stop_unwinds_is_reported_as_the_stop() -> None:
+    """A stop inside an import leaves the module half-made; the cleanup's next import of it raises
+    ImportError with the stop as its context. That reached the report as exit 1, "internal error"."""
+    from modelseal.errors import Stopped, StoppedError, classify
+
+    try:
+        try:
+            raise Stopped(signal.SIGTERM)
+        finally:
+            raise ImportError("cannot import name 'x' from partially initialized module")
+    except ImportError as exc:
+        err = classify(exc)
+    assert isinstance(err, StoppedError) and err.exit_code == 143 and "SIGTERM" in str(err)
+    assert classify(ImportError("no stop behind it")).exit_code == 1

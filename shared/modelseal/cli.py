@@ -514,25 +514,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a malformed command line exits 2 here
     log = Log(args.command)
     os.environ.setdefault("MODELSEAL_STAGE", args.command)  # backends log under the stage's name
-    with StopSignals() as signals:
-        try:
-            _read_values(args, argv)
-            summary = args.func(args, log) or {}
-        except (Exception, KeyboardInterrupt, Stopped) as exc:
-            signals.quiet()
-            err = classify(exc)
-            log.error("failed", category=err.category, exit_code=err.exit_code, error=str(err))
-            write_termination({"stage": args.command, "status": "error", "exit_code": err.exit_code,
-                               "category": err.category, "error": str(err)})
-            if isinstance(err, StoppedError):
-                _exit_now(err.exit_code)
-            return err.exit_code
+    try:
+        with StopSignals() as signals:
+            try:
+                _read_values(args, argv)
+                summary = args.func(args, log) or {}
+            except (Exception, KeyboardInterrupt, Stopped) as exc:
+                signals.quiet()
+                return _failed(args, log, exc)
+    except Stopped as exc:  # in the instant the handlers were being put in place or taken down (the soak's find)
+        return _failed(args, log, exc)
     seconds = round(log.elapsed(), 3)
     memory = _peak_memory()
     log.info("done", seconds=seconds, **memory)
     write_termination({"stage": args.command, "status": "ok", "seconds": seconds, **memory,
                        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
     return 0
+
+
+def _failed(args: argparse.Namespace, log: Log, exc: BaseException) -> int:
+    """Report a failure: one line, the termination message, its exit code (at once after a stop signal)."""
+    err = classify(exc)
+    log.error("failed", category=err.category, exit_code=err.exit_code, error=str(err))
+    write_termination({"stage": args.command, "status": "error", "exit_code": err.exit_code,
+                       "category": err.category, "error": str(err)})
+    if isinstance(err, StoppedError):
+        _exit_now(err.exit_code)
+    return err.exit_code
 
 
 def _exit_now(code: int) -> None:

@@ -8,6 +8,7 @@ wrong, and never carry key material.
 from __future__ import annotations
 
 import errno
+import resource  # here, not when the open-files limit is hit: loading it then takes a descriptor too
 import signal
 
 OK = 0
@@ -100,6 +101,10 @@ def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
     reason = exc.strerror or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return CapacityError(f"{where}: {reason}")
+    if exc.errno in (errno.EMFILE, errno.ENFILE):  # a limit, like a full volume: not an internal error
+        # (exc.filename here is whatever was being opened, often a library file: no help to the operator)
+        return CapacityError(f"{what + ': ' if what else ''}too many open files (this process may open "
+                             f"{_open_files_limit()}): raise the open-files limit (ulimit -n, the runtime's nofile)")
     if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR):
         return DeniedError(f"{where}: {reason}")
     if exc.errno in (errno.EISDIR, errno.EINVAL, errno.ENAMETOOLONG):
@@ -109,12 +114,35 @@ def from_os_error(exc: OSError, what: str = "") -> ModelsealError:
     return ModelsealError(f"{where}: {reason}")
 
 
+def _open_files_limit() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "any number" if soft == resource.RLIM_INFINITY else str(soft)
+
+
+def _stop_behind(exc: BaseException) -> Stopped | None:
+    """The stop signal this exception was raised while unwinding from, if any.
+
+    A stop that lands inside an import (an SDK's first use) leaves the module
+    half-initialized; the next import of it, in the cleanup the stop set
+    going, raises ImportError, and that, not the stop, reached the report:
+    exit 1, "internal error" (the soak's find, issue 25)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Stopped):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def classify(exc: BaseException) -> ModelsealError:
     """Turn any exception into a ModelsealError for reporting."""
+    stop = _stop_behind(exc)
+    if stop is not None:
+        return StoppedError(stop.signum)
     if isinstance(exc, ModelsealError):
         return exc
-    if isinstance(exc, Stopped):
-        return StoppedError(exc.signum)
     if isinstance(exc, KeyboardInterrupt):  # SIGINT before cli.py's handler was in place
         return StoppedError(signal.SIGINT)
     if isinstance(exc, MemoryError):

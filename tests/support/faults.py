@@ -5,7 +5,9 @@ full-length answer, then close), `Fault("stall", seconds=S, after=N)` (send
 headers and N body bytes, then stall S seconds and close),
 `Fault("tamper", drop_headers=("If-Range",), before=fn)` (a server that
 ignores a request header, and `fn()` run first, e.g. to replace the object
-mid-download). Every server of http.py applies them; FaultProxy puts them in
+mid-download), `Fault("reset")` (the connection reset, no answer) and
+`Fault("trickle", after=N, seconds=S)` (the whole answer, N bytes every S
+seconds: a slow link). Every server of http.py applies them; FaultProxy puts them in
 front of a server that has none of its own (moto, a registry, an emulator).
 """
 
@@ -23,7 +25,9 @@ from .processes import LOCAL
 class Fault:
     """One scripted fault, applied to the next `times` requests that match."""
 
-    kind: str  # "status" | "cut" | "stall" | "tamper" | "short" (a clean, short body) | "offset" (a 206 elsewhere)
+    # "status" | "cut" | "stall" | "tamper" | "short" (a clean, short body) | "offset" (a 206 elsewhere)
+    # | "reset" (no answer: the connection reset) | "trickle" (`after` body bytes every `seconds`)
+    kind: str
     status: int = 503
     after: int = 0  # body bytes sent before a cut or stall
     seconds: float = 0.0

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,6 +95,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "status":
             self.respond(fault.status, fault.body, dict(fault.headers))
             return
+        if fault is not None and fault.kind == "reset":
+            # No answer at all: the connection is reset (RST, not a clean close), as a crashed peer does.
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            except OSError:
+                pass
+            return
         if fault is not None and fault.kind == "stall" and fault.after == 0 and fault.seconds:
             time.sleep(fault.seconds)
             self.close_connection = True
@@ -134,10 +144,15 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         view = memoryview(body)
-        for i in range(0, len(view), 1 << 20):
-            self.wfile.write(view[i:i + (1 << 20)])
+        step = 1 << 20
+        if fault is not None and fault.kind == "trickle":  # a slow link: `after` bytes every `seconds`
+            step = max(1, fault.after)
+        for i in range(0, len(view), step):
+            if i and fault is not None and fault.kind == "trickle":
+                time.sleep(fault.seconds)
+            self.wfile.write(view[i:i + step])
             with app.lock:
-                app.bytes_sent += len(view[i:i + (1 << 20)])
+                app.bytes_sent += len(view[i:i + step])
 
     def send_json(self, status: int, obj: Any) -> None:
         self.respond(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})

@@ -93,6 +93,12 @@ def _check_dest(parent_fd: int, name: str, dest: str) -> None:
         os.close(fd)
 
 
+#: Descriptors held back while the staging tree is filled and given back to remove it when the fill
+#: fails: a fill that failed for want of descriptors (EMFILE) left its staging directory behind, as
+#: shutil.rmtree holds one per level and one more (the soak's find, issue 25). Enough for 6 levels.
+CLEANUP_DESCRIPTORS = 8
+
+
 def _remove(parent_fd: int, name: str) -> None:
     st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     if stat.S_ISDIR(st.st_mode):
@@ -127,6 +133,7 @@ class Destination:
         self.staging: str | None = None
         self.root = -1
         self._done = False
+        self._reserve: list[int] = []  # CLEANUP_DESCRIPTORS, closed to remove the staging tree
         try:
             self.parent_fd = self._open_parent(parent, rule)
             _check_dest(self.parent_fd, self.name, dest)
@@ -135,6 +142,8 @@ class Destination:
                 if stale.startswith(prefix):
                     self.log.warning("stale_staging_removed", name=stale)
                     _remove(self.parent_fd, stale)
+            for _ in range(CLEANUP_DESCRIPTORS):  # before anything is made that would need them
+                self._reserve.append(os.dup(self.parent_fd))
             staging = prefix + secrets.token_hex(8)
             try:
                 os.mkdir(staging, 0o700, dir_fd=self.parent_fd)
@@ -204,6 +213,8 @@ class Destination:
         if self.root >= 0:
             os.close(self.root)
             self.root = -1
+        while self._reserve:
+            os.close(self._reserve.pop())
         if not self._done:
             if self.staging is not None:
                 try:
