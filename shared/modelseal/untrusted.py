@@ -48,6 +48,14 @@ def show(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: max(limit - 5, 1)] + "...'"
 
 
+def shorten(value: Any, limit: int = 120) -> str:
+    """A header string for a log field, unquoted (the JSON line escapes it; the text line escapes its control
+    characters) and shortened; a value that is not a string is shown as show() shows it."""
+    if not isinstance(value, str):
+        return show(value, limit)
+    return value if len(value) <= limit else value[: max(limit - 3, 1)] + "..."
+
+
 def _short_repr(value: Any, limit: int) -> str:
     """repr() of a scalar; containers are named, never walked (they may be deep)."""
     if value is None or isinstance(value, (bool, int, float)):
