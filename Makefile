@@ -13,7 +13,7 @@ $(PY):
 
 setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
-	$(PY) -m pip install -q -e './shared[cloud]' -r requirements-dev.txt
+	$(PY) -m pip install -q -e './shared[cloud,cli]' -r requirements-dev.txt
 
 tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
 	@tools/host-packages.sh

@@ -32,7 +32,8 @@ def _bash(parser: argparse.ArgumentParser) -> str:
         for names, values in options:
             for name in names:
                 if values:
-                    choices.append(f"        {_q(command + ' ' + name)}) COMPREPLY=($(compgen -W {_q(' '.join(values))} "
+                    listed = _q(" ".join(values))
+                    choices.append(f"        {_q(command + ' ' + name)}) COMPREPLY=($(compgen -W {listed} "
                                    '-- "$cur")); return ;;')
     return "\n".join([
         "# modelseal completion for bash: eval \"$(modelseal completion bash)\", or save it under",

@@ -160,7 +160,9 @@ class Progress:
         self.done = 0
         self.start = time.monotonic()
         self.every = BAR_EVERY if log.bars else PROGRESS_EVERY
-        self._next = self.start + self.every
+        # A bar is drawn at the first bytes (a person sees at once what runs and how big it is); records,
+        # every few seconds as they always were (the JSON a pod logs does not change).
+        self._next = self.start if log.bars else self.start + self.every
         self._bar: Bar | None = None
 
     def add(self, n: int) -> None:
@@ -275,14 +277,17 @@ def _done(rec: dict[str, Any]) -> str:
 
 def _sealed(rec: dict[str, Any]) -> str:
     """seal's one summary: what a person copies into a pod spec next."""
-    size = rec.get("bytes")
+    size, plain = rec.get("bytes"), rec.get("plaintext_bytes")
+    files = f"{rec.get('files')} files, " if rec.get("files") else ""
     lines = [f"sealed {_value(rec.get('out'))}",
              f"  size        {human_bytes(size) if isinstance(size, int) else size} "
-             f"({rec.get('files') or 0} files; {human_bytes(rec.get('plaintext_bytes') or 0)} before encryption)",
+             f"({files}{human_bytes(plain) if isinstance(plain, int) else plain} before encryption)",
              f"  key id      {_value(rec.get('key_id'))}",
-             f"  key         {_value(rec.get('key'))}"]
+             f"  recipients  {_value(rec.get('wrapped')) + ' (wraps the data key)' if rec.get('wrapped') else 'none: '}"
+             + ("" if rec.get("wrapped") else "whoever holds the data key (key id above)")]
     if rec.get("sha256"):
-        lines.append(f"  sha256      {_value(rec.get('sha256'))}   (fetch-model/run --sha256 pins it)")
+        lines.append(f"  sha256      {_value(rec.get('sha256'))}")
+        lines.append("              (pin it: fetch-model/run --sha256, or $MODELSEAL_SHA256)")
     return "\n".join(lines)
 
 

@@ -27,8 +27,10 @@ class Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+        if not action.option_strings or action.default is argparse.SUPPRESS or "(default:" in text:
             return text
+        if action.required:
+            return f"{text} (required)"
         return f"{text} (default: {default_text(action).replace('%', '%%')})"
 
 
@@ -51,7 +53,7 @@ class Parser(argparse.ArgumentParser):
         kw.setdefault("formatter_class", Help)
         super().__init__(*args, **kw)
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             choices = re.findall(r"'([^']*)'", m[2])
