@@ -385,3 +385,46 @@ def _deployment(owner: Path) -> Path:
     path = owner / "deployment.json"
     path.write_text(json.dumps(deployment))
     return path
+
+
+def test_without_tqdm_the_bar_is_drawn_by_hand_in_the_same_layout(owner: Path):
+    """The stage images carry no tqdm (images/requirements-*.txt; wheelhouse.sh installs only those): the
+    fallback draws the same line."""
+    m = sealed(owner)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    master, slave = pty.openpty()
+    blocked = "import sys; sys.modules['tqdm'] = None; from modelseal.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", blocked, "fetch-model", "--source", str(m), "-o",
+                             str(owner / "copy" / "m.seal")], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=slave, env={**full_env, "COLUMNS": "100"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    shown = b"".join(chunks).decode()
+    assert re.search(r"\r\x1b\[Kfetch +\d+%\|#* *\| [\d.]+(?:Ki|Mi)?B/2\.0MiB [\d.]+(?:Ki|Mi|Gi)?B/s ETA [\d:?]+",
+                     shown), repr(shown)
+
+
+def test_the_drawn_bar_and_its_numbers():
+    from modelseal.progress import drawn_meter, numbers
+
+    assert numbers(3 * 2**20, 12 * 2**20, 2.0) == "3.0MiB/12.0MiB 1.5MiB/s ETA 00:06"
+    assert numbers(5 * 2**30, None, 3725.0) == "5.0GiB 1.4MiB/s 1:02:05"  # no total: done, rate, time so far
+    line = drawn_meter(6 * 2**20, 12 * 2**20, 2.0, 60, "run")
+    assert line.startswith("run  50%|") and line.endswith("| 6.0MiB/12.0MiB 3.0MiB/s ETA 00:02") and len(line) <= 60
+    assert abs(line.count("#") - line.split("|")[1].count(" ")) <= 1  # half full
+
+
+def test_the_stage_images_do_not_carry_the_bar_library():
+    for requirements in (ROOT / "images").glob("requirements-*.txt"):
+        assert "tqdm" not in requirements.read_text().lower(), requirements.name
+    assert 'cli = [\n    "tqdm==' in (ROOT / "shared" / "pyproject.toml").read_text()  # the owner's install has it
