@@ -369,6 +369,21 @@ def test_inspect_resources_patch_applies_to_the_example_pod(owner: Path):
         exe = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent)) or "kubernetes-validate"
         v = subprocess.run([exe, "--strict", str(validated)], capture_output=True, text=True)
         assert v.returncode == 0, v.stdout + v.stderr
+    # kustomize: the patch names its target (--workload), and `kubectl kustomize` applies it
+    kustomize = owner / "kustomize"
+    kustomize.mkdir()
+    shutil.copy(_deployment(owner), kustomize / "deployment.json")
+    r = modelseal("inspect", str(m), "--resources", "-o", "patch", "--workload", "resnet")
+    (kustomize / "patch.yaml").write_bytes(r.stdout)
+    (kustomize / "kustomization.yaml").write_text("resources: [deployment.json]\npatches:\n  - path: patch.yaml\n")
+    out = subprocess.run(["kubectl", "kustomize", str(kustomize)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    import yaml
+
+    spec = yaml.safe_load(out.stdout)["spec"]["template"]["spec"]
+    assert next(v for v in spec["volumes"] if v["name"] == "models")["emptyDir"]["sizeLimit"] == "16Mi"
+    assert next(c for c in spec["initContainers"] if c["name"] == "modelseal")["resources"]["limits"]["memory"] \
+        == "112Mi"
     r = modelseal("inspect", str(m), "--resources", "-o", "json")
     numbers = json.loads(r.stdout)
     assert numbers["single_stage"]["init_memory"] == "112Mi" and numbers["four_stage"]["models_volume"] == "16Mi"

@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
           "commented YAML, a strategic-merge patch for the single-stage pod or Deployment (kubectl patch, "
           "kustomize), or JSON")
     _flag(p, "--kind", choices=("Deployment", "Pod"), default="Deployment", help="what the patch applies to")
+    _flag(p, "--workload", metavar="NAME", help="the Deployment's or Pod's name, written into the patch (kustomize "
+          "finds its target by it; kubectl patch names it on its command line)")
     _connection(p)
 
     p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
@@ -375,7 +377,8 @@ def _inspect(a: argparse.Namespace, log: Log) -> dict:
 
         if a.output_format == "patch":
             from_s3 = a.file.lower().startswith("s3://")  # its reader holds parts in flight (pods.S3_READER)
-            print(advice.patch_text(seen.header, seen.payload_bytes, seen.prefix_bytes, kind=a.kind, from_s3=from_s3),
+            print(advice.patch_text(seen.header, seen.payload_bytes, seen.prefix_bytes, kind=a.kind, from_s3=from_s3,
+                                    workload=a.workload),
                   end="")
         elif a.output_format == "json":
             print(json.dumps(advice.numbers(seen.header, seen.payload_bytes, seen.prefix_bytes), indent=2))

@@ -94,7 +94,7 @@ def numbers(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) ->
 
 
 def patch(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
-          from_s3: bool = True) -> dict[str, Any]:
+          from_s3: bool = True, workload: str | None = None) -> dict[str, Any]:
     """`inspect --resources -o patch`: a strategic-merge patch setting the single-stage init container's memory
     and the models volume's sizeLimit (`kubectl patch deployment NAME --patch-file F`, or a kustomize patch).
     The serving container is left alone: its limit is the tree plus what the server needs, which only its
@@ -108,23 +108,28 @@ def patch(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, k
         "initContainers": [{"name": INIT, "resources": {"requests": {"memory": init}, "limits": {"memory": init}}}],
         "volumes": [{"name": VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": quantity(one.models_volume)}}],
     }
-    return {"spec": {"template": {"spec": spec}}} if kind == "Deployment" else {"spec": spec}
+    doc: dict[str, Any] = {}
+    if workload:  # kustomize finds what a patch applies to by these; `kubectl patch` is told on its command line
+        doc = {"apiVersion": "apps/v1" if kind == "Deployment" else "v1", "kind": kind, "metadata": {"name": workload}}
+    doc["spec"] = {"template": {"spec": spec}} if kind == "Deployment" else spec
+    return doc
 
 
 def patch_text(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
-               from_s3: bool = True) -> str:
+               from_s3: bool = True, workload: str | None = None) -> str:
     """patch() as YAML-readable JSON, after comments naming what it is for and the serving container's share."""
     import json
 
     one = shapes(header, payload_bytes, prefix_bytes).single_stage
-    doc = patch(header, payload_bytes, prefix_bytes, kind=kind, from_s3=from_s3)
+    doc = patch(header, payload_bytes, prefix_bytes, kind=kind, from_s3=from_s3, workload=workload)
     assert one is not None  # patch() refused otherwise
     return "\n".join([
         f"# modelseal inspect --resources -o patch: {_comment(header.name or 'model', 80)} "
         f"{_comment(header.version or '', 40)}".rstrip(),
         f"# for a {kind} shaped like examples/kubernetes/single-stage.yaml (init container {INIT!r}, volume "
         f"{VOLUME!r}):",
-        f"#   kubectl patch {kind.lower()} NAME --type strategic --patch-file THIS, or a kustomize patch",
+        f"#   kubectl patch {kind.lower()} {workload or 'NAME'} --type strategic --patch-file THIS"
+        + (", or a kustomize patch" if workload else " (for kustomize: inspect --workload NAME)"),
         f"# the {SERVING!r} container's memory limit: {quantity(one.serving_memory)} for the model's pages, plus what "
         "the server itself needs",
         json.dumps(doc, indent=2), ""])
