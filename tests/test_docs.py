@@ -81,3 +81,24 @@ def test_security_policy_says_how_to_report_and_what_is_supported():
     text = (ROOT / "SECURITY.md").read_text()
     assert "## Reporting a vulnerability" in text and "## Supported versions" in text
     assert "0.1.x" in text
+
+
+def test_the_quick_start_runs(shm, monkeypatch):
+    """README's Quick start, command by command (the install and completion lines aside), on a small model."""
+    import os
+    import shlex
+
+    from conftest import modelseal
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line.split(" #", 1)[0]) for line in block.splitlines() if line.startswith("modelseal ")]
+    assert [c[1] for c in commands] == ["keygen", "seal", "inspect", "inspect", "run"], commands
+    (shm / "my-model").mkdir()
+    (shm / "my-model" / "weights.bin").write_bytes(os.urandom(200_000))
+    monkeypatch.chdir(shm)
+    for args in commands:
+        args = [str(shm / "out" / a[len("/dev/shm/"):]) if a.startswith("/dev/shm/") else a for a in args[1:]]
+        r = modelseal(*args)
+        assert r.code == 0, (args, r.stderr)
+    assert (shm / "out" / "my-model" / "weights.bin").read_bytes() == (shm / "my-model" / "weights.bin").read_bytes()
