@@ -344,6 +344,24 @@ def test_inspect_reads_an_https_source_by_a_ranged_read(owner: Path, pki):
     assert r.code == 0 and json.loads(r.stdout) == json.loads(local.stdout)
 
 
+def test_inspect_reads_an_s3_source(owner: Path, moto, aws_env):
+    """The same header from s3:// (read_prefix: one ranged GET, tests/test_sources.py), the --resources numbers
+    for a pod that reads S3 (its reader's parts in flight counted)."""
+    import boto3
+
+    m = sealed(owner)
+    client = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
+    client.create_bucket(Bucket="first-hour")
+    client.put_object(Bucket="first-hour", Key="m.seal", Body=m.read_bytes())
+    r = modelseal("inspect", "s3://first-hour/m.seal", "--endpoint-url", moto.url)
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads(modelseal("inspect", str(m)).stdout)
+    from_s3 = modelseal("inspect", "s3://first-hour/m.seal", "--endpoint-url", moto.url, "--resources", "-o", "patch")
+    local = modelseal("inspect", str(m), "--resources", "-o", "patch")
+    assert b"\"memory\": \"208Mi\"" in from_s3.stdout, from_s3.stdout.decode()  # S3 parts in flight
+    assert b"\"memory\": \"112Mi\"" in local.stdout
+
+
 def test_inspect_resources_patch_applies_to_the_example_pod(owner: Path):
     m = sealed(owner)
     if not shutil.which("kubectl"):
