@@ -4,16 +4,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 CHAIN ?= single-stage
+# Image architectures (comma-separated linux/amd64,linux/arm64); empty: the Docker engine's own.
+PLATFORMS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo demo-up demo-down demo-local images sizes publish test test-fast mutants bench lint lint-python lint-shell clean
+.PHONY: setup dist demo demo-up demo-down demo-local images sizes publish test test-fast test-multiarch mutants bench lint lint-python lint-shell clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules  ## the library (with cloud extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules tests/.wheelhouse/.done  ## the library (with the cloud, inject and cli extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
-	$(PY) -m pip install -q -e './shared[cloud,cli]' -r requirements-dev.txt
+	$(PY) -m pip install -q -e './shared[cloud,inject,cli]' -r requirements-dev.txt
+
+# The images' pinned, hashed wheels for this machine's Python: tests/test_release.py
+# installs the built wheel from them into a fresh venv, offline.
+tests/.wheelhouse/.done: images/requirements-core.txt images/requirements-cloud.txt | $(PY)
+	$(PY) -m pip download -q --only-binary=:all: --dest tests/.wheelhouse -r images/requirements-core.txt -r images/requirements-cloud.txt
+	@touch $@
+
+dist: $(PY)  ## the Python package: sdist and wheel in dist/, with the commit for `modelseal --version` (tools/dist.sh)
+	$(PY) -m pip install -q $$(grep -E '^(build|setuptools)==' requirements-dev.txt)
+	rm -rf dist
+	PYTHON=$(PY) tools/dist.sh dist
 
 tools/s3rver/node_modules: tools/s3rver/package-lock.json  ## s3rver (npm): the fast S3 server of the size tests and benchmarks
 	@tools/host-packages.sh
@@ -37,17 +50,23 @@ demo-down:  ## remove everything demo-up left: containers, volumes, network
 demo-local: setup  ## the same job without containers, on /dev/shm
 	demo/local.sh
 
-images:  ## build every image (starts the Docker engine when none runs)
-	images/build.sh
+images:  ## build every image (starts the Docker engine when none runs); PLATFORMS=linux/amd64,linux/arm64 for both
+	PLATFORMS="$(PLATFORMS)" images/build.sh
 
-sizes: images
-	images/sizes.sh
+sizes: images  ## each image's size per architecture, compressed and not
+	PLATFORMS="$(PLATFORMS)" images/sizes.sh
 
-publish: images  ## push the stage images to REGISTRY=host[:port]/prefix (version tag and latest); prints digests
-	REGISTRY="$(REGISTRY)" images/publish.sh
+publish: setup images  ## push REGISTRY=host[:port]/prefix: an index per stage (PLATFORMS), SBOMs, signatures; prints digests
+	REGISTRY="$(REGISTRY)" PLATFORMS="$(PLATFORMS)" images/publish.sh
 
 test: setup images  ## the whole suite, container tests included
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Both architectures, the arm64 one through qemu-user-static (minutes: README, Images), then the
+# release tests with both in the index and the arm64 images running the chain.
+test-multiarch: PLATFORMS = linux/amd64,linux/arm64
+test-multiarch: setup images  ## make publish's index with amd64 and arm64, the arm64 chain under emulation
+	MODELSEAL_MULTIARCH=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests/containers/test_release_images.py
 
 test-fast: setup  ## everything but the container tests
 	$(PY) -m pytest -q $(PYTEST_ARGS) --ignore=tests/containers tests
@@ -64,12 +83,12 @@ SCRIPTS := $(wildcard images/*.sh images/*/*.sh demo/*.sh demo/images/*.sh demo/
 lint: lint-python lint-shell  ## every linter (CI runs it first)
 
 lint-python: setup  ## every module byte-compiles; ruff (ruff.toml) on all Python, mypy (shared/pyproject.toml) on the library
-	$(PY) -m compileall -q shared/modelseal tests bench tools
-	$(PY) -m ruff check shared/modelseal tests bench tools
+	$(PY) -m compileall -q shared/modelseal tests bench tools images/release
+	$(PY) -m ruff check shared/modelseal tests bench tools images/release
 	cd shared && $(abspath $(PY)) -m mypy --config-file pyproject.toml
 
 lint-shell: setup  ## shellcheck (Debian's, from tools/host-packages.sh) on every shell script
 	shellcheck $(SCRIPTS)
 
 clean:
-	rm -rf $(VENV) shared/*.egg-info
+	rm -rf $(VENV) shared/*.egg-info dist tests/.wheelhouse

@@ -66,14 +66,14 @@ def test_the_threat_model_says_what_is_out_of_scope(section: str):
 
 def test_license_is_the_apache_2_0_text():
     assert hashlib.sha256((ROOT / "LICENSE").read_bytes()).hexdigest() == APACHE_2_0
-    assert 'license = {text = "Apache-2.0"}' in (ROOT / "shared" / "pyproject.toml").read_text()
+    assert re.search(r'^license = (\{text = )?"Apache-2.0"', (ROOT / "shared" / "pyproject.toml").read_text(), re.M)
 
 
 def test_changelog_keeps_a_changelog():
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "Keep a Changelog" in text
     assert re.findall(r"^## \[([^\]]+)\]", text, re.M) == ["Unreleased", "0.1.0"]
-    for issue in ("18", "19", "20", "21", "22", "26", "27"):
+    for issue in ("18", "20", "22", "23", "24", "26", "27"):  # on main; 19, 21 and the soak have their lines
         assert f"(issue {issue})" in text, issue
 
 

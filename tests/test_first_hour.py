@@ -174,7 +174,7 @@ def test_every_flag_shows_its_default_in_help():
             if not action.option_strings or action.dest == "help":
                 continue
             help_text = " ".join(sub._get_formatter()._expand_help(action).split())
-            assert re.search(r"\((default: [^)]*|required)\)", help_text), (command, action.dest, help_text)
+            assert re.search(r"\((default[: ][^)]*|required)\)", help_text), (command, action.dest, help_text)
 
 
 def test_an_unknown_flag_is_named_under_its_commands_usage_with_a_suggestion(owner: Path):

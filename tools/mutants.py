@@ -5,7 +5,8 @@
     tools/mutants.py ID...           # only these
     MUTANT_JOBS=1 tools/mutants.py   # one at a time (default: one per CPU, at most 2)
 
-A mutant is a snippet of shared/modelseal that occurs exactly once and its
+A mutant is a snippet of shared/modelseal (or of the release tool,
+images/release, for a file named release/...) that occurs exactly once and its
 replacement: a small, realistic bug in a promise the README makes (a check
 dropped, a bound off by one, a message that quotes a secret). Each runs the
 tests it names against a copy of the library with that one change, put
@@ -37,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = REPO / "shared" / "modelseal"
+RELEASE = REPO / "images" / "release"  # the release tool: a mutant's file "release/..." is one of its modules
 LIST = Path(__file__).with_suffix(".toml")
 PYTHON = os.environ.get("PYTHON", str(REPO / ".venv" / "bin" / "python"))
 
@@ -120,12 +122,13 @@ def _copy(mutant: Mutant | None) -> tuple[str, str]:
     """A copy of the library (with the mutant applied); returns (site dir, problem)."""
     site = tempfile.mkdtemp(prefix="modelseal-mutant-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     shutil.copytree(LIBRARY, os.path.join(site, "modelseal"), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(RELEASE, os.path.join(site, "release"), ignore=shutil.ignore_patterns("__pycache__"))
     if mutant is None:
         return site, ""
     for file, old, new in mutant.changes():
-        path = Path(site) / "modelseal" / file
+        path = Path(site) / (file if file.startswith("release/") else f"modelseal/{file}")
         if not path.is_file():
-            return site, f"no file modelseal/{file}"
+            return site, f"no file {path.relative_to(site)}"
         text = path.read_text()
         count = text.count(old)
         if count != 1:

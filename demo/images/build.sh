@@ -28,7 +28,7 @@ log() { echo "demo/images/build: $*" >&2; }
 
 "$images/engine.sh" >/dev/null
 BASE_IMAGE=$("$images/base.sh" | tail -n1)
-VERSION=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$repo/shared/pyproject.toml" | head -n1)
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/shared/modelseal/__init__.py")
 arch=${WHEEL_ARCH:-$(docker info -f '{{.Architecture}}' 2>/dev/null || uname -m)}
 case $arch in amd64) arch=x86_64 ;; arm64) arch=aarch64 ;; esac
 

@@ -21,7 +21,7 @@ import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import __version__, bounds, stages, usage
+from . import bounds, buildinfo, stages, usage
 from .completion import SHELLS
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
@@ -108,8 +108,8 @@ def _build(group: type[_Group], a: argparse.Namespace, **built: Any) -> _Group:
     return group(**{**given, **built})
 
 
-def _connection(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("connection (also as URI query parameters)")
+def _connection(p: argparse.ArgumentParser, title: str = "connection (also as URI query parameters)") -> None:
+    g = p.add_argument_group(title)
     _flag(g, "--timeout", default=30.0, help="seconds for each network call")
     _flag(g, "--ca", help="CA bundle for TLS")
     _flag(g, "--cert", help="client certificate (PEM)")
@@ -240,10 +240,21 @@ def _force(p: argparse.ArgumentParser) -> None:
           "and oci:// outputs are replaced as their stores do: version them, or pin with --sha256)")
 
 
+class _Version(argparse.Action):
+    """--version, asked only when given: finding the commit may run git, which no stage should wait for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        print(buildinfo.version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = usage.Parser(prog="modelseal", description="Deliver encrypted models into pods; "
                           "plaintext only ever on tmpfs.")
-    parser.add_argument("--version", action="version", version=f"modelseal {__version__}")
+    parser.add_argument("--version", action=_Version, help="print the version and the commit it was built from")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
@@ -341,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _preflight(p)
     _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
     _connection(p)
+    _injection_commands(command)
 
     p = sub.add_parser("completion", help="print a shell completion script (bash, zsh or fish)",
                        description="print a shell completion script: eval \"$(modelseal completion bash)\"")
@@ -408,6 +420,69 @@ def _unpack(a: argparse.Namespace, log: Log) -> dict:
 def _run(a: argparse.Namespace, log: Log) -> dict:
     return stages.run(_build(SourceSpec, a), _output(a), _keyspec(a), _decryption(a), _guards(a, log),
                       _connection_of(a), log)
+
+
+# ---- injection (issue 23): `inject` and `webhook`, one block ------------------------------------
+
+def _injection_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """`modelseal inject` and `modelseal webhook`: both run inject.inject() (one function), on YAML or on reviews."""
+    def images(p: argparse.ArgumentParser) -> None:
+        _flag(p, "--image-prefix", default="modelseal", help="the injected stage images' registry and prefix: "
+              "PREFIX/run:TAG (default %(default)s)")
+        _flag(p, "--image-tag", default=buildinfo.__version__,
+              help="the injected stage images' tag (default %(default)s)")
+
+    header = ("connection, for reading the model's header (not written into the pods; also as URI query "
+              "parameters)")
+
+    p = command("inject", _inject, "add the sealed model's delivery (init containers, tmpfs volumes, limits sized "
+                "from its header) to workloads: YAML in, YAML out. Each flag overrides its modelseal.dev/ "
+                "annotation and is written back into it where the workload is annotated; a workload with neither "
+                "flags nor annotations is passed through")
+    _flag(p, "-f", "--filename", required=True, help="workloads (multi-document YAML), - for stdin")
+    _flag(p, "--source", help="the sealed model's URI (default: the modelseal.dev/source annotation)")
+    _flag(p, "--seal", metavar="FILE", help="read the header from this local .seal, not by a ranged read of --source")
+    _flag(p, "--key-uri", help="key URI the init containers fetch the data key from; not read here "
+          "(modelseal.dev/key-uri)")
+    _flag(p, "--identity", metavar="URI", help="age identity URI for the stages (modelseal.dev/identity; needs "
+          "the .seal format v2 and stage images that read it)")
+    _flag(p, "--verify-key", metavar="CONFIGMAP[/KEY]", help="check the model's signature with the public key in "
+          "this ConfigMap (key signer.pub by default), mounted into the init containers (modelseal.dev/verify-key)")
+    _flag(p, "--container", help="the serving container (modelseal.dev/container; default: the only one)")
+    _flag(p, "--mount", help="where the serving container reads the model, mounted read-only (modelseal.dev/mount)")
+    _flag(p, "--shape", choices=("single", "four"), help="single (one `run` init container, the default) or four "
+          "stages (modelseal.dev/shape)")
+    _flag(p, "--size", help="the models volume's size from `inspect --resources` (modelseal.dev/size): size "
+          "without reading the header")
+    images(p)
+    _connection(p, header)
+
+    p = command("webhook", _webhook, "serve the mutating admission webhook (AdmissionReview v1 over TLS) that "
+                "injects pods annotated with modelseal.dev/*")
+    _flag(p, "--tls-cert", required=True, help="serving certificate chain (PEM), re-read when it changes")
+    _flag(p, "--tls-key", required=True, help="its private key (PEM), re-read when it changes")
+    _flag(p, "--listen", default="0.0.0.0:8443", help="HOST:PORT to serve /mutate, /healthz and /readyz on "
+          "(default %(default)s; port 0: any free port, logged)")
+    _flag(p, "--allow-sources", metavar="PREFIX,...", help="read headers only from sources under these URI "
+          "prefixes, at a / boundary, without . or .. segments (default: any source but file://); pods that set "
+          "modelseal.dev/size need no read")
+    images(p)
+    _connection(p, header)
+
+
+def _inject(a: argparse.Namespace, log: Log) -> dict:
+    from .inject import Images, Params, inject_documents
+
+    text, count = inject_documents(a.filename, a.seal, _build(Params, a), _build(Images, a), _connection_of(a))
+    sys.stdout.write(text)
+    return {"documents": count}
+
+
+def _webhook(a: argparse.Namespace, log: Log) -> dict:
+    from . import webhook
+    from .inject import Images
+
+    return webhook.serve(_build(webhook.Serving, a), _build(Images, a), _connection_of(a), log)
 
 
 def _workers(a: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ class Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or "(default:" in text:
+        if not action.option_strings or action.default is argparse.SUPPRESS or "(default" in text:
             return text
         if action.required:
             return f"{text} (required)"

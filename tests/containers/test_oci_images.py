@@ -3,8 +3,9 @@
 A test registry (Debian's docker-registry, anonymous, plain HTTP on 127.0.0.1,
 which the Docker engine allows) receives the stage images from
 images/publish.sh (what `make publish REGISTRY=...` runs once the images are
-built); the local registry tags are dropped and every stage is pulled back by
-the digest publish printed, and the pods run those references:
+built: an index per stage, its SBOMs and signatures; test_release_images.py
+checks those); every stage is pulled back by the index digest publish
+printed, and the pods run those references:
 
 - examples/kubernetes/oci-registry.yaml: fetch-key reads the .seal header from
   oci://...@sha256: (KMS unwrap, moto), fetch-model streams the artifact that
@@ -49,19 +50,20 @@ def published():
     from support.registry import need_tool, Registry
 
     need(harness.engine_missing())
+    need(harness.images_missing("webhook"))  # publish.sh pushes it with the stages
     need_tool("docker-registry")
     registry = Registry()
     prefix = f"{registry.host}/modelseal"
-    env = {**os.environ, "REGISTRY": prefix, "MODELSEAL_IMAGE_TAG": harness.TAG}
+    env = {**os.environ, "REGISTRY": prefix, "MODELSEAL_IMAGE_TAG": harness.TAG,
+           "SIGNING_KEY": os.path.join(registry.dir, "cosign.key"), "PYTHON": os.environ.get("PYTHON", "python3")}
     r = subprocess.run([str(harness.REPO / "images" / "publish.sh")], capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     refs = dict(line.split() for line in r.stdout.splitlines())
-    assert sorted(refs) == sorted(harness.ALL)
+    assert sorted(refs) == sorted([*harness.ALL, "webhook"])
     version = refs["run"].split(":", 2)[-1].split("@")[0]
     for stage, ref in refs.items():
         assert ref.startswith(f"{prefix}/{stage}:{version}@sha256:")
-        docker("rmi", f"{prefix}/{stage}:{version}", f"{prefix}/{stage}:latest")  # only the tags go
         by_digest = f"{prefix}/{stage}@{ref.split('@')[1]}"
         docker("pull", by_digest, timeout=300)
         refs[stage] = by_digest

@@ -42,6 +42,7 @@ from modelseal import sealfile
 from modelseal.errors import UsageError
 from modelseal.options import Connection
 from modelseal.sources import open_sink, open_source
+from modelseal.sources.ranged import RangedStream
 from support.faults import Fault
 from support.http import Server
 from support.models import make_model
@@ -149,6 +150,12 @@ class Contract:
         source = open_source(store.put("m", OLD), store.connection())
         assert source.size == len(OLD)
         assert _read_all(source.open(), view) == OLD
+
+    def test_a_stream_of_parallel_parts_is_declared(self, store: Store) -> None:
+        """Pods are sized by the declaration (inject: the reader's memory on top of the stage's)."""
+        source = open_source(store.put("m", OLD), store.connection())
+        with source.open() as stream:
+            assert isinstance(stream, RangedStream) == type(source).PARALLEL_PARTS
 
     def test_read_prefix_is_exactly_the_first_bytes(self, store: Store) -> None:
         source = open_source(store.put("m", OLD), store.connection())

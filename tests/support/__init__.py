@@ -15,4 +15,5 @@
     signing.py    model signing: EC keys, a signing PKI, the model_signing CLI as the oracle
     tinkkeys.py   Tink keysets around raw keys, so tink-py can act as an oracle
     cgroups.py    fake /proc and cgroup trees (v1 and v2), and real cgroups where root allows
+    injection.py  workloads of every kind to inject into, and kubernetes-validate --strict on the results
 """

@@ -15,7 +15,7 @@ and an injector only format.
 """
 
 from .need import Need, file_need, tree_need
-from .pods import Shapes, shapes
+from .pods import Shapes, shapes, tree_shapes
 from .preflight import Preflight
 
-__all__ = ["Need", "Preflight", "Shapes", "file_need", "shapes", "tree_need"]
+__all__ = ["Need", "Preflight", "Shapes", "file_need", "shapes", "tree_need", "tree_shapes"]

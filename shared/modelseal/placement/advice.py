@@ -7,6 +7,7 @@ from typing import Any
 from .. import untrusted
 from ..errors import UsageError
 from ..sealfile import Header
+from ..sources import parallel_schemes
 from .need import MIB, mib, quantity
 from .pods import shapes
 
@@ -41,11 +42,12 @@ def advice(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> 
     if one is None:
         lines.append("# Cannot size the pod without the model's unpacked size: reseal it with modelseal seal.")
         return "\n".join(lines) + "\n"
+    parallel = ", ".join(f"{scheme}://" for scheme in parallel_schemes())  # read in parallel parts in flight
     lines += [
         "single-stage:                      # examples/kubernetes/single-stage.yaml",
         "  initContainers:",
-        f"    modelseal: {_resources(one.init_memory_s3)}   # from s3://; "
-        f"https:// or file://: {quantity(one.init_memory)}",
+        f"    modelseal: {_resources(one.init_memory_s3)}   # from {parallel}; "
+        f"other sources: {quantity(one.init_memory)}",
         "  containers:",
         f"    serving: {{resources: {{limits: {{memory: {quantity(one.serving_memory)}}}}}}}   "
         "# plus what the server itself needs",

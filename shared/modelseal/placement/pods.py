@@ -10,8 +10,9 @@ moment; and the serving container, which keeps the model pages in the pod,
 needs the model plus what the server itself uses. README.md "Sizing" says the
 same in prose.
 
-shapes() is the one place these numbers are computed: `inspect --resources`
-(advice.py) formats them as YAML, and an injection into a workload (issue 23)
+shapes() is the one place these numbers are computed (tree_shapes() for a
+model known only by its unpacked size): `inspect --resources` (advice.py)
+formats them as YAML, and an injection into a workload (inject/sizes.py)
 formats them into its containers and volumes.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..sealfile import AES256_GCM_HKDF_1MB, Header
-from .need import MIB, Need, mib, tree_need
+from .need import MIB, Need, mib, pages, tree_need
 
 #: Working sets (memory beyond the tmpfs pages a stage writes), from the
 #: peaks tests/containers/test_sizing.py measures with a 1 GiB model: peak RSS
@@ -47,8 +48,8 @@ SECRETS_VOLUME = 1 * MIB
 class SingleStage:
     """examples/kubernetes/single-stage.yaml: one `run` init container writes the tree."""
 
-    init_memory: int  # the init container's request and limit, reading from https:// or file://
-    init_memory_s3: int  # the same, reading from s3://
+    init_memory: int  # the init container's request and limit, reading from https://, oci:// or file://
+    init_memory_s3: int  # the same, reading a source of parallel parts (PARALLEL_PARTS: s3://, gs://, azblob://)
     serving_memory: int  # the tree the serving container keeps in the pod (plus what the server needs)
     models_volume: int  # the models emptyDir's sizeLimit
 
@@ -93,6 +94,18 @@ def shapes(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> 
         tree_text = f"{mib(sizes.file_bytes)} in {sizes.files:,} files"
     else:
         tree_text = f"about {mib(tree)} ({need.source}: the header records no sizes)"
+    return _shapes(tree, tree_text, plaintext, payload_bytes, prefix_bytes)
+
+
+def tree_shapes(tree_bytes: int) -> Shapes:
+    """The numbers of a model known only by its unpacked size (`modelseal.dev/size`, the models volume
+    `inspect --resources` printed): the single stage's; the four stages' need the payload's length."""
+    tree = pages(tree_bytes)
+    return _shapes(tree, f"{mib(tree)} (given)", None, None, 0)
+
+
+def _shapes(tree: int | None, tree_text: str, plaintext: int | None, payload_bytes: int | None,
+            prefix_bytes: int) -> Shapes:
     payload = Need.file(plaintext, "").bytes if plaintext is not None else None
     single = four = None
     if tree is not None:

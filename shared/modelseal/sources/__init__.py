@@ -47,6 +47,10 @@ class Stream(io.RawIOBase):
 
 class Source:
     SCHEMES: ClassVar[tuple[str, ...]] = ()
+    #: open()'s stream keeps parallel ranged parts in flight (sources/ranged.py): a stage reading this
+    #: source needs the reader's memory on top of its own (placement.pods.S3_READER), so an injected
+    #: pod is sized by `inspect --resources`' s3:// numbers.
+    PARALLEL_PARTS: ClassVar[bool] = False
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         self.uri = uri
@@ -79,13 +83,25 @@ def backends() -> dict:
     return discover(sys.modules[__name__])
 
 
-def open_source(uri: str | URI, connection: Connection | None = None) -> Source:
+def parallel_schemes() -> list[str]:
+    """The schemes whose streams hold parallel ranged parts (PARALLEL_PARTS), as `inspect --resources` names them."""
+    return sorted(scheme for scheme, module in backends().items() if module.Backend.PARALLEL_PARTS)
+
+
+def backend_class(uri: str | URI) -> type[Source]:
+    """The Source class that reads a URI (nothing is opened or constructed)."""
     parsed = uri if isinstance(uri, URI) else URI.parse(uri)
     module = find_backend(sys.modules[__name__], parsed.scheme)
     if module is None:
         known = ", ".join(sorted(backends()))
         raise UsageError(f"unknown source URI scheme {parsed.scheme!r} (known: {known})")
-    return module.Backend(parsed, connection or Connection())
+    backend: type[Source] = module.Backend
+    return backend
+
+
+def open_source(uri: str | URI, connection: Connection | None = None) -> Source:
+    parsed = uri if isinstance(uri, URI) else URI.parse(uri)
+    return backend_class(parsed)(parsed, connection or Connection())
 
 
 def open_sink(uri: str | URI, connection: Connection | None = None) -> Upload:

@@ -228,6 +228,8 @@ def authorization(account: str, connection: Any, env: dict[str, str]) -> tuple[A
 # --------------------------------------------------------------------------- the source
 
 class Backend(Source):
+    PARALLEL_PARTS = True  # RangedStream
+
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.account = uri.netloc

@@ -65,6 +65,8 @@ _PERSISTED = re.compile(r"bytes=0-([0-9]{1,19})", re.ASCII)
 
 
 class Backend(Source):
+    PARALLEL_PARTS = True  # RangedStream
+
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.bucket = uri.netloc

@@ -65,6 +65,8 @@ def parse_size(text: str | int) -> int:
 
 
 class Backend(Source):
+    PARALLEL_PARTS = True  # RangedStream
+
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
         self.bucket = uri.netloc
