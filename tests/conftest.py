@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -34,6 +35,19 @@ def need(why: str) -> None:
         if STRICT:
             pytest.fail(f"MODELSEAL_REQUIRE_IMAGES=1 but {why}", pytrace=False)
         pytest.skip(why)
+
+
+def payload_offset(data: bytes) -> int:
+    """Where a .seal's payload starts, by docs/FORMAT.md's layout of either version (not by modelseal's code)."""
+    at = 10 + struct.unpack(">I", data[6:10])[0]
+    if data[5] == 2:  # then the recipient list and the header MAC
+        at += 4 + struct.unpack(">I", data[at:at + 4])[0] + 32
+    return at
+
+
+def payload_aad(data: bytes) -> bytes:
+    """The payload's associated data: version 1's whole prefix, version 2's magic, length and fixed section."""
+    return data[:10 + struct.unpack(">I", data[6:10])[0] if data[5] == 2 else payload_offset(data)]
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

@@ -257,10 +257,10 @@ def test_kv_wrap_is_rsa_oaep_256_of_the_key_and_context_hash(kv, workload, pki):
     wrapped = kv_open(kv, pki, query="?context.model=llama").wrap(KEY)
     assert wrapped.provider == "azure-kv"
     assert wrapped.key_id == f"https://{VAULT_HOST}/keys/models/{kv.version}"  # the version that wrapped
-    assert wrapped.context == {"modelseal": "v1", "model": "llama"}
+    assert wrapped.context == {"modelseal": "v2", "model": "llama"}
     # The oracle: cryptography's RSA-OAEP(SHA-256, MGF1-SHA-256) with Key Vault's private key.
     assert kv.key.decrypt(wrapped.ciphertext, oaep()) == KEY + context_hash(wrapped.context)
-    assert hashlib.sha256(b'{"model":"llama","modelseal":"v1"}').digest() == context_hash(wrapped.context)
+    assert hashlib.sha256(b'{"model":"llama","modelseal":"v2"}').digest() == context_hash(wrapped.context)
     method, path, headers, body = kv.seen[-1]
     assert (method, path) == ("POST", "/keys/models/wrapkey?api-version=7.4")
     assert json.loads(body)["alg"] == "RSA-OAEP-256"
@@ -286,7 +286,7 @@ def test_kv_context_is_enforced_before_and_by_the_unwrap(kv, workload, pki):
         kv_open(kv, pki, query="?context.model=mistral").data_key(wrapped)
     assert len(kv.seen) == calls  # refused before Key Vault is asked
     assert kv_open(kv, pki, query="?context.model=llama").data_key(wrapped) == KEY
-    relabelled = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v1", "model": "x"})
+    relabelled = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v2", "model": "x"})
     with refused(IntegrityError, "not the one its data key was wrapped with"):
         kv_open(kv, pki).data_key(relabelled)
 
@@ -428,7 +428,7 @@ def test_skr_seal_side_wraps_offline_with_the_public_key(kv, skr_key, shm_dir, f
     path = write_file(os.path.join(shm_dir, "public"), data)
     wrapped = open_key(skr_uri(public_key=path, **{"context.model": "llama"}), fast()).wrap(KEY)
     assert wrapped.provider == "azure-skr"
-    assert wrapped.context == {"modelseal": "v1", "model": "llama"}
+    assert wrapped.context == {"modelseal": "v2", "model": "llama"}
     # The oracle decrypts what was wrapped with the private key, independently.
     assert skr_key.decrypt(wrapped.ciphertext, oaep()) == KEY + context_hash(wrapped.context)
     assert len(wrapped.ciphertext) == 256
@@ -532,7 +532,7 @@ def test_skr_context_is_enforced(sidecar, sealed, pki):
         skr_open(sidecar, pki, **{"context.model": "mistral"}).data_key(sealed)
     assert sidecar.seen == []
     assert skr_open(sidecar, pki, **{"context.model": "llama"}).data_key(sealed) == KEY
-    relabelled = WrappedKey(sealed.provider, sealed.key_id, sealed.ciphertext, {"modelseal": "v1", "model": "gpt"})
+    relabelled = WrappedKey(sealed.provider, sealed.key_id, sealed.ciphertext, {"modelseal": "v2", "model": "gpt"})
     with refused(IntegrityError, "not the one its data key was wrapped with"):
         skr_open(sidecar, pki).data_key(relabelled)
 
@@ -1046,8 +1046,7 @@ def test_seal_with_key_vault_then_run_with_the_attested_release(kv, sidecar, wi_
     assert r.code == 0, r.stderr
     seal_output = r.stderr
     header = json.loads(modelseal("inspect", str(sealed)).stdout)
-    assert header["wrapped_key"]["provider"] == "azure-kv"
-    assert header["wrapped_key"]["key_id"] == kv.kid("models", kv.version)
+    assert header["recipients"] == [{"type": "kms", "recipient": f"azure-kv {kv.kid('models', kv.version)}"}]
     out = shm / "out"
     r = modelseal("run", "--source", str(sealed), "-o", str(out), "--ca", pki.ca, "--key-uri",
                   f"azure-skr://{VAULT_HOST}/keys/models?maa={MAA}&sidecar={sidecar.url}&context.model=resnet",

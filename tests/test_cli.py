@@ -7,12 +7,11 @@ import io
 import json
 import os
 import stat
-import struct
 import tarfile
 
 import pytest
 
-from conftest import modelseal
+from conftest import modelseal, payload_aad, payload_offset
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 from support.tinkkeys import keyset_json, tink_primitive
 
@@ -63,7 +62,7 @@ def test_round_trip_at_segment_boundaries(shm, key, size):
     data = os.urandom(size)
     r = modelseal("seal", "-", "-o", "-", "--key", str(key), stdin=data)
     assert r.code == 0, r.stderr
-    prefix_len = 10 + struct.unpack(">I", r.stdout[6:10])[0]
+    prefix_len = payload_offset(r.stdout)
     assert len(r.stdout) == prefix_len + P.ciphertext_size(size)
     (shm / "m.seal").write_bytes(r.stdout)
     r = modelseal("decrypt", "--in", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "out"))
@@ -84,7 +83,8 @@ def test_seal_directory_round_trip(shm, key, compress):
     sizes = {"file_bytes": sum(p.stat().st_size for p in files), "files": len(files)}
     assert {k: v for k, v in info["content"].items() if k != "tar_bytes"} == {
         "type": "tar", "compression": compress, **sizes}
-    assert info["name"] == "demo" and info["version"] == "7" and info["wrapped_key"] is None
+    assert info["name"] == "demo" and info["version"] == "7" and info["v"] == 2 and "wrapped_key" not in info
+    assert [r["type"] for r in info["recipients"]] == ["symmetric"]  # --key: the one recipient
     r = modelseal("decrypt", "--in", str(shm / "m.seal"), "--key", str(key), "-o", str(shm / "m.tar"))
     assert r.code == 0, r.stderr
     out = shm / "out"
@@ -258,9 +258,11 @@ def test_seal_payload_decrypts_with_tink(shm, key):
     r = modelseal("seal", "-", "-o", str(shm / "m.seal"), "--key", str(key), stdin=data)
     assert r.code == 0
     sealed = (shm / "m.seal").read_bytes()
-    prefix_len = 10 + struct.unpack(">I", sealed[6:10])[0]
-    primitive = tink_primitive(keyset_json(key.read_bytes()))
-    with primitive.new_decrypting_stream(io.BytesIO(sealed[prefix_len:]), sealed[:prefix_len]) as rd:
+    r = modelseal("fetch-key", "--key-uri", f"file://{key}", "--wrapped-from", str(shm / "m.seal"), "-o",
+                  str(shm / "data.key"))  # the data key, which the symmetric recipient's key unlocks
+    assert r.code == 0, r.stderr
+    primitive = tink_primitive(keyset_json((shm / "data.key").read_bytes()))
+    with primitive.new_decrypting_stream(io.BytesIO(sealed[payload_offset(sealed):]), payload_aad(sealed)) as rd:
         assert rd.read() == data
 
 

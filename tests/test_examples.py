@@ -163,6 +163,8 @@ def _must_replace(doc: dict) -> set[str]:
     for v in spec.get("volumes", []):
         if "configMap" in v:
             found.add(v["configMap"]["name"])
+        if "secret" in v:
+            found.add(v["secret"]["secretName"])
         if "image" in v:
             found.add(v["image"]["reference"])
     return found

@@ -297,9 +297,9 @@ def test_kms_wrap_unwrap_round_trip(kms, pki, metadata):
     assert src.unwraps
     wrapped = src.wrap(KEY)
     assert wrapped.provider == "gcp-kms" and wrapped.key_id == f"{KEY_NAME}/cryptoKeyVersions/1"
-    assert wrapped.context == {"modelseal": "v1", "model": "llama"}
+    assert wrapped.context == {"modelseal": "v2", "model": "llama"}
     assert KEY not in wrapped.ciphertext
-    aad = b'{"model":"llama","modelseal":"v1"}'
+    aad = b'{"model":"llama","modelseal":"v2"}'
     _, path, headers, body = kms.seen[-1]
     assert path == f"/v1/{KEY_NAME}:encrypt" and headers["Authorization"] == f"Bearer {metadata.token}"
     sent = json.loads(body)
@@ -318,13 +318,13 @@ def test_kms_wrap_unwrap_round_trip(kms, pki, metadata):
 def test_kms_context_is_bound_to_the_ciphertext(kms, pki):
     wrapped = open_key(kms_uri(kms, pki, query="context.model=llama"), fast()).wrap(KEY)
     plain = open_key(kms_uri(kms, pki), fast())
-    tampered = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v1", "model": "mistral"})
+    tampered = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v2", "model": "mistral"})
     with pytest.raises(IntegrityError, match="does not match") as e:  # Cloud KMS: 400, the AAD differs
         plain.data_key(tampered)
     assert e.value.exit_code == 4
     assert base64.b64decode(json.loads(kms.seen[-1][3])["additionalAuthenticatedData"]) == \
-        b'{"model":"mistral","modelseal":"v1"}'
-    dropped = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v1"})
+        b'{"model":"mistral","modelseal":"v2"}'
+    dropped = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext, {"modelseal": "v2"})
     with pytest.raises(IntegrityError):
         plain.data_key(dropped)
     before = kms.count()
@@ -746,6 +746,33 @@ def test_seal_to_gs_then_run_from_gs_byte_exact(emulator, kms, metadata, pki, sh
     assert r.code == 4 and "model=mistral" in r.error(), r.stderr
     assert not refused.exists() or not any(refused.iterdir())
     _no_token_leaked(r, term, metadata)
+
+
+def test_rewrap_on_gs_with_the_cloud_kms_key_adds_an_age_recipient(emulator, kms, metadata, pki, shm):
+    """rewrap gs:// -> gs://, unlocked by Cloud KMS: the payload byte for byte, and the age key added opens it."""
+    import pyrage
+
+    from conftest import payload_offset
+
+    emu, bucket = emulator
+    src = shm / "model"
+    src.mkdir()
+    make_tree(src, big=MiB + 3)
+    identity = pyrage.x25519.Identity.generate()
+    (shm / "age.key").write_text(f"{identity}\n")
+    env = _cli_env(metadata, STORAGE_EMULATOR_HOST=emu.url)
+    key_uri = f"gcp-kms://{KEY_NAME}?endpoint_url={kms.url}"
+    r = modelseal("seal", str(src), "-o", f"gs://{bucket}/m.seal", "--key-uri", key_uri, "--ca", pki.ca, env=env)
+    assert r.code == 0, r.stderr
+    r = modelseal("rewrap", f"gs://{bucket}/m.seal", "-o", f"gs://{bucket}/r.seal", "--key-uri", key_uri,
+                  "--add", str(identity.to_public()), "--ca", pki.ca, env=env)
+    assert r.code == 0, r.stderr
+    before, after = emu.get(bucket, "m.seal"), emu.get(bucket, "r.seal")
+    assert after[payload_offset(after):] == before[payload_offset(before):] and len(after) > len(before)
+    r = modelseal("run", "--source", f"gs://{bucket}/r.seal", "--identity", f"file://{shm / 'age.key'}",
+                  "-o", str(shm / "out"), env=env)
+    assert r.code == 0, r.stderr
+    assert tree(shm / "out") == tree(src)
 
 
 def test_cli_one_token_for_key_and_source_and_none_in_logs(kms, metadata, pki, shm):

@@ -150,7 +150,7 @@ def test_kms_wrap_unwrap_round_trip(kms, moto):
     wrapped = src.wrap(KEY)
     assert wrapped.provider == "aws-kms"
     assert wrapped.key_id == meta["Arn"]
-    assert wrapped.context == {"modelseal": "v1", "model": "llama"}
+    assert wrapped.context == {"modelseal": "v2", "model": "llama"}
     assert KEY not in wrapped.ciphertext
     # the header round trip, then unwrap by alias, by ARN and by key id
     again = WrappedKey.from_json(json.loads(json.dumps(wrapped.to_json())))
@@ -164,7 +164,7 @@ def test_kms_encryption_context_is_enforced(kms, moto):
     opts = fast(endpoint_url=moto.url)
     wrapped = open_key(f"aws-kms://{alias}?context.model=llama", opts).wrap(KEY)
     tampered = WrappedKey(wrapped.provider, wrapped.key_id, wrapped.ciphertext,
-                          {"modelseal": "v1", "model": "mistral"})
+                          {"modelseal": "v2", "model": "mistral"})
     with pytest.raises(IntegrityError) as e:  # KMS: InvalidCiphertextException
         open_key(f"aws-kms://{alias}", opts).data_key(tampered)
     assert e.value.exit_code == 4

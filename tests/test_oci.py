@@ -138,7 +138,7 @@ def test_standard_tools_read_what_we_push(anon, work, out):
     assert m["artifactType"] == manifest.ARTIFACT_TYPE == "application/vnd.modelseal.model.v1"
     assert m["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
     (layer,) = m["layers"]
-    assert layer["mediaType"] == manifest.SEAL_LAYER == "application/vnd.modelseal.seal.v1"
+    assert layer["mediaType"] == manifest.seal_layer(2) == "application/vnd.modelseal.seal.v2"  # seal writes v2
     assert layer["annotations"]["org.opencontainers.image.title"] == "model.seal"
     assert m["annotations"]["org.opencontainers.image.version"] == "7"
     files = oras.OrasClient(hostname=anon.host, insecure=True).pull(target=ref, outdir=str(out / "oras"))
@@ -309,7 +309,8 @@ def test_fetch_key_reads_the_header_with_one_ranged_get(anon, work, out, pki):
             assert r.code == 0, r.stderr
             assert event(r, "key_written")["key_id"] == key_id
             blob_gets = [rng for m, p, rng in proxy.requests if "/blobs/" in p]
-            assert blob_gets == ["bytes=0-65545"]
+            # one ranged GET of the longest prefix (version 2's: magic, two lengths, two 64 KiB sections, the MAC)
+            assert blob_gets == [f"bytes=0-{6 + 4 + 65536 + 4 + 65536 + 32 - 1}"]
         finally:
             proxy.close()
     finally:

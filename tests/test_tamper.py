@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from conftest import modelseal
+from conftest import modelseal, payload_offset
 from modelseal.streaming import AES256_GCM_HKDF_1MB as P
 
 SEG = P.segment_size
@@ -23,8 +23,7 @@ def sealed(tmp_path_factory):
     r = modelseal("seal", "-", "-o", str(d / "m.seal"), "--key", str(key), "--name", "demo", stdin=plaintext)
     assert r.code == 0, r.stderr
     data = (d / "m.seal").read_bytes()
-    hlen = struct.unpack(">I", data[6:10])[0]
-    payload = 10 + hlen
+    payload = payload_offset(data)
     return {"key": key, "data": data, "payload": payload, "plaintext": plaintext, "dir": d}
 
 
@@ -107,7 +106,7 @@ def test_error_messages_name_the_problem(sealed, shm):
         "header_length_over_cap": "limit",
         "empty_file": "empty",
         "segment_2_body": "segment 2",
-        "header_json_value": "segment 0",
+        "header_json_value": "header MAC",  # version 2: the fixed fields are under the MAC, and the payload's AAD
         "appended_segment": "segment 3",
     }
     for case, words in expect.items():
@@ -137,7 +136,7 @@ def test_wrong_key_with_forged_key_id_still_fails_on_segment_0(sealed, shm):
     bad = sealed["dir"] / "forged.seal"
     bad.write_bytes(forged)
     r = modelseal("decrypt", "--in", str(bad), "--key", str(shm / "k"), "-o", str(shm / "o"))
-    assert r.code == 4 and "segment 0" in r.error()
+    assert r.code == 4 and "does not decrypt with that key" in r.error()  # version 2: the stanza's AEAD
     assert not (shm / "o").exists() and not (shm / "o.partial").exists()
 
 

@@ -32,6 +32,7 @@ from .options import (
     Guards,
     KeySpec,
     Output,
+    Rewrapping,
     Sealing,
     SourceSpec,
     Unwrapping,
@@ -51,6 +52,10 @@ def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, **k
     kw["help"] = f"{kw.get('help', '')} [${env}]".strip()
     if kw.get("action") == "store_true":
         kw["default"] = value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+    elif kw.get("action") == "append":  # repeatable: the variable holds one value a line, or (one line) a word
+        kw["default"] = [] if value is None else [v.strip() for v in value.splitlines() if v.strip()] \
+            if "\n" in value.strip() else value.split()
+        kw["help"] = f"{kw['help']} (in ${env}: one a line, or separated by spaces on one line)"
     elif value is not None:
         kw["default"] = value
         if names[0].startswith("-"):
@@ -138,6 +143,17 @@ def _keys(p: argparse.ArgumentParser, formats: bool = False) -> None:
                             "a passphrase file with --format openpgp)" if formats else
           "key file: the 32-byte data key (raw, base64 or hex), as keygen writes it")
     _flag(p, "--key-uri", help=_KEY_URIS)
+
+
+_IDENTITY = ("an age identity (AGE-SECRET-KEY-1..., age-keygen's file) from a key URI: file://, env:, kbs:///, "
+             "vault://, secretsmanager://, ...; opens a version 2 .seal it is a recipient of")
+_RECIPIENT = ("a recipient of the new file's data key (repeatable): an age public key age1..., or a key URI "
+              "(aws-kms://, vault-transit://, gcp-kms://, azure-kv://, azure-skr://: the service wraps it; "
+              "any other: a 32-byte key, as --key)")
+
+
+def _identity(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--identity", metavar="URI", help=_IDENTITY)
 
 
 def _keyspec(a: argparse.Namespace) -> KeySpec:
@@ -271,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "-o", "--output", required=True, help="OUT.seal, - for stdout, s3://BUCKET/KEY, gs://BUCKET/OBJECT, "
           "azblob://ACCOUNT/CONTAINER/BLOB or oci://REGISTRY/REPO:TAG")
     _keys(p)
+    _flag(p, "--recipient", action="append", metavar="R", help=_RECIPIENT)
     _flag(p, "--name", help="model name recorded in the header (default: SRC's name)")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
     _flag(p, "--compress", choices=("none", "gzip", "zstd"), default="none", help="compression inside the seal")
@@ -287,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
           "azblob://ACCOUNT/CONTAINER/BLOB or oci://REGISTRY/REPO:TAG")
     _flag(p, "--passphrase-file", required=True, help="the gpg passphrase (first line)")
     _keys(p)
+    _flag(p, "--recipient", action="append", metavar="R", help=_RECIPIENT)
     _flag(p, "--name", help="model name recorded in the header")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
     _force(p)
@@ -305,8 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     _connection(p)
 
     p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
-    _flag(p, "--key-uri", required=True, help=_KEY_URIS)
-    _flag(p, "-o", "--output", required=True, help="key file to write")
+    _flag(p, "--key-uri", help=_KEY_URIS)
+    _identity(p)
+    _flag(p, "-o", "--output", required=True, help="key file to write (with --identity, or a key service and a "
+          ".seal header: the file's data key, which decrypt --key takes)")
     _flag(p, "--wrapped-from", help="local .seal whose header carries the wrapped key")
     _flag(p, "--source", help="model source whose header carries the wrapped key (a ranged read)")
     _flag(p, "--passphrase", action="store_true", help="a secret of any length (an OpenPGP passphrase), "
@@ -324,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--in", dest="input", required=True, help="ciphertext file or -")
     _flag(p, "-o", "--output", required=True, help="plaintext file (on tmpfs) or - (a pipe, never a terminal)")
     _keys(p, formats=True)
+    _identity(p)
     _format(p)
     _allow_disk(p)
     _preflight(p)
@@ -344,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--source", required=True, help=_SOURCES)
     _flag(p, "-o", "--output", required=True, help="directory to create (on tmpfs)")
     _keys(p, formats=True)
+    _identity(p)
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
     _format(p)
     _limits(p)
@@ -351,6 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_disk(p)
     _preflight(p)
     _flag(p, "--delete-key", action="store_true", help="delete the key file after success")
+    _connection(p)
+
+    p = command("rewrap", _rewrap, "change a version 2 .seal's recipients; the payload is copied byte for byte, "
+                "never decrypted (a removed recipient that already unwrapped the data key keeps it: rotate it "
+                "by re-sealing)")
+    _flag(p, "input", metavar="IN", help=".seal to read: a path, s3://, gs://, azblob://, https://, oci://")
+    _flag(p, "-o", "--output", required=True, help="the new .seal: a path, s3://, gs://, azblob:// or oci:// "
+          "(may be IN: it is replaced only once complete)")
+    _keys(p)
+    _identity(p)
+    _flag(p, "--add", action="append", metavar="R", help="add a recipient, as seal --recipient (repeatable)")
+    _flag(p, "--remove", action="append", metavar="R", help="remove a recipient, as seal --recipient takes it or "
+          "as inspect lists it (repeatable); the last one is never removed")
     _connection(p)
     _injection_commands(command)
 
@@ -372,13 +407,14 @@ def _keygen(a: argparse.Namespace, log: Log) -> dict:
 
 def _seal(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "src")
-    return stages.seal(a.src, _output(a), _keyspec(a), _build(Sealing, a), _connection_of(a), log)
+    return stages.seal(a.src, _output(a), _keyspec(a), _build(Sealing, a, recipient=tuple(a.recipient or ())),
+                       _connection_of(a), log)
 
 
 def _convert(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "input")
-    return stages.convert(a.input, _output(a), a.passphrase_file, _keyspec(a), _build(Sealing, a),
-                          _connection_of(a), log)
+    return stages.convert(a.input, _output(a), a.passphrase_file, _keyspec(a),
+                          _build(Sealing, a, recipient=tuple(a.recipient or ())), _connection_of(a), log)
 
 
 def _inspect(a: argparse.Namespace, log: Log) -> dict:
@@ -388,21 +424,29 @@ def _inspect(a: argparse.Namespace, log: Log) -> dict:
         from .placement import advice
 
         if a.output_format == "patch":
-            from_s3 = a.file.lower().startswith("s3://")  # its reader holds parts in flight (pods.S3_READER)
-            print(advice.patch_text(seen.header, seen.payload_bytes, seen.prefix_bytes, kind=a.kind, from_s3=from_s3,
-                                    workload=a.workload),
-                  end="")
+            from .sources import backend_class
+
+            # a source read in parallel ranged parts holds them in flight (pods.S3_READER)
+            parallel = a.file != "-" and backend_class(a.file).PARALLEL_PARTS
+            print(advice.patch_text(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes, kind=a.kind,
+                                    parallel=parallel, workload=a.workload), end="")
         elif a.output_format == "json":
-            print(json.dumps(advice.numbers(seen.header, seen.payload_bytes, seen.prefix_bytes), indent=2))
+            print(json.dumps(advice.numbers(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes), indent=2))
         else:
-            print(advice.advice(seen.header, seen.payload_bytes, seen.prefix_bytes), end="")
+            print(advice.advice(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes), end="")
     else:
         print(json.dumps(seen.to_json(), indent=2, sort_keys=True))
-    return {"name": seen.header.name}
+    return {"name": seen.header.fixed.name}
 
 
 def _fetch_key(a: argparse.Namespace, log: Log) -> dict:
     return stages.fetch_key(a.key_uri, _output(a), _build(Unwrapping, a), _guards(a, log), _connection_of(a), log)
+
+
+def _rewrap(a: argparse.Namespace, log: Log) -> dict:
+    _require(a, "input")
+    rewrapping = Rewrapping(key=_keyspec(a), add=tuple(a.add or ()), remove=tuple(a.remove or ()))
+    return stages.rewrap(a.input, _output(a), rewrapping, _connection_of(a), log)
 
 
 def _fetch_model(a: argparse.Namespace, log: Log) -> dict:

@@ -128,3 +128,7 @@ def classify(exc: BaseException) -> ModelsealError:
         tb = tb.tb_next
     where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else ""
     return ModelsealError(f"internal error: {type(exc).__name__}{where}")
+
+
+class NotARecipient(IntegrityError):
+    """No stanza of a `.seal` v2 header is addressed to the key given (exit 4, as a wrong key)."""

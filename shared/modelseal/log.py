@@ -283,12 +283,18 @@ def _sealed(rec: dict[str, Any]) -> str:
              f"  size        {human_bytes(size) if isinstance(size, int) else size} "
              f"({files}{human_bytes(plain) if isinstance(plain, int) else plain} before encryption)",
              f"  key id      {_value(rec.get('key_id'))}",
-             f"  recipients  {_value(rec.get('wrapped')) + ' (wraps the data key)' if rec.get('wrapped') else 'none: '}"
-             + ("" if rec.get("wrapped") else "whoever holds the data key (key id above)")]
+             f"  recipients  {_recipients(rec.get('recipients'))}"]
     if rec.get("sha256"):
         lines.append(f"  sha256      {_value(rec.get('sha256'))}")
         lines.append("              (pin it: fetch-model/run --sha256, or $MODELSEAL_SHA256)")
     return "\n".join(lines)
+
+
+def _recipients(listed: Any) -> str:
+    """seal's recipients (format v2: who can open the file), one after the other."""
+    if isinstance(listed, list) and listed:
+        return ", ".join(printable(str(r)) for r in listed)
+    return "none listed"
 
 
 _TEXT = {"failed": _failed, "done": _done, "sealed": _sealed}

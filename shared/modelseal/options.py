@@ -14,6 +14,7 @@ verifier) are built by the CLI and named in its builder.
     Output      where the result goes, and what is consumed after success
     Sealing     what `seal` and `convert` record and pack
     Unwrapping  where `fetch-key` finds the wrapped key, and what kind of secret it writes
+    Rewrapping  what `rewrap` unlocks with, and the recipients it adds and removes
 """
 
 from __future__ import annotations
@@ -79,25 +80,41 @@ class Connection:
 
 @dataclass(frozen=True)
 class KeySpec:
-    """Where the key comes from: a key file (`--key`) or a key URI (`--key-uri`)."""
+    """Where the key comes from: a key file (`--key`) or a key URI (`--key-uri`), and for a version 2
+    .seal an age identity (`--identity URI`): any of them that is one of the file's recipients opens it."""
 
     key_file: str | None = None
     key_uri: str | None = None
+    identity: str | None = None
 
-    def source(self, connection: Connection) -> KeySource:
+    def source(self, connection: Connection) -> KeySource | None:
+        """The --key / --key-uri source (None: only --identity was given)."""
         from .keys import open_key
 
-        if bool(self.key_file) == bool(self.key_uri):
+        if self.key_file and self.key_uri:
             raise UsageError("give exactly one of --key FILE or --key-uri URI")
+        if not (self.key_file or self.key_uri):
+            if self.identity:
+                return None
+            raise UsageError("give exactly one of --key FILE or --key-uri URI (or, for a version 2 .seal, "
+                             "--identity URI)")
         if self.key_file:  # a path is a path: `#` and `?` in it are not URI syntax
             return open_key(URI.for_path(os.path.abspath(self.key_file)), connection)
         return open_key(self.key_uri or "", connection)
+
+    def identity_source(self, connection: Connection) -> KeySource | None:
+        """Where the age identity comes from (opened early: a bad URI is a usage error before any input)."""
+        from .keys import open_key
+
+        return open_key(self.identity, connection) if self.identity else None
 
     def file(self) -> str | None:
         """The key file on disk, if the key comes from one (--key, or a file:// key URI)."""
         if self.key_file:
             return self.key_file
-        uri = URI.parse(self.key_uri or "")
+        if not self.key_uri:
+            return None  # --identity only
+        uri = URI.parse(self.key_uri)
         return uri.path if uri.scheme == "file" and uri.path != "-" else None
 
     def deletable(self, delete_key: bool) -> str | None:
@@ -105,14 +122,19 @@ class KeySpec:
         if not delete_key:
             return None
         path = self.file()
+        if path is None and not self.key_uri:
+            raise UsageError("--delete-key deletes a --key file; an --identity is not deleted (it is a Secret's, "
+                             "say, and may open other files)")
         if path is None:
             raise UsageError(f"--delete-key: the key comes from {URI.parse(self.key_uri or '').scheme}:, "
                              "not from a key file; there is nothing to delete")
         return path
 
-    def secret(self, source: KeySource, fmt: str) -> bytes:
+    def secret(self, source: KeySource | None, fmt: str) -> bytes:
         """The key material a format needs: a key file's bytes as they are (a Tink
         keyset, a raw key, a passphrase), or what the key URI yields."""
+        if source is None:
+            raise UsageError(f"--identity opens a version 2 .seal only; --format {fmt} needs --key or --key-uri")
         if self.key_file:
             with open(self.key_file, "rb") as f:
                 return f.read(1 << 20)
@@ -171,6 +193,7 @@ class Sealing:
     compress: str = "none"
     sign_key: str | None = None
     follow_external_symlinks: bool = False
+    recipient: tuple[str, ...] = ()  # --recipient R, repeatable: age1... or a key URI (recipients.recipient)
 
 
 @dataclass(frozen=True)
@@ -180,3 +203,13 @@ class Unwrapping:
     wrapped_from: str | None = None  # a local .seal
     source: str | None = None  # the model's source: a ranged read of its first bytes
     passphrase: bool = False  # a secret of any length, not a 32-byte data key
+    identity: str | None = None  # an age identity's key URI: unlocks a version 2 header's data key
+
+
+@dataclass(frozen=True)
+class Rewrapping:
+    """`rewrap`: who unlocks the file (an age identity, or a key URI / key file), and the list's changes."""
+
+    key: KeySpec = field(default_factory=KeySpec)
+    add: tuple[str, ...] = ()  # recipients as `seal --recipient` takes them
+    remove: tuple[str, ...] = ()  # the same, or as `inspect` lists them

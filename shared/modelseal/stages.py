@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import archive, sealfile, tinkkeyset
+from . import archive, header_v2, recipients, sealfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
@@ -31,6 +31,7 @@ from .options import (
     Guards,
     KeySpec,
     Output,
+    Rewrapping,
     Sealing,
     SourceSpec,
     Unwrapping,
@@ -45,9 +46,9 @@ from .streaming import ChunkReader, DecryptingReader, Readable, Writable
 from .streaming import _read_full as read_full
 from .uri import URI
 
-PREFIX_READ = 6 + 4 + sealfile.MAX_HEADER  # enough bytes to hold any .seal prefix
-__all__ = ["FORMATS", "KeySpec", "convert", "decrypt", "fetch_key", "fetch_model", "inspect", "keygen", "run",
-           "seal", "unpack"]
+PREFIX_READ = sealfile.MAX_PREFIX  # enough bytes to hold any .seal prefix, of either version
+__all__ = ["FORMATS", "KeySpec", "convert", "decrypt", "fetch_key", "fetch_model", "inspect", "keygen", "rewrap",
+           "run", "seal", "unpack"]
 
 
 # ---- building blocks -------------------------------------------------------
@@ -79,7 +80,7 @@ def open_local(path: str, log: Log) -> Opened:
     return Opened(stream, st.st_size if stat.S_ISREG(st.st_mode) else None)
 
 
-def header_from(unwrapping: Unwrapping, connection: Connection) -> sealfile.Header | None:
+def header_from(unwrapping: Unwrapping, connection: Connection) -> sealfile.AnyHeader | None:
     """A .seal header for unwrapping: from a local file, or the model source's first bytes."""
     if unwrapping.wrapped_from:
         with open(unwrapping.wrapped_from, "rb") as f:
@@ -95,34 +96,50 @@ class Plaintext:
     """Verified plaintext of a ciphertext, and what is known up front about its size."""
 
     reader: ChunkReader
-    header: sealfile.Header | None = None  # .seal only
+    header: sealfile.AnyHeader | None = None  # .seal only
     size: int | None = None  # exact length, when the ciphertext's length is known
 
     @property
     def sizes(self) -> sealfile.Sizes | None:
         """What the .seal header says the payload unpacks to."""
-        return self.header.sizes if self.header is not None else None
+        return self.header.fixed.sizes if self.header is not None else None
+
+    @property
+    def compression(self) -> str:
+        return self.header.fixed.compression if self.header is not None else "none"
 
     def file_need(self, buffers: int = 0) -> Need:
         """What decrypt writes: the plaintext itself."""
-        return file_need(self.size, self.sizes, self.header.compression if self.header else "none", buffers)
+        return file_need(self.size, self.sizes, self.compression, buffers)
 
     def most_bytes(self) -> float:
         """What decrypt may write: the header's tar_bytes for an uncompressed payload (what the preflight
         sized the target by when the input's length is unknown), else no bound (inf)."""
-        declared = declared_payload(self.sizes, self.header.compression if self.header else "none")
+        declared = declared_payload(self.sizes, self.compression)
         return math.inf if declared is None else declared
 
 
-def decrypting(ciphertext: Opened, decryption: Decryption, key: KeySpec, key_source: KeySource, log: Log) -> Plaintext:
+def data_key_of(header: sealfile.AnyHeader, key_source: KeySource | None, identity: KeySource | None) -> bytes:
+    """A header's data key: version 1's from its one key, version 2's unlocked by any of the keys given
+    that is one of its recipients (checked against the header MAC)."""
+    if isinstance(header, sealfile.Header):
+        if key_source is None:
+            raise UsageError("a version 1 .seal has one key and no recipients: --identity cannot open it; "
+                             "give --key or --key-uri")
+        return key_source.data_key(header.wrapped_key)
+    return header.unlock(recipients.identities(key_source, identity))
+
+
+def decrypting(ciphertext: Opened, decryption: Decryption, key: KeySpec, key_source: KeySource | None,
+               identity: KeySource | None, log: Log) -> Plaintext:
     """Verified plaintext of a ciphertext stream in any supported format."""
     fmt, workers = decryption.format, decryption.workers
     if fmt == "seal":
 
-        def key_for(header: sealfile.Header) -> bytes:
+        def key_for(header: sealfile.AnyHeader) -> bytes:
             # Not authenticated yet: its strings are quoted and shortened.
-            log.info("header", **header.log_fields(), **header.sizes.to_json())
-            return key_source.data_key(header.wrapped_key)
+            log.info("header", **header.log_fields(), **header.fixed.sizes.to_json())
+            return data_key_of(header, key_source, identity)
 
         header, reader = sealfile.open_sealed(ciphertext.stream, key_for)
         reader.workers = workers
@@ -165,13 +182,18 @@ def keygen(output: Output, log: Log) -> dict:
     return {"path": out}
 
 
-def _data_key(key: KeySpec, connection: Connection) -> tuple[bytes, sealfile.WrappedKey | None]:
-    """The data key for a new .seal; key services that wrap get a fresh key per file."""
-    key_source = key.source(connection)
-    if key_source.unwraps:  # envelope encryption
-        data_key = os.urandom(sealfile.DATA_KEY_SIZE)
-        return data_key, key_source.wrap(data_key)
-    return key_source.data_key(), None
+def _recipients(key: KeySpec, sealing: Sealing, connection: Connection) -> list[recipients.Recipient]:
+    """Who a new .seal is for: each --recipient, and --key / --key-uri (at least one of them)."""
+    if key.key_file and key.key_uri:
+        raise UsageError("give exactly one of --key FILE or --key-uri URI")
+    found = [recipients.recipient(text, connection) for text in sealing.recipient]
+    if key.key_file or key.key_uri:
+        source = key.source(connection)
+        assert source is not None
+        found.append(recipients.of_key(source))
+    if not found:
+        raise UsageError("no recipient: give --recipient R (age1..., a key service URI), --key FILE or --key-uri URI")
+    return found
 
 
 class _Hashing:
@@ -214,7 +236,14 @@ def refuse_overwrite(output: Output) -> None:
         raise UsageError(f"{parsed.path} exists: refusing to overwrite it (give --force to replace it)")
 
 
-def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Callable[[Writable, Progress], int],
+def _sealed_header(fixed: sealfile.Fixed, to: list[recipients.Recipient]) -> tuple[header_v2.Header, bytes]:
+    """A new version 2 header: a fresh data key for this file alone, wrapped for each recipient
+    (a key service's wrap is a network call: made after the cheap checks)."""
+    data_key = header_v2.new_data_key()
+    return header_v2.seal(fixed, data_key, to), data_key
+
+
+def _write_sealed(out: str, header: header_v2.Header, data_key: bytes, fill: Callable[[Writable, Progress], int],
                   connection: Connection, log: Log, total: int | None = None) -> dict:
     """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure. `fill` moves the progress
     by the bytes of `total`'s kind (the tar's, before any compression)."""
@@ -223,7 +252,7 @@ def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Call
     sha256 = hashlib.sha256()
     try:
         with BackgroundWriter(sha256.update, depth=4) as behind:
-            writer = sealfile.seal_writer(_Hashing(sink, behind), header, data_key)
+            writer = header_v2.seal_writer(_Hashing(sink, behind), header, data_key)
             files = fill(writer, progress)
             writer.close()
         sink.close()  # completes the object: the rename, the multipart completion, the manifest
@@ -232,11 +261,13 @@ def _write_sealed(out: str, header: sealfile.Header, data_key: bytes, fill: Call
         raise
     parsed = URI.parse(out)
     digest = "sha256:" + sha256.hexdigest()
-    size = writer.ciphertext_bytes + len(sealfile.encode_prefix(header))
+    listed = [r["recipient"] for r in header.recipients()]
+    # key_id: the data key's public id, which fetch-key's key_written names too
     log.info("sealed", out=parsed.path if parsed.scheme == "file" else parsed.redacted(), files=files,
-             plaintext_bytes=writer.plaintext_bytes, bytes=size, key_id=header.key_id,
-             wrapped=header.wrapped_key.provider if header.wrapped_key else None, sha256=digest)
-    return {"bytes": writer.plaintext_bytes, "key_id": header.key_id, "files": files, "sha256": digest}
+             plaintext_bytes=writer.plaintext_bytes, bytes=writer.ciphertext_bytes + len(header.encode()),
+             recipients=listed, key_id=sealfile.key_id(data_key), sha256=digest)
+    return {"bytes": writer.plaintext_bytes, "files": files, "recipients": len(listed),
+            "key_id": sealfile.key_id(data_key), "sha256": digest}
 
 
 def _copy(stream: Readable) -> Callable[[Writable, Progress], int]:
@@ -292,12 +323,12 @@ def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection:
 
         assert plan is not None
         plan = plan.with_first([(signing.SIGNATURE, signing.sign_tree(model, sign_key, log, plan.regular_files()))])
-    data_key, wrapped = _data_key(key, connection)  # after the cheap checks: it may call KMS
+    to = _recipients(key, sealing, connection)
     default_name = os.path.basename(os.path.abspath(model)) if model != "-" else ""
-    header = sealfile.Header(
-        key_id="", compression=content_compression, name=sealing.name or default_name, version=sealing.model_version,
-        wrapped_key=wrapped, sizes=plan.sizes() if plan is not None else sizes,
-    )
+    header, data_key = _sealed_header(sealfile.Fixed(
+        compression=content_compression, name=sealing.name or default_name, version=sealing.model_version,
+        sizes=plan.sizes() if plan is not None else sizes,
+    ), to)
 
     def tar(writer: Writable, progress: Progress) -> int:
         assert plan is not None
@@ -307,7 +338,7 @@ def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection:
         return files
 
     if wrap_in_tar:
-        return _write_sealed(out, header, data_key, tar, connection, log, total=header.sizes.tar_bytes)
+        return _write_sealed(out, header, data_key, tar, connection, log, total=header.fixed.sizes.tar_bytes)
     with open_file(model) as stream:
         size = os.fstat(stream.fileno()).st_size if model != "-" else None
         return _write_sealed(out, header, data_key, _copy(stream), connection, log, total=size or None)
@@ -321,15 +352,16 @@ def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, seali
     refuse_overwrite(output)
     with open(passphrase_file, "rb") as f:
         passphrase = f.read(1 << 16)
-    data_key, wrapped = _data_key(key, connection)  # after the cheap checks: it may call KMS
+    to = _recipients(key, sealing, connection)
     ciphertext = open_local(path, log)
     with ciphertext.stream:
         reader = openpgp.DecryptingReader(ciphertext.stream, passphrase)
         chunks = reader.segments()
         first = next(chunks, memoryview(b""))
         default_name = os.path.basename(path).removesuffix(".gpg").removesuffix(".tar") if path != "-" else ""
-        header = sealfile.Header(key_id="", compression=archive.detect_compression(bytes(first[:8])),
-                                 name=sealing.name or default_name, version=sealing.model_version, wrapped_key=wrapped)
+        header, data_key = _sealed_header(sealfile.Fixed(
+            compression=archive.detect_compression(bytes(first[:8])), name=sealing.name or default_name,
+            version=sealing.model_version), to)
 
         def fill(sealing: Writable, progress: Progress) -> int:
             writer = _Counted(sealing, progress)
@@ -354,12 +386,18 @@ def _is_tar(path: str) -> bool:
 class Inspection:
     """A .seal's header and lengths, as `inspect` reads them (no key needed)."""
 
-    header: sealfile.Header
+    header: sealfile.AnyHeader
     prefix_bytes: int
     payload_bytes: int | None  # None: read from stdin
 
     def to_json(self) -> dict:
-        info = self.header.to_json()
+        """Version 1: its header; version 2: its fixed fields and its recipients (type and who: no secret is
+        in a stanza, and the list shows none of their bodies)."""
+        if isinstance(self.header, sealfile.Header):
+            info = self.header.to_json()
+        else:
+            info = self.header.fixed.to_json()
+            info["recipients"] = self.header.recipients()
         info["prefix_bytes"] = self.prefix_bytes
         if self.payload_bytes is not None:
             info["payload_bytes"] = self.payload_bytes
@@ -389,7 +427,7 @@ _NOT_SEALED = (
 )
 
 
-def _read_header(stream: Readable, location: str) -> tuple[sealfile.Header, bytes]:
+def _read_header(stream: Readable, location: str) -> tuple[sealfile.AnyHeader, bytes]:
     """sealfile.read_prefix, naming the right command when the input is something else we know."""
     buf = bytearray(8)
     head = bytes(buf[:read_full(stream, memoryview(buf))])
@@ -414,22 +452,34 @@ class _Rejoined:
         return self.rest.readinto(buf) or 0
 
 
-def fetch_key(key_uri: str, output: Output, unwrapping: Unwrapping, guards: Guards, connection: Connection,
+def fetch_key(key_uri: str | None, output: Output, unwrapping: Unwrapping, guards: Guards, connection: Connection,
               log: Log) -> dict:
+    """The key onto tmpfs: a key source's key as it is, or a .seal's data key: unwrapped by a key service,
+    or, from a version 2 header, unlocked by any recipient's key (--key-uri) or an age identity (--identity)."""
     out, passphrase = output.path, unwrapping.passphrase
     if out == "-":
         raise UsageError("refusing to write a key to standard output (in a pod, that is the container's log): "
                          "give -o FILE on a memory-backed volume")
-    key_source = open_key(key_uri, connection)
+    if bool(key_uri) == bool(unwrapping.identity):
+        raise UsageError("give exactly one of --key-uri URI or --identity URI")
+    if unwrapping.identity and passphrase:
+        raise UsageError("--passphrase: an age identity unlocks a .seal's data key, not a passphrase")
+    key_source = open_key(key_uri, connection) if key_uri else None
+    identity = open_key(unwrapping.identity, connection) if unwrapping.identity else None
+    named = key_source or identity
+    assert named is not None
     with PartialFile(out, 0o400, rule=memory_only(guards.allow_disk, log, "the key")) as f:
-        wrapped = None
-        if key_source.unwraps:
-            header = header_from(unwrapping, connection)
-            wrapped = header.wrapped_key if header else None
-            if header is not None and wrapped is None:
-                raise UsageError(f"{key_uri.split('?')[0]}: the .seal header carries no wrapped key")
-        log.info("key_source", uri=key_source.uri.redacted())
-        key = key_source.secret(wrapped, encoding="raw") if passphrase else key_source.data_key(wrapped)
+        log.info("key_source", uri=named.uri.redacted())
+        header = None if passphrase else header_from(unwrapping, connection)
+        if key_source is not None and not key_source.unwraps and not isinstance(header, header_v2.Header):
+            key = key_source.secret(encoding="raw") if passphrase else key_source.data_key()  # the key as it is
+        else:
+            if header is None:
+                raise UsageError(f"{named.uri.redacted()}: the data key is in a .seal header: give "
+                                 "--wrapped-from FILE or --source URI")
+            if isinstance(header, sealfile.Header) and key_source is not None and header.wrapped_key is None:
+                raise UsageError(f"{key_source.uri.redacted()}: the .seal header carries no wrapped key")
+            key = data_key_of(header, key_source, identity)
         f.write(key)
         f.commit()
     if passphrase:  # a passphrase may be guessable: no fingerprint of it in logs
@@ -437,6 +487,48 @@ def fetch_key(key_uri: str, output: Output, unwrapping: Unwrapping, guards: Guar
         return {"path": out}
     log.info("key_written", path=out, key_id=sealfile.key_id(key))
     return {"path": out, "key_id": sealfile.key_id(key)}
+
+
+def rewrap(source: str, output: Output, rewrapping: Rewrapping, connection: Connection, log: Log) -> dict:
+    """A version 2 .seal for other recipients, its payload streamed through byte for byte.
+
+    The prefix is read and unlocked (the header MAC checked with the data
+    key), the recipient list rewritten under a new MAC, and the payload copied
+    from the input to the output without being decrypted: it is neither
+    checked nor changed (decrypt checks it, as for any file). The output
+    appears whole or not at all (the sink's rename, multipart completion or
+    manifest comes last).
+    """
+    key = rewrapping.key
+    key_source = key.source(connection)  # configuration errors first, before touching any input
+    identity = key.identity_source(connection)
+    add = [recipients.recipient(text, connection) for text in rewrapping.add]
+    remove = [recipients.removal(text, connection) for text in rewrapping.remove]
+    if not add and not remove:
+        raise UsageError("nothing to do: give --add R or --remove R")
+    ciphertext = open_ciphertext(SourceSpec(source), connection, log)
+    with ciphertext.stream as stream:
+        header, _ = sealfile.read_prefix(stream)
+        if isinstance(header, sealfile.Header):
+            raise UsageError("a version 1 .seal has one key and no recipient list, and its whole header is bound "
+                             "to the payload: re-seal it to make a version 2 file")
+        log.info("header", **header.log_fields())
+        data_key = data_key_of(header, key_source, identity)
+        rewrapped = header.rewrap(data_key, add=add, remove=remove)
+        sink = open_sink(output.path, connection)
+        try:
+            sink.write(rewrapped.encode())
+            copied = 0
+            while view := stream.read_view(1 << 20):  # the payload, as stored: never decrypted
+                sink.write(view)
+                copied += len(view)
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+    listed = [r["recipient"] for r in rewrapped.recipients()]
+    log.info("rewrapped", out=URI.parse(output.path).redacted(), recipients=listed, payload_bytes=copied)
+    return {"recipients": len(listed), "payload_bytes": copied}
 
 
 def fetch_model(source: SourceSpec, output: Output, connection: Connection, log: Log) -> dict:
@@ -460,13 +552,14 @@ def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, gua
         raise UsageError("refusing to write the plaintext model to a terminal: give -o FILE on tmpfs, or pipe it "
                          "(decrypt -o - | ...)")
     key_source = key.source(connection)  # configuration errors first, before touching any input
+    identity = key.identity_source(connection)
     key_file = key.deletable(output.delete_key)
     preflight = Preflight(guards.preflight, log).announce()
     with PartialFile(output.path, 0o600, rule=memory_only(guards.allow_disk, log)) as f:
         ciphertext = open_local(path, log)
         progress = log.progress("decrypt", ciphertext.size)
         with ciphertext.stream:
-            plaintext = decrypting(ciphertext, decryption, key, key_source, log)
+            plaintext = decrypting(ciphertext, decryption, key, key_source, identity, log)
             preflight(f.fd, f.where, plaintext.file_need(plaintext.reader.worker_memory()))
             most, written = plaintext.most_bytes(), 0
             with BackgroundWriter(f.write) as background:
@@ -506,12 +599,13 @@ def run(source: SourceSpec, output: Output, key: KeySpec, decryption: Decryption
     from . import unpack as unpacker
 
     key_source = key.source(connection)  # configuration errors first, before touching any input
+    identity = key.identity_source(connection)
     key_file = key.deletable(output.delete_key)
     preflight = Preflight(guards.preflight, log).announce()
     with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
         ciphertext = open_ciphertext(source, connection, log)
         with ciphertext.stream:
-            plaintext = decrypting(ciphertext, decryption, key, key_source, log)
+            plaintext = decrypting(ciphertext, decryption, key, key_source, identity, log)
             buffers = ciphertext.buffers + plaintext.reader.worker_memory()
             stats = dest.extract(plaintext.reader, limits=guards.limits or unpacker.Limits(),
                                  allow_symlinks=guards.allow_symlinks, preflight=preflight, size=plaintext.size,

@@ -42,7 +42,7 @@ def model_shapes(p: Checked, connection: Connection, seal: str | None = None) ->
         header, prefix = sealfile.read_prefix(io.BytesIO(source.read_prefix(stages.PREFIX_READ)))
         size = source.size
         seen = stages.Inspection(header, len(prefix), None if size is None else size - len(prefix))
-    return shapes(seen.header, seen.payload_bytes, seen.prefix_bytes)
+    return shapes(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes)
 
 
 def _q(n: int) -> int:

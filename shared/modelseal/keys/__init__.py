@@ -2,9 +2,12 @@
 
 A backend is one module in this package that defines `SCHEMES` and a
 `KeySource` subclass named `Backend`. It either fetches secret material
-(`file:`, `env:`, `https:`, `vault:`, ...) or unwraps the `wrapped_key` of a
-`.seal` header (`aws-kms:`, `vault-transit:`), and may wrap fresh data keys
-for `seal` (envelope encryption).
+(`file:`, `env:`, `https:`, `vault:`, ...) or is a key service that wraps:
+it wraps fresh data keys for `seal` (envelope encryption) and unwraps what it
+wrapped (`aws-kms:`, `vault-transit:`, `gcp-kms:`, `azure-kv:`,
+`azure-skr:`). A wrapping source declares the `provider` name its wrapped
+keys carry; that, and nothing probed from its module, makes it a `.seal`
+v2 recipient (modelseal.recipients.kms).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class KeySource:
     SCHEMES: ClassVar[tuple[str, ...]] = ()
     #: True when the key is obtained by unwrapping the header's wrapped_key.
     unwraps: ClassVar[bool] = False
+    #: The provider name of the keys this source wraps (a wrapped key's `provider`); empty: it does not wrap.
+    provider: ClassVar[str] = ""
+    #: The providers whose wrapped keys it unwraps (azure-kv and azure-skr open each other's); default: its own.
+    providers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         self.uri = uri
@@ -37,6 +44,18 @@ class KeySource:
     def wrap(self, data_key: bytes) -> WrappedKey:
         """Envelope-encrypt a fresh data key (only for sources that unwrap)."""
         raise UsageError(f"{self.uri.scheme}: keys cannot be wrapped by this key source")
+
+    def unwraps_for(self, provider: str) -> bool:
+        """Whether a key wrapped by `provider` is this source's to unwrap."""
+        return provider in (self.providers or ((self.provider,) if self.provider else ()))
+
+    def wrapped_by(self, key_id: str) -> bool:
+        """Whether a wrapped key that names `key_id` was wrapped by this source's key (`rewrap --remove URI`).
+
+        Each wrapping backend says how its service names its keys (an ARN for
+        an alias, a key version for a key); a source that does not wrap owns none.
+        """
+        return False
 
     def data_key(self, wrapped: WrappedKey | None = None) -> bytes:
         raw = self.secret(wrapped)

@@ -6,9 +6,12 @@ key and stores the result in the header's `wrapped_key`; `fetch-key` asks
 KMS to Decrypt it. The KMS key never leaves KMS, access is an IAM decision
 (IRSA / Pod Identity role of the pod), and every unwrap is in CloudTrail.
 
-The encryption context is `{"modelseal": "v1"}` plus any `context.NAME=VALUE`
-query parameters given to `seal`. It is stored in the header and passed back
-to Decrypt, which fails unless it matches exactly (KMS authenticates it).
+The encryption context is `{"modelseal": "v2"}` (the format version `seal`
+writes; version 1 files carry `{"modelseal": "v1"}`) plus any
+`context.NAME=VALUE` query parameters given to `seal`. It is stored with the
+wrapped key (a v2 `kms` stanza, v1's `wrapped_key`) and passed back to
+Decrypt as stored, which fails unless it matches exactly (KMS authenticates
+it): so files of either version open, and CloudTrail says which was opened.
 `context.NAME=VALUE` given to `fetch-key` must also appear in the header, so
 a pod can insist on, say, `context.model=llama` and refuse other files.
 
@@ -31,11 +34,12 @@ from . import KeySource
 
 SCHEMES = ("aws-kms",)
 PROVIDER = "aws-kms"
-BASE_CONTEXT = {"modelseal": "v1"}
+BASE_CONTEXT = {"modelseal": "v2"}
 
 
 class Backend(KeySource):
     unwraps = True
+    provider = PROVIDER
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -83,3 +87,15 @@ class Backend(KeySource):
             raise IntegrityError(f"{self.what}: KMS's Encrypt answer has no ciphertext")
         return WrappedKey(provider=PROVIDER, key_id=kid if isinstance(kid, str) and kid else self.key_id,
                           ciphertext=blob, context=context)
+
+    def wrapped_by(self, key_id: str) -> bool:
+        """KMS names the wrapping key by its ARN; the URI may give the ARN, the key id or an alias (then
+        DescribeKey, a call only rewrap --remove makes, resolves it)."""
+        mine = self.key_id
+        if key_id == mine or (not mine.startswith(("arn:", "alias/")) and key_id.endswith(f":key/{mine}")):
+            return True
+        if "alias/" not in mine:
+            return False
+        resp = aws.call(self.what, self.connection, self.client.describe_key, KeyId=mine)
+        meta = resp.get("KeyMetadata") if isinstance(resp, dict) else None
+        return isinstance(meta, dict) and meta.get("Arn") == key_id

@@ -27,12 +27,12 @@ this one origin only (no redirect is followed: exit 2). `--endpoint-url`
 replaces https://VAULT (a private endpoint, tests); the identifiers keep VAULT.
 
 Context: `context.NAME=VALUE` means what it means for aws-kms and gcp-kms:
-the context is `{"modelseal": "v1"}` plus the `context.*` given to `seal`,
+the context is `{"modelseal": "v2"}` (version 1 files: "v1") plus the `context.*` given to `seal`,
 stored in the header, and `fetch-key`'s `context.*` must be in it. RSA-OAEP
 has no associated data, so the context is bound into what is wrapped: the
 wrapped plaintext is 64 bytes, the data key then the SHA-256 of the context's
 RFC 8785 (JCS) serialisation (the bytes gcp-kms uses as its additional
-authenticated data, e.g. `{"model":"llama","modelseal":"v1"}`). On unwrap the
+authenticated data, e.g. `{"model":"llama","modelseal":"v2"}`). On unwrap the
 second half must equal the hash of the header's context, or exit 4 before the
 key is used: a header whose context was changed does not unwrap. What it does
 not give: Key Vault's logs and policies do not see the context (Key Vault has
@@ -67,7 +67,7 @@ SCHEMES = ("azure-kv",)
 PROVIDER = "azure-kv"
 #: Both wrap RSA-OAEP-256 over the same 64 bytes: either opens the other's files.
 PROVIDERS = ("azure-kv", "azure-skr")
-BASE_CONTEXT = {"modelseal": "v1"}
+BASE_CONTEXT = {"modelseal": "v2"}
 API_VERSION = "7.4"
 ALG = "RSA-OAEP-256"
 BOUND_SIZE = DATA_KEY_SIZE + 32
@@ -124,6 +124,12 @@ class KeyRef:
     def same_key(self, other: "KeyRef") -> bool:
         """Same vault and key name (Key Vault's names are case-insensitive), any version."""
         return self.vault == other.vault and self.name.lower() == other.name.lower()
+
+    def names(self, kid: str) -> bool:
+        """Whether a key identifier is this key (at this version, when the URI pins one)."""
+        theirs = KeyRef.of_id(kid)
+        return theirs is not None and self.same_key(theirs) and \
+            (not self.version or theirs.version.lower() == self.version.lower())
 
     def of_header(self, wrapped: WrappedKey, what: str) -> "KeyRef":
         """The key that wrapped the header's data key, which must be this one (and this version when pinned)."""
@@ -199,6 +205,8 @@ class _Refused(IntegrityError):
 
 class Backend(KeySource):
     unwraps = True
+    provider = PROVIDER
+    providers = PROVIDERS
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -261,3 +269,6 @@ class Backend(KeySource):
             raise IntegrityError(f"{self.what}: Key Vault's wrapped key is {len(ciphertext)} bytes, not one RSA "
                                  "modulus (2048, 3072 or 4096 bits)")
         return WrappedKey(provider=PROVIDER, key_id=kid.kid, ciphertext=ciphertext, context=context)
+
+    def wrapped_by(self, key_id: str) -> bool:
+        return self.ref.names(key_id)

@@ -58,6 +58,7 @@ from . import KeySource
 from .azurekv import (
     BASE_CONTEXT,
     HOST,
+    PROVIDERS,
     RSA_BITS,
     KeyRef,
     b64url_decode,
@@ -184,6 +185,8 @@ def public_key_of(data: bytes, what: str) -> tuple[Any, str | None]:
 
 class Backend(KeySource):
     unwraps = True
+    provider = PROVIDER
+    providers = PROVIDERS
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -221,6 +224,9 @@ class Backend(KeySource):
         context.update(self.user_context)
         ciphertext = key.encrypt(bind(data_key, context), _oaep())
         return WrappedKey(provider=PROVIDER, key_id=ref.kid, ciphertext=ciphertext, context=context)
+
+    def wrapped_by(self, key_id: str) -> bool:
+        return self.ref.names(key_id)
 
     # ---------------------------------------------------------------- pod side
 

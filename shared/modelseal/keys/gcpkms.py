@@ -14,14 +14,14 @@ https://cloud.google.com/kms/docs/data-integrity-guidelines
 
 Context: additional authenticated data stands where AWS's encryption context
 does, so `context.NAME=VALUE` means the same on every KMS. The context is
-`{"modelseal": "v1"}` plus the `context.NAME=VALUE` query parameters given to
+`{"modelseal": "v2"}` (version 1 files: "v1") plus the `context.NAME=VALUE` query parameters given to
 `seal`; it is stored in the header's `wrapped_key.context`, and its
 canonical serialisation is the `additionalAuthenticatedData` of both calls:
 the JSON object of its members per RFC 8785 (JCS), that is members sorted by
 name compared as UTF-16 code units, no whitespace, strings escaped only where
 JSON must (`"`, `\\`, and control characters as \\b \\t \\n \\f \\r or \\u00xx), in
-UTF-8. For {"modelseal": "v1", "model": "llama"} that is the 34 bytes
-`{"model":"llama","modelseal":"v1"}`. A changed context in the header
+UTF-8. For {"modelseal": "v2", "model": "llama"} that is the 34 bytes
+`{"model":"llama","modelseal":"v2"}`. A changed context in the header
 changes the AAD and Cloud KMS refuses to decrypt; `context.NAME=VALUE`
 given to `fetch-key` must also be in the header, so a pod can insist on, say,
 `context.model=llama` and refuse other files before asking KMS.
@@ -53,7 +53,7 @@ from . import KeySource
 
 SCHEMES = ("gcp-kms",)
 PROVIDER = "gcp-kms"
-BASE_CONTEXT = {"modelseal": "v1"}
+BASE_CONTEXT = {"modelseal": "v2"}
 DEFAULT_ENDPOINT = "https://cloudkms.googleapis.com"
 
 _NAME = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+", re.ASCII)
@@ -75,6 +75,7 @@ class _Refused(IntegrityError):
 
 class Backend(KeySource):
     unwraps = True
+    provider = PROVIDER
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -151,6 +152,10 @@ class Backend(KeySource):
             raise IntegrityError(f"{self.what}: Cloud KMS's encrypt answer names another key "
                                  f"({untrusted.show(version, 80)})")
         return WrappedKey(provider=PROVIDER, key_id=version, ciphertext=ciphertext, context=context)
+
+    def wrapped_by(self, key_id: str) -> bool:
+        """Cloud KMS names the CryptoKeyVersion that wrapped; the URI names the CryptoKey: any of its versions."""
+        return key_id.startswith(self.name + "/cryptoKeyVersions/")
 
 
 def _b64(data: bytes) -> str:

@@ -32,6 +32,7 @@ PROVIDER = "vault-transit"
 
 class Backend(KeySource):
     unwraps = True
+    provider = PROVIDER
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -77,3 +78,6 @@ class Backend(KeySource):
             raise IntegrityError(f"{self.what}: Vault's encrypt answer has no ciphertext")
         return WrappedKey(provider=PROVIDER, key_id=self.key_id, ciphertext=untrusted.utf8(ciphertext, self.what),
                           context={})
+
+    def wrapped_by(self, key_id: str) -> bool:
+        return key_id == self.key_id

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import untrusted
 from ..errors import UsageError
-from ..sealfile import Header
+from ..sealfile import Fixed
 from ..sources import parallel_schemes
 from .need import MIB, mib, quantity
 from .pods import shapes
@@ -28,7 +28,7 @@ def _resources(memory: int) -> str:
     return f"{{resources: {{requests: {{memory: {q}}}, limits: {{memory: {q}}}}}}}"
 
 
-def advice(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> str:
+def advice(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0) -> str:
     """YAML (with comments) giving limits and sizeLimits for the example pod specs' shapes."""
     s = shapes(header, payload_bytes, prefix_bytes)
     lines = [f"# {_comment(header.name or 'model', 80)} {_comment(header.version or '', 40)}".rstrip(),
@@ -82,7 +82,7 @@ def advice(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> 
 INIT, SERVING, VOLUME = "modelseal", "serving", "models"
 
 
-def numbers(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> dict[str, Any]:
+def numbers(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0) -> dict[str, Any]:
     """`inspect --resources -o json`: the same numbers as advice(), as Kubernetes quantities."""
     s = shapes(header, payload_bytes, prefix_bytes)
     out: dict[str, Any] = {"tree_bytes": s.tree, "plaintext_bytes": s.plaintext, "single_stage": None,
@@ -95,8 +95,8 @@ def numbers(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) ->
     return out
 
 
-def patch(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
-          from_s3: bool = True, workload: str | None = None) -> dict[str, Any]:
+def patch(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
+          parallel: bool = True, workload: str | None = None) -> dict[str, Any]:
     """`inspect --resources -o patch`: a strategic-merge patch setting the single-stage init container's memory
     and the models volume's sizeLimit (`kubectl patch deployment NAME --patch-file F`, or a kustomize patch).
     The serving container is left alone: its limit is the tree plus what the server needs, which only its
@@ -105,7 +105,7 @@ def patch(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, k
     if one is None:
         raise UsageError("cannot size the pod: the .seal header records no unpacked size (reseal it with "
                          "modelseal seal)")
-    init = quantity(one.init_memory_s3 if from_s3 else one.init_memory)
+    init = quantity(one.init_memory_s3 if parallel else one.init_memory)
     spec = {
         "initContainers": [{"name": INIT, "resources": {"requests": {"memory": init}, "limits": {"memory": init}}}],
         "volumes": [{"name": VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": quantity(one.models_volume)}}],
@@ -117,13 +117,13 @@ def patch(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, k
     return doc
 
 
-def patch_text(header: Header, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
-               from_s3: bool = True, workload: str | None = None) -> str:
+def patch_text(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
+               parallel: bool = True, workload: str | None = None) -> str:
     """patch() as YAML-readable JSON, after comments naming what it is for and the serving container's share."""
     import json
 
     one = shapes(header, payload_bytes, prefix_bytes).single_stage
-    doc = patch(header, payload_bytes, prefix_bytes, kind=kind, from_s3=from_s3, workload=workload)
+    doc = patch(header, payload_bytes, prefix_bytes, kind=kind, parallel=parallel, workload=workload)
     assert one is not None  # patch() refused otherwise
     return "\n".join([
         f"# modelseal inspect --resources -o patch: {_comment(header.name or 'model', 80)} "

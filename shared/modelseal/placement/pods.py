@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..sealfile import AES256_GCM_HKDF_1MB, Header
+from ..sealfile import AES256_GCM_HKDF_1MB, Fixed
 from .need import MIB, Need, mib, pages, tree_need
 
 #: Working sets (memory beyond the tmpfs pages a stage writes), from the
@@ -81,7 +81,7 @@ class Shapes:
     four_stage: FourStage | None  # None without the tree's or the payload's size
 
 
-def shapes(header: Header, payload_bytes: int | None, prefix_bytes: int = 0) -> Shapes:
+def shapes(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0) -> Shapes:
     """The numbers of each stage shape for a .seal of this header, whose payload (the ciphertext after
     the prefix) is `payload_bytes` long (None: unknown, e.g. read from stdin)."""
     plaintext = None if payload_bytes is None else AES256_GCM_HKDF_1MB.plaintext_size_of(payload_bytes)

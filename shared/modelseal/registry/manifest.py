@@ -2,11 +2,11 @@
 
 Pushed by `seal -o oci://` (docs/FORMAT.md, "OCI artifact"): an OCI image
 manifest with `artifactType` ARTIFACT_TYPE, the empty config of the OCI 1.1
-artifact guidance, and one layer of media type SEAL_LAYER whose blob is the
+artifact guidance, and one layer of media type SEAL_LAYERS[v] (v: the .seal's format version) whose blob is the
 .seal file byte for byte, titled `model.seal`.
 
 Read from any manifest (ours, or one written by `oras push model.seal`):
-the layer is, in this order, the one layer of type SEAL_LAYER, else the one
+the layer is, in this order, the one layer of a SEAL_LAYERS type, else the one
 layer titled `*.seal`, else the only layer. An image index, a container
 image (image config and tar layers: mount those as an image volume and read
 `file:///...`), or a choice that is not unique is a usage error; a manifest
@@ -27,6 +27,18 @@ from ..errors import IntegrityError, UsageError
 
 ARTIFACT_TYPE = "application/vnd.modelseal.model.v1"
 SEAL_LAYER = "application/vnd.modelseal.seal.v1"
+#: The layer's media type names the .seal format version of its blob (the blob's own version byte decides
+#: how it is read): version 1's layer type as ever, version 2's its own, so a registry's listing, a
+#: policy or an older reader (which then picks the layer by its `*.seal` title and refuses the version
+#: with its own message) can tell them apart.
+SEAL_LAYERS = {1: SEAL_LAYER, 2: "application/vnd.modelseal.seal.v2"}
+
+
+def seal_layer(version: int) -> str:
+    """The layer media type of a .seal of this format version."""
+    return SEAL_LAYERS[version]
+
+
 TITLE = "org.opencontainers.image.title"
 LAYER_TITLE = "model.seal"
 
@@ -121,7 +133,7 @@ def sealed_layer(body: bytes, what: str) -> Descriptor:
     config_type = config.get("mediaType")
     if config_type is not None and not isinstance(config_type, str):
         raise IntegrityError(f"{what}: malformed manifest: config.mediaType is not a string")
-    for pick in (lambda d: d.media_type == SEAL_LAYER, lambda d: d.title.endswith(".seal")):
+    for pick in (lambda d: d.media_type in SEAL_LAYERS.values(), lambda d: d.title.endswith(".seal")):
         chosen = [d for d in layers if pick(d)]
         if len(chosen) == 1:
             return chosen[0]
@@ -132,4 +144,5 @@ def sealed_layer(body: bytes, what: str) -> Descriptor:
                          "volume and read file:///..., or push the .seal itself (seal -o oci://, oras push)")
     if len(layers) == 1:
         return layers[0]
-    raise UsageError(f"{what}: {len(layers)} layers and none is a .seal ({SEAL_LAYER} or titled *.seal)")
+    raise UsageError(f"{what}: {len(layers)} layers and none is a .seal ({' or '.join(SEAL_LAYERS.values())} or "
+                     "titled *.seal)")

@@ -329,7 +329,7 @@ class BlobUpload(upload.Upload):
         retry.call(self.what, self.connection, once)
         return digest
 
-    def _check_head(self) -> sealfile.Header:
+    def _check_head(self) -> sealfile.AnyHeader:
         """The stream must be a .seal (the artifact says so); its header names the model."""
         try:
             return sealfile.read_prefix(io.BytesIO(bytes(self._head)))[0]
@@ -347,9 +347,11 @@ class BlobUpload(upload.Upload):
         self._finish(bytes(self._buf), digest)
         self._buf = bytearray()
         self._put_config()
-        layer = manifest.Descriptor(manifest.SEAL_LAYER, digest, self.size, {manifest.TITLE: manifest.LAYER_TITLE})
-        notes = {"org.opencontainers.image.created": header.created,
-                 "org.opencontainers.image.title": header.name, "org.opencontainers.image.version": header.version}
+        layer = manifest.Descriptor(manifest.seal_layer(header.fixed.FORMAT), digest, self.size,
+                                    {manifest.TITLE: manifest.LAYER_TITLE})
+        fixed = header.fixed
+        notes = {"org.opencontainers.image.created": fixed.created,
+                 "org.opencontainers.image.title": fixed.name, "org.opencontainers.image.version": fixed.version}
         self.digest = self._put_manifest(manifest.build(layer, {k: v for k, v in notes.items() if v}))
         retry.log().info("pushed", what=self.what, digest=self.digest, pinned=self.b.ref.pinned(self.digest),
                          layer=digest, bytes=self.size)
