@@ -13,9 +13,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 $(PY):
 	python3 -m venv $(VENV)
 
-setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules tests/.wheelhouse/.done  ## the library (with the cloud and inject extras) and the test tools in .venv, host tools from Debian
+setup: $(PY) tools/s3rver/node_modules tools/azurite/node_modules tests/.wheelhouse/.done  ## the library (with the cloud, inject and cli extras) and the test tools in .venv, host tools from Debian
 	@tools/host-packages.sh
-	$(PY) -m pip install -q -e './shared[cloud,inject]' -r requirements-dev.txt
+	$(PY) -m pip install -q -e './shared[cloud,inject,cli]' -r requirements-dev.txt
 
 # The images' pinned, hashed wheels for this machine's Python: tests/test_release.py
 # installs the built wheel from them into a fresh venv, offline.

@@ -135,3 +135,108 @@ def test_memory_limits_cover_what_each_container_writes_to_tmpfs(path):
         assert pod >= sum(memory.values()), path.name
         served = {m["name"] for c in apps for m in c.get("volumeMounts", [])}
         assert sum(_memory_limit(c) for c in apps) >= sum(v for k, v in memory.items() if k in served), path.name
+
+
+# ---- what a user replaces (issue 20) ------------------------------------------------------------------
+
+REPLACE = "# Replace before applying (each value occurs below; tests/test_examples.py checks this list):\n"
+
+
+def _replace_block(text: str) -> list[str]:
+    """The values the block at the top of an example lists."""
+    assert text.startswith(REPLACE), "the example does not start with its block of values to replace"
+    block = text[len(REPLACE):].split("\n#\n", 1)[0]
+    return [line[4:] for line in block.splitlines() if line.startswith("#   ") and not line.startswith("#    ")]
+
+
+def _uncommented(text: str) -> str:
+    return "\n".join(line.split(" #", 1)[0] for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _must_replace(doc: dict) -> set[str]:
+    """What a user of another cluster has to change: images, service accounts and their identity annotations,
+    sources, key URIs, regions, Secrets and ConfigMaps referred to."""
+    found: set[str] = set()
+    if doc["kind"] == "ServiceAccount":
+        found |= {v for k, v in (doc["metadata"].get("annotations") or {}).items()
+                  if k.endswith(("/client-id", "/gcp-service-account", "/role-arn"))}
+        return found
+    spec = pod_specs(doc)
+    if spec.get("serviceAccountName"):
+        found.add(spec["serviceAccountName"])
+    annotations = (doc["spec"]["template"]["metadata"].get("annotations") or {}) if doc["kind"] == "Deployment" else {}
+    found |= {v for k, v in annotations.items() if k in ("modelseal.dev/source", "modelseal.dev/key-uri")}
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        found.add(c["image"])
+        for e in c.get("env", []):
+            if e["name"] in ("MODELSEAL_SOURCE", "MODELSEAL_KEY_URI", "AWS_REGION", "MODELSEAL_SHA256") and \
+                    "value" in e and not e["value"].startswith(("env:", "file:")):
+                found.add(e["value"])
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                found.add(ref["name"])
+        args = c.get("args", [])
+        for flag in ("--source", "--key-uri", "--sha256"):
+            if flag in args and not args[args.index(flag) + 1].startswith(("file:", "/", "env:")):
+                found.add(args[args.index(flag) + 1])
+    for v in spec.get("volumes", []):
+        if "configMap" in v:
+            found.add(v["configMap"]["name"])
+        if "secret" in v:
+            found.add(v["secret"]["secretName"])
+        if "image" in v:
+            found.add(v["image"]["reference"])
+    return found
+
+
+#: made by `modelseal inject` from deployment-annotated.yaml, which carries the block (tests/test_inject.py)
+GENERATED = ("deployment-injected.yaml",)
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.name not in GENERATED], ids=lambda p: p.name)
+def test_each_example_says_at_its_top_what_to_replace(path):
+    text = path.read_text()
+    listed = _replace_block(text)
+    body = _uncommented(text)
+    for value in listed:  # the block stays true to the file
+        assert value in body, (path.name, value)
+    needed = set().union(*(_must_replace(d) for d in yaml.safe_load_all(text) if d))
+    assert needed <= set(listed), (path.name, sorted(needed - set(listed)))
+    if "serviceAccountName" in body:  # the identity it needs: IRSA, Workload Identity (GKE, AKS)
+        assert any(a in text for a in ("eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account",
+                                       "azure.workload.identity/client-id")), path.name
+
+
+def test_the_secret_key_example_runs_with_a_key_from_its_secret(shm):
+    """secret-key.yaml's init container, played by the real CLI: its env with the Secret's value as
+    `kubectl create secret generic ... --from-literal=key="$(base64 -w0 model.key)"` stores it."""
+    import base64
+    import hashlib
+    import os
+
+    from conftest import modelseal
+
+    path = EXAMPLES[0].parent / "secret-key.yaml"
+    pod = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Pod")
+    [init] = pod["spec"]["initContainers"]
+    (shm / "model").mkdir()
+    (shm / "model" / "w.bin").write_bytes(os.urandom(300_000))
+    assert modelseal("keygen", "-o", str(shm / "model.key")).code == 0
+    assert modelseal("seal", str(shm / "model"), "-o", str(shm / "m.seal"), "--key", str(shm / "model.key")).code == 0
+    secret = {"model-key": {"key": base64.b64encode((shm / "model.key").read_bytes()).decode()}}
+    env = {}
+    for e in init["env"]:
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secret[ref["name"]][ref["key"]]
+        else:
+            env[e["name"]] = e["value"]
+    assert env["MODELSEAL_KEY_URI"] == "env:MODEL_KEY" and "MODEL_KEY" in env
+    env["MODELSEAL_SOURCE"] = str(shm / "m.seal")  # the cluster's https:// server, here the file it serves
+    env["MODELSEAL_SHA256"] = "sha256:" + hashlib.sha256((shm / "m.seal").read_bytes()).hexdigest()
+    env["MODELSEAL_OUTPUT"] = str(shm / env["MODELSEAL_OUTPUT"].lstrip("/"))
+    r = modelseal("run", env=env)
+    assert r.code == 0, r.stderr
+    out = Path(env["MODELSEAL_OUTPUT"]) / "w.bin"
+    assert out.read_bytes() == (shm / "model" / "w.bin").read_bytes()
+    assert env["MODEL_KEY"] not in r.stderr

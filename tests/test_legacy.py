@@ -114,3 +114,29 @@ def test_passphrase_from_a_key_uri(legacy):
                   env={"OLD_PASSPHRASE": PASSPHRASE.decode()})
     assert r.code == 0, r.stderr
     assert (legacy / "out.tar").read_bytes() == (legacy / "model.tar").read_bytes()
+
+
+def test_the_legacy_examples_next_step_works(legacy):
+    """examples/kubernetes/legacy-modelseal.yaml's "Next step" commands, run as written (in the model's
+    directory, with its file names), make a .seal that decrypts to the same tar: the old text lacked the
+    passphrase and the key, and failed."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "examples" / "kubernetes" / "legacy-modelseal.yaml").read_text()
+    step = text[text.index("# Next step"):].split("\n#\n")[0]
+    commands = [shlex.split(c) for c in re.findall(r"modelseal ([a-z-]+ [^`\n]*?)(?:`|\n|$)", step)]
+    assert [c[0] for c in commands] == ["keygen", "convert"], step
+    (legacy / "passphrase.txt").write_bytes(PASSPHRASE + b"\n")
+    cwd = os.getcwd()
+    os.chdir(legacy)
+    try:
+        for args in commands:
+            r = modelseal(*args)
+            assert r.code == 0, (args, r.stderr)
+        r = modelseal("decrypt", "--in", "model.seal", "--key", "model.key", "-o", "again.tar")
+    finally:
+        os.chdir(cwd)
+    assert r.code == 0, r.stderr
+    assert (legacy / "again.tar").read_bytes() == (legacy / "model.tar").read_bytes()

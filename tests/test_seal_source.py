@@ -133,7 +133,7 @@ def test_the_output_inside_the_model_is_left_out(owner: Path):
     (shm / "model" / "m.seal.partial").write_bytes(b"left by a killed run")
     os.mkdir(shm / "elsewhere")
     r = modelseal("seal", str(shm / "model"), "-o", str(shm / "elsewhere" / ".." / "model" / "m.seal"),
-                  "--key", str(shm / "key"))
+                  "--key", str(shm / "key"), "--force")  # replacing the first seal
     assert r.code == 0, r.stderr
     assert set(members(shm, "model/m.seal")) == set(first)  # neither m.seal, backup.bin nor the partial file
     skipped = [line for line in r.stderr.splitlines() if "seal_output_skipped" in line]
@@ -157,7 +157,7 @@ def test_a_signed_seal_into_the_model_signs_what_it_seals(owner: Path):
     shm = owner
     private, public, _ = write_key(shm, "signer")
     for _ in range(2):
-        r = seal(shm, "--sign-key", str(private), out="model/m.seal")
+        r = seal(shm, "--sign-key", str(private), "--force", out="model/m.seal")
         assert r.code == 0, r.stderr
     r = modelseal("run", "--source", str(shm / "model" / "m.seal"), "--key", str(shm / "key"),
                   "-o", str(shm / "out"), "--verify-key", str(public))
@@ -180,7 +180,7 @@ def test_an_empty_model_is_refused(shm: Path, layout: str):
     elif layout == "only-the-output":
         (model / "m.seal").write_bytes(b"an earlier output")
     out = "model/m.seal" if layout == "only-the-output" else "m.seal"
-    r = seal(shm, out=out)
+    r = seal(shm, "--force", out=out)
     assert r.code == 2, r.stderr
     assert "empty model" in r.error()
     assert not (shm / "m.seal").exists() and not list(shm.rglob("*.partial"))

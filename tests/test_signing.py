@@ -442,17 +442,22 @@ def test_flag_usage_errors(shm: Path, signed):
 
 @pytest.mark.parametrize("name", ["verified-four-stage.yaml", "verified-single-stage.yaml"])
 def test_verified_examples_take_the_key_from_their_configmap(shm: Path, name: str):
+    """The pod reads signer.pub from the ConfigMap the file's comment tells the user to create from their own
+    key: the example embeds nobody's public key (issue 20)."""
+    import re
+    import shlex
+
     import yaml
 
-    from modelseal.signing import KeyTrust
-
-    docs = list(yaml.safe_load_all((Path(__file__).parents[1] / "examples" / "kubernetes" / name).read_text()))
-    config = next(d for d in docs if d["kind"] == "ConfigMap")
-    pod = next(d for d in docs if d["kind"] == "Pod")
-    (shm / "signer.pub").write_text(config["data"]["signer.pub"])
-    KeyTrust(str(shm / "signer.pub"))  # a usable P-256 key, not a placeholder
-    volume = next(v["name"] for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") ==
-                  config["metadata"]["name"])
+    text = (Path(__file__).parents[1] / "examples" / "kubernetes" / name).read_text()
+    assert "BEGIN PUBLIC KEY" not in text
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert [d["kind"] for d in docs] == ["Pod"]
+    pod = docs[0]
+    create = shlex.split(re.search(r"^#\s+(kubectl create configmap .*)$", text, re.M)[1])
+    config_name = create[3]
+    assert create[4] == "--from-file=signer.pub=signer.pub"  # its key is signer.pub, whatever the file is called
+    volume = next(v["name"] for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") == config_name)
     verifying = [c for c in pod["spec"]["initContainers"]
                  if "--verify-key" in c.get("args", []) or any(e["name"] == "MODELSEAL_VERIFY_KEY" for e in c.get("env", []))]
     assert len(verifying) == 1

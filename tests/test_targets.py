@@ -44,9 +44,9 @@ def model_seal(shm: Path) -> tuple[Path, Path]:
     (src / "sub").mkdir(parents=True)
     (src / "weights.bin").write_bytes(os.urandom(1 << 20))
     (src / "sub" / "config.json").write_text("{}")
-    r = modelseal("seal", str(src), "-o", str(shm / "m.seal"), "--key", str(key))
+    r = modelseal("seal", str(src), "-o", str(shm / "tree.seal"), "--key", str(key))  # beside `sealed`'s m.seal
     assert r.code == 0, r.stderr
-    return key, shm / "m.seal"
+    return key, shm / "tree.seal"
 
 
 def listing(root: Path) -> list[str]:

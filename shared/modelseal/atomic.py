@@ -8,7 +8,10 @@ The output's directory is opened once, and everything after that (the check
 of where the bytes will land, creating the partial file, the rename) goes
 through that directory's descriptor: swapping the directory for a symlink,
 or a `..` through a symlink in the path, cannot redirect the bytes after the
-check.
+check. Missing parents of an output are created the same way by every stage
+(Parents: `fetch-model -o /ciphertext/models/m.seal` as `run -o
+/models/resnet/1`), after the rule has seen the nearest existing one, and
+removed again when the stage fails.
 """
 
 from __future__ import annotations
@@ -31,6 +34,67 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TargetRule = Callable[[int, str], None]
 
 
+class Parents:
+    """A directory to write into, opened through descriptors; its missing components are created.
+
+    The nearest existing ancestor is opened and shown to `rule` before anything
+    is created under it; then each missing component is made through the
+    descriptor of the one above it, never by joined path strings. `fd` is the
+    directory itself. remove() takes away what was made here (a failed
+    stage), close() releases the descriptors.
+    """
+
+    def __init__(self, path: str, rule: TargetRule | None, failing: str) -> None:
+        self.fds: list[int] = []  # every directory opened here, `path` itself last
+        self.created: list[tuple[int, str]] = []  # (descriptor of its parent, name) of each directory made
+        existing, missing = path, []
+        while not os.path.lexists(existing):
+            existing, component = os.path.split(existing)
+            missing.append(component)
+        try:
+            fd = os.open(existing, _DIR_FLAGS)
+        except OSError as e:
+            raise UsageError(f"{failing}: {existing}: {e.strerror}") from None
+        self.fds.append(fd)
+        try:
+            if rule is not None:
+                rule(fd, existing)  # before anything is created under it
+            for component in reversed(missing):
+                try:
+                    os.mkdir(component, 0o755, dir_fd=fd)
+                    self.created.append((fd, component))
+                except FileExistsError:
+                    pass
+                except OSError as e:
+                    raise UsageError(f"{failing}: creating {component!r}: {e.strerror}") from None
+                try:
+                    fd = os.open(component, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as e:
+                    raise UsageError(f"{failing}: opening {component!r}: {e.strerror}") from None
+                self.fds.append(fd)
+        except BaseException:
+            self.remove()
+            self.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        return self.fds[-1]
+
+    def remove(self) -> None:
+        """Remove the directories made here, deepest first (each only if still empty)."""
+        for parent_fd, name in reversed(self.created):
+            try:
+                os.rmdir(name, dir_fd=parent_fd)
+            except OSError:
+                break
+        self.created = []
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
+
+
 class PartialFile:
     """A file written under NAME.partial, renamed to NAME by commit().
 
@@ -46,6 +110,7 @@ class PartialFile:
         self._made = False  # NAME.partial exists and is ours: abort() removes it, whatever failed
         self.dir_fd = -1
         self.fd = -1
+        self._parents: Parents | None = None
         if self.stdout:
             self.where = "standard output"
             self.fd = sys.stdout.fileno()
@@ -59,7 +124,11 @@ class PartialFile:
         self.where = path
         # The operator's path, followed as the kernel follows it; what it
         # resolves to is what `rule` sees.
-        self.dir_fd = os.open(parent or ".", _DIR_FLAGS)
+        if parent and not os.path.lexists(parent):
+            self._parents = Parents(parent, rule, f"cannot write {path}")
+            self.dir_fd = os.dup(self._parents.fd)
+        else:
+            self.dir_fd = os.open(parent or ".", _DIR_FLAGS)
         try:
             if rule is not None:
                 rule(self.dir_fd, parent or ".")
@@ -108,6 +177,8 @@ class PartialFile:
         self._made = False
         self._committed = True
         self._close_dir()
+        if self._parents is not None:
+            self._parents.close()
 
     def abort(self) -> None:
         if self._committed or self.stdout:
@@ -122,6 +193,9 @@ class PartialFile:
             except FileNotFoundError:
                 pass
         self._close_dir()
+        if self._parents is not None:  # the directories made for this output go too
+            self._parents.remove()
+            self._parents.close()
 
     def _close_dir(self) -> None:
         if self.dir_fd >= 0:

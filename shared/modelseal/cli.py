@@ -21,7 +21,8 @@ import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import bounds, buildinfo, stages
+from . import bounds, buildinfo, stages, usage
+from .completion import SHELLS
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
 from .options import (
@@ -137,9 +138,11 @@ _KEY_URIS = ("key URI: file://, env:, https://, aws-kms://, secretsmanager://, g
 _SOURCES = "s3://, gs://, azblob://, https://, oci://, file:// or -"
 
 
-def _keys(p: argparse.ArgumentParser) -> None:
+def _keys(p: argparse.ArgumentParser, formats: bool = False) -> None:
+    """--key and --key-uri; `formats`: the command reads --format (decrypt, run), so --key's help names it."""
     _flag(p, "--key", help="key file (32 raw bytes; a Tink keyset or raw key with --format tink; "
-                            "a passphrase file with --format openpgp)")
+                            "a passphrase file with --format openpgp)" if formats else
+          "key file: the 32-byte data key (raw, base64 or hex), as keygen writes it")
     _flag(p, "--key-uri", help=_KEY_URIS)
 
 
@@ -252,6 +255,23 @@ def _preflight(p: argparse.ArgumentParser) -> None:
                                                          "limit before writing (logged)")
 
 
+def _logging(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    _flag(g, "--log-format", choices=LOG_FORMATS, default="auto", help="text: short lines and a progress bar, for a "
+          "person; json: one JSON object per line (the documented format); auto: text when stderr is a terminal, "
+          "else json")
+    _flag(g, "-q", "--quiet", action="store_true", help="log errors only")
+
+
+#: --log-format's values (auto: text on a terminal, JSON elsewhere, so pods keep their JSON).
+LOG_FORMATS = ("auto", "text", "json")
+
+
+def _force(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--force", action="store_true", help="replace an existing local output file (s3://, gs://, azblob:// "
+          "and oci:// outputs are replaced as their stores do: version them, or pin with --sha256)")
+
+
 class _Version(argparse.Action):
     """--version, asked only when given: finding the commit may run git, which no stage should wait for."""
 
@@ -264,14 +284,15 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelseal", description="Deliver encrypted models into pods; "
-                                     "plaintext only ever on tmpfs.")
+    parser = usage.Parser(prog="modelseal", description="Deliver encrypted models into pods; "
+                          "plaintext only ever on tmpfs.")
     parser.add_argument("--version", action=_Version, help="print the version and the commit it was built from")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        _logging(p)
         return p
 
     p = command("keygen", _keygen, "write a new random 32-byte data key (mode 0400)")
@@ -290,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
           "(OpenSSF model signing); adds model.sig to the archive")
     _flag(p, "--follow-external-symlinks", action="store_true", help="seal what symlinks that leave SRC point "
           "to (refused by default: a link to /etc/passwd would be shipped)")
+    _force(p)
     _connection(p)
 
     p = command("convert", _convert, "re-encrypt an OpenPGP (gpg -c) file into a .seal in one pass")
@@ -301,12 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--recipient", action="append", metavar="R", help=_RECIPIENT)
     _flag(p, "--name", help="model name recorded in the header")
     _flag(p, "--model-version", default="", help="model version recorded in the header")
+    _force(p)
     _connection(p)
 
     p = command("inspect", _inspect, "print a .seal header as JSON (no key needed)")
-    _flag(p, "file", metavar="FILE", help=".seal file, or - for stdin")
+    _flag(p, "file", metavar="FILE", help=".seal file or source URI (" + _SOURCES + "): reads the header only")
     _flag(p, "--resources", action="store_true", help="print the pod resources and emptyDir sizeLimits this "
                                                       "model needs, four-stage and single-stage")
+    _flag(p, "-o", "--output-format", choices=("yaml", "patch", "json"), default="yaml", help="--resources as "
+          "commented YAML, a strategic-merge patch for the single-stage pod or Deployment (kubectl patch, "
+          "kustomize), or JSON")
+    _flag(p, "--kind", choices=("Deployment", "Pod"), default="Deployment", help="what the patch applies to")
+    _flag(p, "--workload", metavar="NAME", help="the Deployment's or Pod's name, written into the patch (kustomize "
+          "finds its target by it; kubectl patch names it on its command line)")
+    _connection(p)
 
     p = command("fetch-key", _fetch_key, "fetch or unwrap the data key onto tmpfs (mode 0400)")
     _flag(p, "--key-uri", help=_KEY_URIS)
@@ -328,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("decrypt", _decrypt, "decrypt onto tmpfs; the output appears only once fully verified")
     _flag(p, "--in", dest="input", required=True, help="ciphertext file or -")
-    _flag(p, "-o", "--output", required=True, help="plaintext file (on tmpfs) or -")
-    _keys(p)
+    _flag(p, "-o", "--output", required=True, help="plaintext file (on tmpfs) or - (a pipe, never a terminal)")
+    _keys(p, formats=True)
     _identity(p)
     _format(p)
     _allow_disk(p)
@@ -350,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", _run, "fetch, decrypt and unpack in one streaming pass")
     _flag(p, "--source", required=True, help=_SOURCES)
     _flag(p, "-o", "--output", required=True, help="directory to create (on tmpfs)")
-    _keys(p)
+    _keys(p, formats=True)
     _identity(p)
     _flag(p, "--sha256", help="expected SHA-256 of the ciphertext")
     _format(p)
@@ -374,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
           "as inspect lists it (repeatable); the last one is never removed")
     _connection(p)
     _injection_commands(command)
+
+    p = sub.add_parser("completion", help="print a shell completion script (bash, zsh or fish)",
+                       description="print a shell completion script: eval \"$(modelseal completion bash)\"")
+    p.add_argument("shell", choices=SHELLS, help="the shell")
     return parser
 
 
@@ -401,11 +435,21 @@ def _convert(a: argparse.Namespace, log: Log) -> dict:
 
 def _inspect(a: argparse.Namespace, log: Log) -> dict:
     _require(a, "file")
-    seen = stages.inspect(a.file)
+    seen = stages.inspect(a.file, _connection_of(a))
     if a.resources:
-        from .placement.advice import advice
+        from .placement import advice
 
-        print(advice(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes), end="")
+        if a.output_format == "patch":
+            from .sources import backend_class
+
+            # a source read in parallel ranged parts holds them in flight (pods.S3_READER)
+            parallel = a.file != "-" and backend_class(a.file).PARALLEL_PARTS
+            print(advice.patch_text(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes, kind=a.kind,
+                                    parallel=parallel, workload=a.workload), end="")
+        elif a.output_format == "json":
+            print(json.dumps(advice.numbers(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes), indent=2))
+        else:
+            print(advice.advice(seen.header.fixed, seen.payload_bytes, seen.prefix_bytes), end="")
     else:
         print(json.dumps(seen.to_json(), indent=2, sort_keys=True))
     return {"name": seen.header.fixed.name}
@@ -509,10 +553,33 @@ def _workers(a: argparse.Namespace) -> int:
     return default_workers()  # auto
 
 
+def _log(args: argparse.Namespace) -> Log:
+    """JSON lines unless a person is reading: --log-format text, or auto with stderr on a terminal."""
+    try:
+        terminal = sys.stderr is not None and sys.stderr.isatty()
+    except (OSError, ValueError):
+        terminal = False
+    text = args.log_format == "text" or (args.log_format == "auto" and terminal)
+    return Log(args.command, text=text, quiet=args.quiet, bars=text and terminal)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)  # a malformed command line exits 2 here
-    log = Log(args.command)
+    parser = build_parser()
+    if not argv:  # `modelseal` alone: the help, and exit 2 (an init container given no args must not pass)
+        parser.print_help(sys.stderr)
+        return 2
+    usage.check_flags(parser, argv)  # an unknown flag, under its command's usage, with "did you mean" (exit 2)
+    args = parser.parse_args(argv)  # a malformed command line exits 2 here
+    if args.command == "completion":
+        from .completion import script
+
+        sys.stdout.write(script(parser, args.shell))
+        return 0
+    log = _log(args)
+    for name, close in usage.misspelled(parser, dict(os.environ)):
+        log.warning("unknown_variable", variable=name, message=f"${name} is not a modelseal setting"
+                    + (f"; did you mean ${close}?" if close else ""))
     os.environ.setdefault("MODELSEAL_STAGE", args.command)  # backends log under the stage's name
     try:
         with StopSignals() as signals:

@@ -133,8 +133,9 @@ class Header:
         return [recipients.describe(s) for s in self.stanzas]
 
     def log_fields(self) -> dict[str, Any]:
-        """What a log line may say before the header is authenticated: quoted, shortened."""
-        return {"name": untrusted.show(self.fixed.name, 80), "version": untrusted.show(self.fixed.version, 40),
+        """What a log line may say before the header is authenticated: shortened (the JSON line escapes it,
+        the text line escapes its control characters), not repr-quoted (issue 20)."""
+        return {"name": untrusted.shorten(self.fixed.name, 80), "version": untrusted.shorten(self.fixed.version, 40),
                 "recipients": len(self.stanzas)}
 
 

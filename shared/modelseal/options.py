@@ -181,6 +181,7 @@ class Output:
     path: str
     delete_key: bool = False
     delete_input: bool = False
+    force: bool = False  # seal, convert: replace an existing local file
 
 
 @dataclass(frozen=True)

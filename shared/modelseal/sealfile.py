@@ -242,9 +242,9 @@ class Header(Fixed):
 
     def log_fields(self) -> dict[str, Any]:
         """What a log line may say about a header that is not authenticated yet: quoted, shortened."""
-        return {"name": untrusted.show(self.name, 80), "version": untrusted.show(self.version, 40),
-                "key_id": untrusted.show(self.key_id, 40),
-                "wrapped": untrusted.show(self.wrapped_key.provider, 40) if self.wrapped_key else None}
+        return {"name": untrusted.shorten(self.name, 80), "version": untrusted.shorten(self.version, 40),
+                "key_id": untrusted.shorten(self.key_id, 40),
+                "wrapped": untrusted.shorten(self.wrapped_key.provider, 40) if self.wrapped_key else None}
 
 
 def _is_int(value: Any, expected: int) -> bool:

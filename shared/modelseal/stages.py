@@ -10,19 +10,20 @@ what it was asked as the groups of options.py, built once by the CLI.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from . import archive, header_v2, recipients, sealfile, sizesfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
-from .log import Log
+from .log import Log, Progress
 from .options import (
     FORMATS,
     Connection,
@@ -42,6 +43,7 @@ from .placement.tmpfs import memory_only
 from .sources import Stream, open_sink, open_source
 from .sources.file import open_local as open_file
 from .streaming import ChunkReader, DecryptingReader, Readable, Writable
+from .streaming import _read_full as read_full
 from .uri import URI
 
 PREFIX_READ = sealfile.MAX_PREFIX  # enough bytes to hold any .seal prefix, of either version
@@ -194,6 +196,46 @@ def _recipients(key: KeySpec, sealing: Sealing, connection: Connection) -> list[
     return found
 
 
+class _Hashing:
+    """The .seal's bytes on their way to the sink, hashed as they pass: seal's `sha256:` for --sha256 pins,
+    in the same pass (a remote sink cannot be read back cheaply). hashlib releases the GIL and AES-GCM does
+    not (overlap.py), so the hash runs on a thread of its own, on another core, from a copy of each
+    segment (the encryptor reuses its buffer): about a second per 256 MiB taken off the sealing thread."""
+
+    def __init__(self, sink: Writable, behind: BackgroundWriter) -> None:
+        self.sink = sink
+        self.behind = behind
+
+    def write(self, data: Any) -> int:
+        self.sink.write(data)
+        self.behind.write(memoryview(bytes(data)))
+        return len(data)
+
+
+class _Counted:
+    """A plaintext writer that moves the progress bar (once per write: a tar block run or a 1 MiB chunk)."""
+
+    def __init__(self, writer: Writable, progress: Progress) -> None:
+        self.writer, self.progress = writer, progress
+
+    def write(self, data: Any) -> int:
+        self.writer.write(data)
+        n = len(data)
+        self.progress.add(n)
+        return n
+
+    def close(self) -> None:
+        """The writer's owner closes it (the compressor's trailer, the last segment)."""
+
+
+def refuse_overwrite(output: Output) -> None:
+    """seal and convert refuse an existing local output unless --force, as keygen does. Remote outputs are
+    replaced as their stores replace objects (the object store's versioning, the registry's tag)."""
+    parsed = URI.parse(output.path)
+    if parsed.scheme == "file" and parsed.path != "-" and not output.force and os.path.lexists(parsed.path):
+        raise UsageError(f"{parsed.path} exists: refusing to overwrite it (give --force to replace it)")
+
+
 def _sealed_header(fixed: sealfile.Fixed, to: list[recipients.Recipient]) -> tuple[header_v2.Header, bytes]:
     """A new version 2 header: a fresh data key for this file alone, wrapped for each recipient
     (a key service's wrap is a network call: made after the cheap checks)."""
@@ -201,28 +243,36 @@ def _sealed_header(fixed: sealfile.Fixed, to: list[recipients.Recipient]) -> tup
     return header_v2.seal(fixed, data_key, to), data_key
 
 
-def _write_sealed(out: str, header: header_v2.Header, data_key: bytes, fill: Callable[[Writable], int],
-                  connection: Connection, log: Log) -> dict:
-    """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure."""
+def _write_sealed(out: str, header: header_v2.Header, data_key: bytes, fill: Callable[[Writable, Progress], int],
+                  connection: Connection, log: Log, total: int | None = None) -> dict:
+    """Stream `fill`'s plaintext into a .seal at `out`; nothing is left on failure. `fill` moves the progress
+    by the bytes of `total`'s kind (the tar's, before any compression)."""
     sink = open_sink(out, connection)
+    progress = log.progress("seal", total)
+    sha256 = hashlib.sha256()
     try:
-        writer = header_v2.seal_writer(sink, header, data_key)
-        files = fill(writer)
-        writer.close()
+        with BackgroundWriter(sha256.update, depth=4) as behind:
+            writer = header_v2.seal_writer(_Hashing(sink, behind), header, data_key)
+            files = fill(writer, progress)
+            writer.close()
         sink.close()  # completes the object: the rename, the multipart completion, the manifest
     except BaseException:
         sink.abort()
         raise
+    parsed = URI.parse(out)
+    digest = "sha256:" + sha256.hexdigest()
     listed = [r["recipient"] for r in header.recipients()]
-    log.info("sealed", out=URI.parse(out).redacted(), files=files, plaintext_bytes=writer.plaintext_bytes,
-             bytes=writer.ciphertext_bytes + len(header.encode()), recipients=listed, key_id=sealfile.key_id(data_key))
     # key_id: the data key's public id, which fetch-key's key_written names too
+    log.info("sealed", out=parsed.path if parsed.scheme == "file" else parsed.redacted(), files=files,
+             plaintext_bytes=writer.plaintext_bytes, bytes=writer.ciphertext_bytes + len(header.encode()),
+             recipients=listed, key_id=sealfile.key_id(data_key), sha256=digest)
     return {"bytes": writer.plaintext_bytes, "files": files, "recipients": len(listed),
-            "key_id": sealfile.key_id(data_key)}
+            "key_id": sealfile.key_id(data_key), "sha256": digest}
 
 
-def _copy(stream: Readable) -> Callable[[Writable], int]:
-    def fill(writer: Writable) -> int:
+def _copy(stream: Readable) -> Callable[[Writable, Progress], int]:
+    def fill(sealing: Writable, progress: Progress) -> int:
+        writer = _Counted(sealing, progress)
         buf = bytearray(1 << 20)
         while n := stream.readinto(buf):
             writer.write(memoryview(buf)[:n])
@@ -248,6 +298,7 @@ def _outputs(out: str) -> frozenset[archive.Identity]:
 def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection: Connection, log: Log) -> dict:
     """Tar (optionally compress) and encrypt a model directory, or seal an archive or stdin as it is."""
     out, compress, sign_key = output.path, sealing.compress, sealing.sign_key
+    refuse_overwrite(output)
     if model != "-" and not os.path.exists(model):
         raise DeniedError(f"{model}: no such file or directory")
     content_compression, wrap_in_tar, sizes = compress, True, sealfile.Sizes()
@@ -279,17 +330,18 @@ def seal(model: str, output: Output, key: KeySpec, sealing: Sealing, connection:
         sizes=plan.sizes() if plan is not None else sizes,
     ), to)
 
-    def tar(writer: Writable) -> int:
+    def tar(writer: Writable, progress: Progress) -> int:
         assert plan is not None
         comp = archive.compressor(writer, compress)
-        files = archive.write_tar(plan, comp)
+        files = archive.write_tar(plan, _Counted(comp, progress))
         comp.close()
         return files
 
     if wrap_in_tar:
-        return _write_sealed(out, header, data_key, tar, connection, log)
+        return _write_sealed(out, header, data_key, tar, connection, log, total=header.fixed.sizes.tar_bytes)
     with open_file(model) as stream:
-        return _write_sealed(out, header, data_key, _copy(stream), connection, log)
+        size = os.fstat(stream.fileno()).st_size if model != "-" else None
+        return _write_sealed(out, header, data_key, _copy(stream), connection, log, total=size or None)
 
 
 def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, sealing: Sealing, connection: Connection,
@@ -297,6 +349,7 @@ def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, seali
     """Re-encrypt an OpenPGP (`gpg -c`) file into a .seal in one streaming pass."""
     from . import openpgp
 
+    refuse_overwrite(output)
     with open(passphrase_file, "rb") as f:
         passphrase = f.read(1 << 16)
     to = _recipients(key, sealing, connection)
@@ -310,7 +363,8 @@ def convert(path: str, output: Output, passphrase_file: str, key: KeySpec, seali
             compression=archive.detect_compression(bytes(first[:8])), name=sealing.name or default_name,
             version=sealing.model_version), to)
 
-        def fill(writer: Writable) -> int:
+        def fill(sealing: Writable, progress: Progress) -> int:
+            writer = _Counted(sealing, progress)
             writer.write(first)
             for chunk in chunks:
                 writer.write(chunk)
@@ -351,11 +405,51 @@ class Inspection:
         return info
 
 
-def inspect(path: str) -> Inspection:
-    with (open(path, "rb") if path != "-" else os.fdopen(os.dup(0), "rb")) as f:
-        header, prefix = sealfile.read_prefix(f)
-        size = os.fstat(f.fileno()).st_size if path != "-" else None
+def inspect(location: str, connection: Connection = Connection()) -> Inspection:
+    """The header of a .seal wherever the stages read it (a path, file://, s3://, https://, oci://, ...):
+    a ranged read of the prefix only, and the object's length from the source."""
+    if location == "-":
+        with os.fdopen(os.dup(0), "rb") as f:
+            header, prefix = _read_header(f, location)
+        return Inspection(header, len(prefix), None)
+    backend = open_source(location, connection)
+    header, prefix = _read_header(io.BytesIO(backend.read_prefix(PREFIX_READ)), location)
+    size = backend.size
     return Inspection(header, len(prefix), None if size is None else size - len(prefix))
+
+
+#: The first bytes of what is not a .seal, and the command that reads it.
+_NOT_SEALED = (
+    ((b"\x8c", b"\x8d", b"\xc3"), "an OpenPGP (gpg -c) file: convert it (modelseal convert IN -o OUT.seal "
+     "--passphrase-file F --key KEY), or decrypt it as it is (decrypt/run --format openpgp)"),
+    ((b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PK\x03\x04"), "an archive, not sealed: seal it (modelseal seal IN -o "
+     "OUT.seal --key KEY)"),
+)
+
+
+def _read_header(stream: Readable, location: str) -> tuple[sealfile.AnyHeader, bytes]:
+    """sealfile.read_prefix, naming the right command when the input is something else we know."""
+    buf = bytearray(8)
+    head = bytes(buf[:read_full(stream, memoryview(buf))])
+    for magics, what in _NOT_SEALED:
+        if head.startswith(magics):
+            raise UsageError(f"{location} is not a .seal but {what}")
+    return sealfile.read_prefix(_Rejoined(head, stream))
+
+
+class _Rejoined:
+    """The bytes already read, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: Readable) -> None:
+        self.head, self.rest = head, rest
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        if self.head:
+            n = min(len(buf), len(self.head))
+            buf[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        return self.rest.readinto(buf) or 0
 
 
 def fetch_key(key_uri: str | None, output: Output, unwrapping: Unwrapping, guards: Guards, connection: Connection,
@@ -454,6 +548,9 @@ def fetch_model(source: SourceSpec, output: Output, connection: Connection, log:
 def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, guards: Guards,
             connection: Connection, log: Log) -> dict:
     """The ciphertext file at `path` (or stdin) decrypted onto tmpfs; the output appears only once verified."""
+    if output.path == "-" and os.isatty(1):
+        raise UsageError("refusing to write the plaintext model to a terminal: give -o FILE on tmpfs, or pipe it "
+                         "(decrypt -o - | ...)")
     key_source = key.source(connection)  # configuration errors first, before touching any input
     identity = key.identity_source(connection)
     key_file = key.deletable(output.delete_key)

@@ -48,6 +48,17 @@ def show(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: max(limit - 5, 1)] + "...'"
 
 
+def shorten(value: Any, limit: int = 120) -> str:
+    """A header string for a log field: shortened, its control characters escaped (\\n, \\x1b), but not
+    repr-quoted (`my-model`, not `'my-model'`); a value that is not a string is shown as show() shows it."""
+    if not isinstance(value, str):
+        return show(value, limit)
+    text = value[: limit + 1]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
 def _short_repr(value: Any, limit: int) -> str:
     """repr() of a scalar; containers are named, never walked (they may be deep)."""
     if value is None or isinstance(value, (bool, int, float)):

@@ -76,6 +76,14 @@ class URI:
                              "token files, key files or the cloud SDK's credential chain")
         return cls(raw, scheme, parts.netloc, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)))
 
+    def check_local(self) -> None:
+        """A file:// URI names a path on this machine: `file://model.key` (two slashes) reads as the host
+        "model.key" with no path, which would fail later as a missing file named nothing."""
+        if self.scheme == "file" and self.netloc not in ("", "localhost"):
+            raise UsageError(f"{self.raw}: a file URI takes an absolute path after three slashes "
+                             f"(file:///abs/path/{self.netloc}); for a relative path give the path itself "
+                             "(--key PATH, --source PATH)")
+
     @property
     def hostname(self) -> str:
         """The host as URL clients connect to it (lower case, no brackets, no port)."""

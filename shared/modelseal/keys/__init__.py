@@ -77,6 +77,15 @@ class KeySource:
         return raw
 
 
+def _text(raw: bytes) -> bool:
+    """Printable ASCII (with line ends): text meant to be decoded, not raw key bytes."""
+    return all(32 <= b < 127 or b in b"\t\r\n" for b in raw)
+
+
+def wrong_size(n: int) -> str:
+    return f"a data key is {DATA_KEY_SIZE} bytes (raw, base64 or hex); this one is {n}"
+
+
 def decode(raw: bytes, field: str | None, encoding: str) -> bytes:
     """Apply `field=` (a JSON member) and `encoding=` (raw, base64, hex or auto)."""
     if field:
@@ -91,7 +100,8 @@ def decode(raw: bytes, field: str | None, encoding: str) -> bytes:
     if encoding == "raw":
         return raw
     text = raw.strip()
-    if encoding == "auto":
+    guessed = encoding == "auto"
+    if guessed:
         if len(raw) == DATA_KEY_SIZE:
             return raw
         encoding = "hex" if len(text) == 2 * DATA_KEY_SIZE else "base64"
@@ -101,6 +111,8 @@ def decode(raw: bytes, field: str | None, encoding: str) -> bytes:
         if encoding == "base64":
             return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
+        if guessed and not _text(raw):  # binary, and not 32 bytes: a raw key of the wrong size
+            raise UsageError(wrong_size(len(raw))) from None
         raise IntegrityError(f"key material is not valid {encoding}") from None
     raise UsageError(f"unknown key encoding {encoding!r} (raw, base64, hex)")
 

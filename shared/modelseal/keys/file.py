@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..options import Connection
 from ..sealfile import WrappedKey
+from ..uri import URI
 from . import KeySource
 
 SCHEMES = ("file",)
@@ -10,6 +12,10 @@ MAX_KEY_FILE = 1 << 20
 
 
 class Backend(KeySource):
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        uri.check_local()
+        super().__init__(uri, connection)
+
     def material(self, wrapped: WrappedKey | None) -> bytes:
         with open(self.uri.path, "rb") as f:
             return f.read(MAX_KEY_FILE)

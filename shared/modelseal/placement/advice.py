@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import untrusted
+from ..errors import UsageError
 from ..sealfile import Fixed
 from ..sources import parallel_schemes
 from .need import MIB, mib, quantity
@@ -74,3 +75,63 @@ def advice(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0) -> s
         f"    models: {{emptyDir: {{medium: Memory, sizeLimit: {quantity(four.models_volume)}}}}}",
     ]
     return "\n".join(lines) + "\n"
+
+
+#: The names examples/kubernetes/single-stage.yaml gives its init container, serving container and volume:
+#: a strategic-merge patch merges containers and volumes by name.
+INIT, SERVING, VOLUME = "modelseal", "serving", "models"
+
+
+def numbers(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0) -> dict[str, Any]:
+    """`inspect --resources -o json`: the same numbers as advice(), as Kubernetes quantities."""
+    s = shapes(header, payload_bytes, prefix_bytes)
+    out: dict[str, Any] = {"tree_bytes": s.tree, "plaintext_bytes": s.plaintext, "single_stage": None,
+                           "four_stage": None}
+    if s.single_stage is not None:
+        out["single_stage"] = {k: quantity(v) for k, v in vars(s.single_stage).items()}
+    if s.four_stage is not None:
+        out["four_stage"] = {k: quantity(v) if k != "secrets_volume" else f"{v // MIB}Mi"
+                             for k, v in vars(s.four_stage).items()}
+    return out
+
+
+def patch(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
+          parallel: bool = True, workload: str | None = None) -> dict[str, Any]:
+    """`inspect --resources -o patch`: a strategic-merge patch setting the single-stage init container's memory
+    and the models volume's sizeLimit (`kubectl patch deployment NAME --patch-file F`, or a kustomize patch).
+    The serving container is left alone: its limit is the tree plus what the server needs, which only its
+    owner knows (patch_text() says the tree's share in a comment)."""
+    one = shapes(header, payload_bytes, prefix_bytes).single_stage
+    if one is None:
+        raise UsageError("cannot size the pod: the .seal header records no unpacked size (reseal it with "
+                         "modelseal seal)")
+    init = quantity(one.init_memory_s3 if parallel else one.init_memory)
+    spec = {
+        "initContainers": [{"name": INIT, "resources": {"requests": {"memory": init}, "limits": {"memory": init}}}],
+        "volumes": [{"name": VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": quantity(one.models_volume)}}],
+    }
+    doc: dict[str, Any] = {}
+    if workload:  # kustomize finds what a patch applies to by these; `kubectl patch` is told on its command line
+        doc = {"apiVersion": "apps/v1" if kind == "Deployment" else "v1", "kind": kind, "metadata": {"name": workload}}
+    doc["spec"] = {"template": {"spec": spec}} if kind == "Deployment" else spec
+    return doc
+
+
+def patch_text(header: Fixed, payload_bytes: int | None, prefix_bytes: int = 0, *, kind: str = "Deployment",
+               parallel: bool = True, workload: str | None = None) -> str:
+    """patch() as YAML-readable JSON, after comments naming what it is for and the serving container's share."""
+    import json
+
+    one = shapes(header, payload_bytes, prefix_bytes).single_stage
+    doc = patch(header, payload_bytes, prefix_bytes, kind=kind, parallel=parallel, workload=workload)
+    assert one is not None  # patch() refused otherwise
+    return "\n".join([
+        f"# modelseal inspect --resources -o patch: {_comment(header.name or 'model', 80)} "
+        f"{_comment(header.version or '', 40)}".rstrip(),
+        f"# for a {kind} shaped like examples/kubernetes/single-stage.yaml (init container {INIT!r}, volume "
+        f"{VOLUME!r}):",
+        f"#   kubectl patch {kind.lower()} {workload or 'NAME'} --type strategic --patch-file THIS"
+        + (", or a kustomize patch" if workload else " (for kustomize: inspect --workload NAME)"),
+        f"# the {SERVING!r} container's memory limit: {quantity(one.serving_memory)} for the model's pages, plus what "
+        "the server itself needs",
+        json.dumps(doc, indent=2), ""])

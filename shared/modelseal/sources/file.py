@@ -7,7 +7,9 @@ import os
 from typing import Any
 
 from ..atomic import PartialFile
+from ..options import Connection
 from ..upload import Upload
+from ..uri import URI
 from . import Source, Stream
 
 SCHEMES = ("file",)
@@ -25,6 +27,10 @@ def open_local(path: str) -> LocalFile:
 
 
 class Backend(Source):
+    def __init__(self, uri: URI, connection: Connection) -> None:
+        uri.check_local()
+        super().__init__(uri, connection)
+
     @property
     def size(self) -> int | None:
         if self.uri.path == "-":

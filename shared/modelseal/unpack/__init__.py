@@ -43,12 +43,12 @@ import stat
 import time
 
 from ..archive import detect_compression
-from ..atomic import TargetRule
+from ..atomic import Parents, TargetRule
 from ..errors import IntegrityError, UsageError
 from ..log import Log
 from ..overlap import WriteBehind
 from ..placement import Preflight, tree_need
-from ..sealfile import Sizes
+from ..sealfile import MAGIC, Sizes
 from ..streaming import Readable
 from .decompress import Archive, Decompressed, producer
 from .limits import Limits
@@ -84,7 +84,7 @@ def _check_dest(parent_fd: int, name: str, dest: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{dest} exists and is not a directory")
     if st.st_dev != os.fstat(parent_fd).st_dev:
-        raise UsageError(f"{dest} is a mount point: give a new directory inside it (e.g. {dest.rstrip('/')}/model)")
+        raise _mount_point(dest)
     fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
         if os.listdir(fd):
@@ -97,6 +97,21 @@ def _check_dest(parent_fd: int, name: str, dest: str) -> None:
 #: fails: a fill that failed for want of descriptors (EMFILE) left its staging directory behind, as
 #: shutil.rmtree holds one per level and one more (the soak's find, issue 25). Enough for 6 levels.
 CLEANUP_DESCRIPTORS = 8
+
+
+def _mount_point(dest: str) -> UsageError:
+    return UsageError(f"{dest} is a mount point: give a new directory inside it (e.g. {dest.rstrip('/')}/model)")
+
+
+def _refuse_mount_point(parent: str, name: str, dest: str) -> None:
+    """`-o /models` where /models is the memory volume itself: say so, before the memory rule would
+    refuse its parent (`/`, on disk) with a message about the wrong filesystem. Only a message:
+    _check_dest decides again on the opened parent."""
+    try:
+        if os.stat(os.path.join(parent, name), follow_symlinks=False).st_dev != os.stat(parent).st_dev:
+            raise _mount_point(dest)
+    except OSError:
+        pass  # no such dest (the usual case), or a parent that is not a directory: said later
 
 
 def _remove(parent_fd: int, name: str) -> None:
@@ -128,14 +143,15 @@ class Destination:
         parent, self.name = os.path.split(os.path.abspath(dest))
         if self.name in ("", ".", ".."):
             raise UsageError(f"cannot extract into {dest!r}: give a new directory's path")
-        self._fds: list[int] = []  # every directory opened here, the parent of dest last
-        self._created: list[tuple[int, str]] = []  # (descriptor of its parent, name) of each directory made
+        self._parents: Parents | None = None
         self.staging: str | None = None
         self.root = -1
         self._done = False
         self._reserve: list[int] = []  # CLEANUP_DESCRIPTORS, closed to remove the staging tree
         try:
-            self.parent_fd = self._open_parent(parent, rule)
+            _refuse_mount_point(parent, self.name, dest)  # before the rule looks at the parent (on disk, often)
+            self._parents = Parents(parent, rule, f"cannot extract into {dest}")
+            self.parent_fd = self._parents.fd
             _check_dest(self.parent_fd, self.name, dest)
             prefix = _staging_prefix(self.name)
             for stale in os.listdir(self.parent_fd):
@@ -156,33 +172,6 @@ class Destination:
         except BaseException:
             self.close()
             raise
-
-    def _open_parent(self, parent: str, rule: TargetRule | None) -> int:
-        existing, missing = parent, []
-        while not os.path.lexists(existing):
-            existing, component = os.path.split(existing)
-            missing.append(component)
-        try:
-            fd = os.open(existing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise UsageError(f"cannot extract into {self.dest}: {existing}: {e.strerror}") from None
-        self._fds.append(fd)
-        if rule is not None:
-            rule(fd, existing)  # before anything is created under it
-        for component in reversed(missing):
-            try:
-                os.mkdir(component, 0o755, dir_fd=fd)
-                self._created.append((fd, component))
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise UsageError(f"cannot extract into {self.dest}: creating {component!r}: {e.strerror}") from None
-            try:
-                fd = os.open(component, DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                raise UsageError(f"cannot extract into {self.dest}: opening {component!r}: {e.strerror}") from None
-            self._fds.append(fd)
-        return fd
 
     def extract(self, archive: Readable, *, limits: Limits = Limits(), allow_symlinks: bool = False,
                 preflight: Preflight | None = None, size: int | None = None, declared: Sizes | None = None,
@@ -221,15 +210,11 @@ class Destination:
                     _remove(self.parent_fd, self.staging)
                 except OSError as e:
                     self.log.error("staging_cleanup_failed", name=self.staging, error=e.strerror)
-            for parent_fd, name in reversed(self._created):  # parents made for dest go too
-                try:
-                    os.rmdir(name, dir_fd=parent_fd)
-                except OSError:
-                    break
+            if self._parents is not None:
+                self._parents.remove()  # parents made for dest go too
         self.staging = None
-        self._created = []
-        while self._fds:
-            os.close(self._fds.pop())
+        if self._parents is not None:
+            self._parents.close()
 
     def __enter__(self) -> "Destination":
         return self
@@ -269,6 +254,10 @@ def _extract_into(source: Readable, root: int, dest: str, limits: Limits, allow_
         head = archive.peek(8)
         if not head:
             raise IntegrityError("empty input: not a tar or zip archive")
+        if head.startswith(MAGIC):
+            raise UsageError(f"{dest}: the input is a sealed model (.seal), not an archive: decrypt it first "
+                             "(modelseal decrypt --in M.seal --key KEY -o M.tar), or use modelseal run --source "
+                             "M.seal, which decrypts and unpacks in one pass")
         if head[:4] in ZIP_MAGICS:
             fmt, compression = "zip", "none"
         else:
@@ -279,6 +268,9 @@ def _extract_into(source: Readable, root: int, dest: str, limits: Limits, allow_
         if preflight is not None:  # once the compression is known, before the first byte is written
             preflight(root, dest, tree_need(declared, size, compression, buffers))
         tree = Tree(root, applied, allow_symlinks, log, declared, verify, behind)
+        # The bar's total: the header's file bytes, else an uncompressed archive's own length (about them)
+        tree.progress.total = (declared.file_bytes if declared is not None and declared.file_bytes is not None
+                               else size if compression == "none" else None)
         try:
             if fmt == "zip":
                 extract_zip(archive, tree)
