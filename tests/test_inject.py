@@ -23,7 +23,7 @@ from modelseal.cli import build_parser
 from modelseal.errors import UsageError
 from modelseal.inject import Images, Params, inject, model_shapes
 from modelseal.inject.params import check
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from modelseal.stages import PREFIX_READ
 from support.injection import ANNOTATIONS, KINDS, keyed_seal, pod_spec, serving, spec_of, validate_strict, workload
 from support.models import make_model

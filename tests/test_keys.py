@@ -434,7 +434,7 @@ def test_kbs_usage_errors():
         open_key("kbs:///default/../key", fast())
     with pytest.raises(UsageError):  # plain http beyond loopback needs allow_http
         open_key("kbs:///default/key/k", fast(cdh_url="http://10.0.0.1:8006"))
-    from modelseal.options import Connection
+    from modelseal.connection import Connection
 
     assert open_key("kbs:///default/key/k", Connection()).url == "http://127.0.0.1:8006/cdh/resource/default/key/k"
 

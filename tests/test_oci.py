@@ -563,7 +563,7 @@ def test_layer_choice():
 
 def test_registry_credentials_never_go_to_another_origin(token_registry, work, out, monkeypatch):
     from modelseal.sources import open_source
-    from modelseal.options import Connection
+    from modelseal.connection import Connection
 
     issuer, storage, registry, proxy = token_registry
     ref = f"oci://127.0.0.1:{proxy.port}/models/resnet:1"

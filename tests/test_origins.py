@@ -25,7 +25,7 @@ from modelseal.errors import DeniedError, UsageError
 from modelseal.sealfile import WrappedKey
 from modelseal.keys import open_key
 from modelseal.sources import open_source
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from modelseal.uri import URI
 from support.faults import Fault
 from support.fixtures import fast

@@ -265,7 +265,7 @@ def test_the_timeout_must_be_positive(web, timeout):
     """The command line's bounds refuse it first; options built any other way meet the client's own
     rule: a timeout of 0 would fail every attempt at once and read as an unavailable server."""
     from modelseal.errors import UsageError
-    from modelseal.options import Connection
+    from modelseal.connection import Connection
 
     with pytest.raises(UsageError, match="^timeout must be positive$"):
         open_source(f"{web.url}/m.seal", Connection(timeout=timeout, allow_http=True)).open()

@@ -35,7 +35,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "images"))  # appended
 from release import cosign, oci, referrers, sbom  # noqa: E402
 from release.store import Repository  # noqa: E402
 
-from modelseal.options import Connection  # noqa: E402
+from modelseal.connection import Connection  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modelseal import web
-from modelseal.options import Connection
+from modelseal.connection import Connection
 
 from . import cosign, oci, referrers, sbom
 from .store import Repository

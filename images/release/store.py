@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import quote, urljoin
 
 from modelseal import retry
+from modelseal.connection import Connection
 from modelseal.errors import IntegrityError
-from modelseal.options import Connection
 from modelseal.registry.client import Registry
 from modelseal.registry.manifest import ACCEPT, OCI_INDEX, digest_of
 from modelseal.registry.reference import Reference

@@ -27,8 +27,8 @@ import re
 from typing import Any, Callable, TypeVar
 
 from . import extras, retry, web
+from .connection import Connection
 from .errors import IntegrityError, UsageError
-from .options import Connection
 
 T = TypeVar("T")
 

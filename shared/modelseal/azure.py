@@ -56,8 +56,8 @@ from typing import Any
 from urllib.parse import urlencode, urlunsplit
 
 from . import retry, untrusted, web
+from .connection import Connection
 from .errors import DeniedError, IntegrityError, UsageError
-from .options import Connection
 
 KEY_VAULT = "https://vault.azure.net"
 MANAGED_HSM = "https://managedhsm.azure.net"

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import bounds, buildinfo, stages, usage
 from .completion import SHELLS
+from .connection import Connection
 from .errors import Stopped, StoppedError, UsageError, classify
 from .log import Log, write_termination
 from .options import (
     FORMATS,
-    Connection,
     Decryption,
     Guards,
     KeySpec,

@@ -46,8 +46,8 @@ from dataclasses import replace
 from typing import Any
 
 from . import retry, untrusted, web
+from .connection import Connection
 from .errors import DeniedError, IntegrityError, UsageError, from_os_error
-from .options import Connection
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 METADATA_HOST = "metadata.google.internal"

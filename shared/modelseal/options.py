@@ -6,7 +6,6 @@ one here. Fields whose value is read from several flags or made into an
 object (the associated data, the workers, the unpack limits, the signature
 verifier) are built by the CLI and named in its builder.
 
-    Connection  how every backend reaches its service (any setting also a URI query parameter)
     KeySpec     where the key comes from: a key file or a key URI
     SourceSpec  where the ciphertext comes from, and the digest it must have
     Decryption  how the ciphertext is read: its format, associated data, Tink template, workers
@@ -20,62 +19,17 @@ verifier) are built by the CLI and named in its builder.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from . import bounds
+from .connection import Connection
 from .errors import UsageError
+from .keys import KeySource, open_key
 from .uri import URI
 
 if TYPE_CHECKING:
-    from .keys import KeySource
     from .signing import StreamVerifier
     from .unpack.limits import Limits
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Connection settings common to every backend; any may come from the URI query."""
-
-    timeout: float = field(default=30.0, metadata={"number": bounds.TIMEOUT})
-    ca: str | None = field(default=None, metadata={"check": True})  # CA bundle for TLS
-    cert: str | None = None  # client certificate (PEM, may hold the key)
-    cert_key: str | None = None  # client key, when separate
-    token_file: str | None = None  # bearer token
-    endpoint_url: str | None = None
-    allow_http: bool = False
-    retries: int = field(default=6, metadata={"number": bounds.RETRIES})
-    #: S3 parts in flight: (concurrency + 1) x part_size of memory
-    concurrency: int = field(default=4, metadata={"number": bounds.CONCURRENCY})
-    cdh_url: str = "http://127.0.0.1:8006"
-    role: str | None = None  # Vault Kubernetes-auth role
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def with_query(self, query: dict[str, str]) -> "Connection":
-        """These settings with the URI query's values; numbers are read by their bounds.Number rule,
-        and a setting that asks for a check (`ca`) may not be empty, as with its flag."""
-        known = {f.name: f for f in fields(self) if f.name != "extra"}
-        changes: dict[str, Any] = {}
-        extra = dict(self.extra)
-        for k, v in query.items():
-            f = known.get(k)
-            if f is None:
-                extra[k] = v
-            elif "number" in f.metadata:
-                changes[k] = f.metadata["number"].parse(v, f"query parameter {k}")
-            elif f.metadata.get("check") and not v.strip():
-                raise UsageError(f"query parameter {k}: an empty value would turn its check off; "
-                                 "give a value or leave it out")
-            elif isinstance(getattr(self, k), bool):
-                changes[k] = v.lower() in ("1", "true", "yes")
-            else:
-                changes[k] = v
-        return replace(self, extra=extra, **changes)
-
-    @classmethod
-    def checks(cls) -> tuple[str, ...]:
-        """The settings that ask for a check (a trust anchor): an empty value is refused."""
-        return tuple(f.name for f in fields(cls) if f.metadata.get("check"))
 
 
 @dataclass(frozen=True)
@@ -89,8 +43,6 @@ class KeySpec:
 
     def source(self, connection: Connection) -> KeySource | None:
         """The --key / --key-uri source (None: only --identity was given)."""
-        from .keys import open_key
-
         if self.key_file and self.key_uri:
             raise UsageError("give exactly one of --key FILE or --key-uri URI")
         if not (self.key_file or self.key_uri):
@@ -104,8 +56,6 @@ class KeySpec:
 
     def identity_source(self, connection: Connection) -> KeySource | None:
         """Where the age identity comes from (opened early: a bad URI is a usage error before any input)."""
-        from .keys import open_key
-
         return open_key(self.identity, connection) if self.identity else None
 
     def file(self) -> str | None:

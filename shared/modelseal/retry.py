@@ -32,6 +32,7 @@ import time
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import extras, untrusted
+from .connection import Connection
 from .errors import (
     DeniedError,
     IntegrityError,
@@ -41,7 +42,6 @@ from .errors import (
     from_os_error,
 )
 from .log import Log
-from .options import Connection
 
 T = TypeVar("T")
 

@@ -20,13 +20,13 @@ from typing import Any, Callable
 
 from . import archive, header_v2, recipients, sealfile, sizesfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
+from .connection import Connection
 from .digest import DigestReader, parse_pin
 from .errors import DeniedError, IntegrityError, UsageError
 from .keys import KeySource, open_key
 from .log import Log, Progress
 from .options import (
     FORMATS,
-    Connection,
     Decryption,
     Guards,
     KeySpec,

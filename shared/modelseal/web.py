@@ -28,8 +28,8 @@ from typing import Any, Protocol
 from urllib.parse import SplitResult, unquote_plus, urljoin, urlsplit, urlunsplit
 
 from . import extras, retry, untrusted
+from .connection import Connection
 from .errors import IntegrityError, UsageError, from_os_error
-from .options import Connection
 from .uri import URI
 
 #: Query parameters that are ours, not the server's (plus every Connection field).

@@ -33,11 +33,11 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from . import untrusted
+from .connection import Connection
 from .errors import ModelsealError, Stopped, UsageError, classify
 from .inject import Checked, Images, inject, model_shapes
 from .inject.patch import diff
 from .log import Log
-from .options import Connection
 from .placement import Shapes
 
 

@@ -40,7 +40,7 @@ import pytest
 from conftest import modelseal
 from modelseal import sealfile
 from modelseal.errors import UsageError
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from modelseal.sources import open_sink, open_source
 from modelseal.sources.ranged import RangedStream
 from support.faults import Fault

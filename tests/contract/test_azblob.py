@@ -13,7 +13,7 @@ import pytest
 
 from conftest import need
 from contract.suite import Contract, Store
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from support.azure import DEV_ACCOUNT, DEV_KEY, Azurite, azurite_missing, azurite_server
 from support.faults import FaultProxy
 from support.fixtures import fast

@@ -15,7 +15,7 @@ import pytest
 
 from contract.suite import Contract, Store
 from modelseal import gcp
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from support.fixtures import fast
 from support.gcp import GCSServer
 

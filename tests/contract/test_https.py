@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import pytest
 
 from contract.suite import Contract, Store
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from support.fixtures import fast
 from support.objects import ObjectServer
 

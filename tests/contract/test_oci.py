@@ -17,7 +17,7 @@ import pytest
 
 from conftest import need
 from contract.suite import Contract, Store
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from support.faults import FaultProxy
 from support.fixtures import fast
 from support.registry import Registry

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import pytest
 
 from contract.suite import Contract, Store
-from modelseal.options import Connection
+from modelseal.connection import Connection
 from support.faults import FaultProxy, s3_error
 from support.fixtures import fast
 

@@ -61,7 +61,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def fast(**kw: Any) -> Any:
     """Connection settings for tests: short timeouts, tiny backoff, 127.0.0.1 only."""
-    from modelseal.options import Connection
+    from modelseal.connection import Connection
 
     extra = {"backoff": "0.01", "backoff_max": "0.05"}
     extra.update(kw.pop("extra", {}))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
+from ..connection import Connection
 from ..errors import UsageError
-from ..options import Connection
 from ..placement import Shapes
 from . import documents, podspec
 from .params import ANNOTATIONS, PREFIX, Checked, Images, Params, check

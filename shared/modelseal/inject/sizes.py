@@ -13,8 +13,8 @@ import io
 from dataclasses import dataclass
 
 from .. import sealfile, stages
+from ..connection import Connection
 from ..errors import UsageError
-from ..options import Connection
 from ..placement import Shapes, shapes, tree_shapes
 from ..placement.need import quantity
 from ..sources import backend_class, open_source

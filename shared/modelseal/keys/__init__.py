@@ -18,8 +18,8 @@ import sys
 from typing import ClassVar
 
 from .. import untrusted
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI, discover, find_backend
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import aws, untrusted
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource

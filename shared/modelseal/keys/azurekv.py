@@ -57,8 +57,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import azure, untrusted, web
+from ..connection import Connection
 from ..errors import IntegrityError, ModelsealError, UsageError
-from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource

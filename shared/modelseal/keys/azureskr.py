@@ -50,8 +50,8 @@ from typing import Any
 from urllib.parse import urlunsplit
 
 from .. import retry, untrusted, web
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError, from_os_error
-from ..options import Connection
 from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..options import Connection
+from ..connection import Connection
 from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource

@@ -44,9 +44,9 @@ from typing import Any
 from urllib.parse import urlunsplit
 
 from .. import gcp, untrusted, web
+from ..connection import Connection
 from ..crc32c import crc32c
 from ..errors import IntegrityError, ModelsealError, UsageError
-from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource

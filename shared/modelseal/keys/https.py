@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import web
-from ..options import Connection
+from ..connection import Connection
 from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource

@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import web
+from ..connection import Connection
 from ..errors import UsageError
-from ..options import Connection
 from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource

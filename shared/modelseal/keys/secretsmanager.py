@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from .. import aws, untrusted
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource

@@ -30,8 +30,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import untrusted, web
+from ..connection import Connection
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..options import Connection
 from ..sealfile import WrappedKey
 from ..uri import URI
 from . import KeySource

@@ -19,8 +19,8 @@ import base64
 import binascii
 
 from .. import untrusted
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..sealfile import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource

@@ -26,8 +26,8 @@ from . import kms, symmetric, x25519
 from .stanza import Stanza
 
 if TYPE_CHECKING:
+    from ..connection import Connection
     from ..keys import KeySource
-    from ..options import Connection
 
 TYPES = {m.TYPE: m for m in (x25519, symmetric, kms)}
 

@@ -33,8 +33,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from .. import retry, untrusted, web
+from ..connection import Connection
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..options import Connection
 from . import credentials
 from .reference import Reference
 

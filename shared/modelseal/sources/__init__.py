@@ -16,8 +16,8 @@ import io
 import sys
 from typing import TYPE_CHECKING, ClassVar
 
+from ..connection import Connection
 from ..errors import UsageError
-from ..options import Connection
 from ..uri import URI, discover, find_backend
 
 if TYPE_CHECKING:

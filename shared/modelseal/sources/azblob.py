@@ -60,8 +60,8 @@ from typing import Any, Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .. import azure, retry, untrusted, web
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError, from_os_error
-from ..options import Connection
 from ..upload import Upload
 from ..uri import URI
 from . import Source, Stream

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..atomic import PartialFile
-from ..options import Connection
+from ..connection import Connection
 from ..upload import Upload
 from ..uri import URI
 from . import Source, Stream

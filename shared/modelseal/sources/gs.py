@@ -43,8 +43,8 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
 from .. import gcp, retry, untrusted, web
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..upload import Upload
 from ..uri import URI
 from . import Source, Stream

@@ -33,8 +33,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .. import retry, web
+from ..connection import Connection
 from ..errors import IntegrityError, UnavailableError
-from ..options import Connection
 from ..uri import URI
 from . import Source, Stream
 

@@ -35,9 +35,9 @@ from typing import Any
 from urllib.parse import quote, urljoin
 
 from .. import retry, sealfile, upload, web
+from ..connection import Connection
 from ..digest import DigestReader
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..registry import manifest
 from ..registry.client import Registry, check_push_target
 from ..registry.reference import Reference

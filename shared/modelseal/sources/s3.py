@@ -32,8 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from .. import aws, retry, untrusted, web
+from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..options import Connection
 from ..upload import Upload
 from ..uri import URI
 from . import Source, Stream
