@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import recipients, untrusted
 from .errors import IntegrityError, NotARecipient, UsageError
 from .recipients.stanza import MAX_LIST_BYTES, Stanza, decode_list, encode_list
-from .sealfile import DATA_KEY_SIZE, MAGIC, MAX_HEADER, Fixed
+from .sealheader import DATA_KEY_SIZE, MAGIC, MAX_HEADER, Fixed
 from .streaming import AES256_GCM_HKDF_1MB, EncryptingWriter, Readable, Writable, _read_full
 
 VERSION = 2

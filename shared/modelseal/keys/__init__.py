@@ -20,7 +20,7 @@ from typing import ClassVar
 from .. import untrusted
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..sealheader import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI, discover, find_backend
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from .. import aws, untrusted
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..sealheader import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource
 

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import azure, untrusted, web
 from ..connection import Connection
 from ..errors import IntegrityError, ModelsealError, UsageError
-from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..sealheader import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource
 

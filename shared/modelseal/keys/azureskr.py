@@ -52,7 +52,7 @@ from urllib.parse import urlunsplit
 from .. import retry, untrusted, web
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError, from_os_error
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from ..uri import URI
 from . import KeySource
 from .azurekv import (

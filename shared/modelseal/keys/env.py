@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import DeniedError, UsageError
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from . import KeySource
 
 SCHEMES = ("env",)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..connection import Connection
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from ..uri import URI
 from . import KeySource
 

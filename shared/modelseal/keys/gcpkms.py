@@ -47,7 +47,7 @@ from .. import gcp, untrusted, web
 from ..connection import Connection
 from ..crc32c import crc32c
 from ..errors import IntegrityError, ModelsealError, UsageError
-from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..sealheader import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import web
 from ..connection import Connection
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from ..uri import URI
 from . import KeySource
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from .. import web
 from ..connection import Connection
 from ..errors import UsageError
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from ..uri import URI
 from . import KeySource
 

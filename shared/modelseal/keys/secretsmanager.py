@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from .. import aws, untrusted
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from ..uri import URI
 from . import KeySource
 

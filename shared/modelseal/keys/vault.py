@@ -32,7 +32,7 @@ from urllib.parse import quote
 from .. import untrusted, web
 from ..connection import Connection
 from ..errors import DeniedError, IntegrityError, UsageError
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from ..uri import URI
 from . import KeySource
 

@@ -21,7 +21,7 @@ import binascii
 from .. import untrusted
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
-from ..sealfile import DATA_KEY_SIZE, WrappedKey
+from ..sealheader import DATA_KEY_SIZE, WrappedKey
 from ..uri import URI
 from . import KeySource
 from .vault import VaultClient, _path, split_mount

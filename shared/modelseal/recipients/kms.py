@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .. import untrusted
 from ..errors import DeniedError, IntegrityError, NotARecipient, UsageError
-from ..sealfile import WrappedKey
+from ..sealheader import WrappedKey
 from .stanza import Stanza
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import IntegrityError, NotARecipient, UsageError
-from ..sealfile import DATA_KEY_SIZE, key_id
+from ..sealheader import DATA_KEY_SIZE, key_id
 from .stanza import Stanza, b64decode, b64encode
 
 TYPE = "symmetric"
