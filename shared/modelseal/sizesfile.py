@@ -77,6 +77,8 @@ def read(archive: str) -> Sizes | None:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise IntegrityError(f"{show(path)} is a symlink, not the sizes decrypt writes") from None
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # out of descriptors: a capacity error (exit 6, errors.classify), not a bad file
         raise IntegrityError(f"cannot read {show(path)}: {e.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
