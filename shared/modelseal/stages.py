@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import archive, header_v2, recipients, sealfile, sizesfile, tinkkeyset
+from . import archive, delivered, header_v2, recipients, sealfile, sizesfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .connection import Connection
 from .digest import DigestReader, parse_pin
@@ -98,6 +98,7 @@ class Plaintext:
     reader: ChunkReader
     header: sealfile.AnyHeader | None = None  # .seal only
     size: int | None = None  # exact length, when the ciphertext's length is known
+    identity: str | None = None  # delivered.identity_of the authenticated .seal header; None for other formats
 
     @property
     def sizes(self) -> sealfile.Sizes | None:
@@ -136,17 +137,20 @@ def decrypting(ciphertext: Opened, decryption: Decryption, key: KeySpec, key_sou
     fmt, workers = decryption.format, decryption.workers
     if fmt == "seal":
 
+        keys: list[bytes] = []
+
         def key_for(header: sealfile.AnyHeader) -> bytes:
             # Not authenticated yet: its strings are quoted and shortened.
             log.info("header", **header.log_fields(), **header.fixed.sizes.to_json())
-            return data_key_of(header, key_source, identity)
+            keys.append(data_key_of(header, key_source, identity))
+            return keys[-1]
 
-        header, reader = sealfile.open_sealed(ciphertext.stream, key_for)
+        header, reader = sealfile.open_sealed(ciphertext.stream, key_for)  # the key checked against the header
         reader.workers = workers
         log.info("decrypting", workers=workers)
         payload = None if ciphertext.size is None else ciphertext.size - reader.associated_data_size
         size = None if payload is None else sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
-        return Plaintext(reader, header, size)
+        return Plaintext(reader, header, size, delivered.identity_of(header, keys[-1]))
     if fmt == "tink":
         ikm, params = tinkkeyset.load(key.secret(key_source, fmt), decryption.tink_template)
         log.info("decrypting", workers=workers)
@@ -616,14 +620,19 @@ def run(source: SourceSpec, output: Output, key: KeySpec, decryption: Decryption
     identity = key.identity_source(connection)
     key_file = key.deletable(output.delete_key)
     preflight = Preflight(guards.preflight, log).announce()
-    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
+    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log,
+                              resumable=True) as dest:
         ciphertext = open_ciphertext(source, connection, log)
         with ciphertext.stream:
             plaintext = decrypting(ciphertext, decryption, key, key_source, identity, log)
+            if dest.already_delivered(plaintext.identity):  # a restart after the rename: only the header read
+                _consume([(output.delete_key, key_file)], log)
+                return {"already_delivered": True}
             buffers = ciphertext.buffers + plaintext.reader.worker_memory()
             stats = dest.extract(plaintext.reader, limits=guards.limits or unpacker.Limits(),
                                  allow_symlinks=guards.allow_symlinks, preflight=preflight, size=plaintext.size,
-                                 declared=plaintext.sizes, buffers=buffers, verify=guards.verify)
+                                 declared=plaintext.sizes, buffers=buffers, verify=guards.verify,
+                                 identity=plaintext.identity)
     _consume([(output.delete_key, key_file)], log)
     log.info("unpacked", path=output.path, **stats)
     return stats
