@@ -576,7 +576,7 @@ def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, gua
                     background.write(segment)
                     progress.add(len(segment))
         # Verified: the header's sizes go beside the output for unpack (sizesfile.py), whole, just before it.
-        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule)
+        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule, plaintext.identity)
         if sizes is not None:
             sizes.commit()
         try:
@@ -594,19 +594,24 @@ def unpack(path: str, output: Output, guards: Guards, log: Log) -> dict:
     from . import unpack as unpacker
 
     preflight = Preflight(guards.preflight, log).announce()
-    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
-        archive = open_local(path, log)
-        declared = sizesfile.read(path)  # decrypt's record of the verified header's sizes, if it left one
-        if declared is not None:
-            log.info("sizes", path=sizesfile.path_of(path), **declared.to_json())
-        with archive.stream:
-            stats = dest.extract(archive.stream, limits=guards.limits or unpacker.Limits(),
-                                 allow_symlinks=guards.allow_symlinks, preflight=preflight, size=archive.size,
-                                 declared=declared, verify=guards.verify)
+    stats: dict = {"already_delivered": True}
+    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log,
+                              resumable=True) as dest:
+        identity = sizesfile.identity(path)  # decrypt's, from the verified header: the tar has none of its own
+        if not dest.already_delivered(identity):  # else a restart after the rename: the tar is not read
+            archive = open_local(path, log)
+            declared = sizesfile.read(path)  # decrypt's record of the verified header's sizes, if it left one
+            if declared is not None:
+                log.info("sizes", path=sizesfile.path_of(path), **declared.to_json())
+            with archive.stream:
+                stats = dest.extract(archive.stream, limits=guards.limits or unpacker.Limits(),
+                                     allow_symlinks=guards.allow_symlinks, preflight=preflight, size=archive.size,
+                                     declared=declared, verify=guards.verify, identity=identity)
     _consume([(output.delete_input, path)], log)
     if output.delete_input and sizesfile.remove(path):
         log.info("deleted", path=sizesfile.path_of(path))
-    log.info("unpacked", path=output.path, **stats)
+    if "already_delivered" not in stats:
+        log.info("unpacked", path=output.path, **stats)
     return stats
 
 
