@@ -9,11 +9,13 @@ with the model in place. The real CLI, plaintext on /dev/shm.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import modelseal
+from conftest import modelseal, open_fifo_writer
 
 MIB = 1 << 20
 
@@ -173,3 +175,31 @@ def test_unpack_with_a_malformed_identity_in_the_sizes_file_is_exit_4(sealed: Pa
     r = modelseal("unpack", "--in", str(sealed / "m.tar"), "-o", str(dest))
     assert r.code == 4, r.stderr
     assert "malformed" in r.error() and "\n" not in r.error()
+
+
+def test_a_failed_delivery_leaves_no_record(sealed: Path):
+    """The record is written before the rename; when the rename then fails (dest appeared meanwhile), the
+    record goes too: it must never vouch for what someone else put at dest."""
+    r = modelseal("decrypt", "--in", str(sealed / "a.seal"), "--key", str(sealed / "key"), "-o", str(sealed / "m.tar"))
+    assert r.code == 0, r.stderr
+    fifo = sealed / "f.tar"
+    os.mkfifo(fifo)
+    (sealed / "f.tar.sizes").write_bytes((sealed / "m.tar.sizes").read_bytes())  # decrypt's identity of a
+    dest = sealed / "out" / "model"
+    dest.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "modelseal", "unpack", "--in", str(fifo), "-o", str(dest)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with open_fifo_writer(fifo, proc) as w:
+            w.write((sealed / "m.tar").read_bytes())
+            dest.mkdir()  # before the end of the input, so before the rename
+            (dest / "theirs").write_bytes(b"someone else's")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, err
+    assert b"appeared or changed during the extraction" in err
+    assert sorted(os.listdir(dest.parent)) == ["model"]
+    assert os.listdir(dest) == ["theirs"]
