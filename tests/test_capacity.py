@@ -420,7 +420,8 @@ def test_killed_mid_way_then_retried_succeeds(shm: Path, model, stage: str) -> N
         assert not Path(str(out) + ".partial").exists() and out.stat().st_size == \
             json.loads(modelseal("inspect", str(seal)).stdout)["plaintext_bytes"]
     else:
-        assert [p.name for p in out.parent.iterdir()] == ["1"]  # the stale staging directory is gone
+        # the stale staging directory is gone; the delivery's record is beside the tree (issue 25)
+        assert sorted(p.name for p in out.parent.iterdir()) == [".1.delivered", "1"]
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == \
             {p.relative_to(src): p.read_bytes() for p in src.rglob("*") if p.is_file()}
 

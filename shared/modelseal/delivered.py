@@ -24,6 +24,7 @@ than they have (it can only make a restart leave DEST as it is).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -57,8 +58,10 @@ def read(parent_fd: int, name: str) -> str | None:
     """The identity recorded for DEST `name`, or None when there is no record (or not one of ours)."""
     try:
         fd = os.open(record_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent_fd)
-    except OSError:
-        return None
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # a limit of this process (exit 6, errors.from_os_error): no verdict on the record
+        return None  # absent, a symlink (ELOOP), unreadable: not a record of ours
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
