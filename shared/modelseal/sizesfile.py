@@ -51,9 +51,10 @@ def path_of(output: str) -> str | None:
 
 
 def prepare(output: str, sizes: Sizes | None, rule: TargetRule | None,
-            identity: str | None = None) -> PartialFile | None:
+            identity: str | None = None, dir_fd: int | None = None) -> PartialFile | None:
     """Write `sizes` and the delivery `identity` to OUT.sizes.partial (commit() it just before the tar's
-    own commit); None when there is nothing to write, after removing a stale OUT.sizes."""
+    own commit); None when there is nothing to write, after removing a stale OUT.sizes. `dir_fd`: the
+    output's directory as opened and checked for the tar (PartialFile.dir_fd), never reopened by path."""
     path = path_of(output)
     if path is None:
         return None
@@ -63,7 +64,7 @@ def prepare(output: str, sizes: Sizes | None, rule: TargetRule | None,
     if not content:
         remove_quietly(path)
         return None
-    f = PartialFile(path, 0o600, rule=rule)
+    f = PartialFile(path, 0o600, rule=rule, dir_fd=dir_fd)
     try:
         f.write(json_bytes(content))
     except BaseException:

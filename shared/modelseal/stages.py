@@ -576,7 +576,7 @@ def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, gua
                     background.write(segment)
                     progress.add(len(segment))
         # Verified: the header's sizes go beside the output for unpack (sizesfile.py), whole, just before it.
-        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule, plaintext.identity)
+        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule, plaintext.identity, f.dir_fd)
         if sizes is not None:
             sizes.commit()
         try:
