@@ -117,6 +117,19 @@ def test_killed_between_the_record_and_the_rename_the_restart_delivers(sealed: P
     assert "already_delivered" in _events(_run(sealed, "a.seal", dest))
 
 
+def test_a_failed_restart_leaves_no_stale_record(sealed: Path):
+    """Killed between the record and the rename, then restarted with a wrong key (exit 4): nothing is left
+    beside the absent dest, not even the record (it would vouch for nothing)."""
+    dest = sealed / "out" / "model"
+    assert _run(sealed, "a.seal", dest).code == 0
+    os.rename(dest, sealed / "out" / ".model.staging-0123456789abcdef")
+    (sealed / "other-key").write_bytes(os.urandom(32))
+    r = modelseal("run", "--source", f"file://{sealed / 'a.seal'}", "--key", str(sealed / "other-key"),
+                  "-o", str(dest))
+    assert r.code == 4, r.stderr
+    assert os.listdir(sealed / "out") == []
+
+
 def test_a_stale_record_of_another_model_is_replaced_by_the_delivery(sealed: Path):
     dest = sealed / "out" / "model"
     assert _run(sealed, "b.seal", dest).code == 0

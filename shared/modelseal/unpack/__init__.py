@@ -28,7 +28,8 @@ Destination: `dest` must not exist, or be an empty directory (replaced by the
 rename). A non-empty directory, a file, a symlink or a mount point is refused
 with UsageError (exit 2) before anything is read. Leftover `.NAME.staging-*`
 directories beside dest, from a killed earlier attempt (a restarted init
-container on the same emptyDir), are removed first; two extractions to the
+container on the same emptyDir), are removed first, and so is a delivery
+record (`.NAME.delivered`) beside an absent or empty dest; two extractions to the
 same dest at the same time are not supported. A resumable Destination (run,
 unpack) lets a non-empty dest through when a delivery record sits beside it
 (delivered.py, `.NAME.delivered`, written just before the rename): the caller
@@ -179,6 +180,7 @@ class Destination:
                     _remove(self.parent_fd, stale)
             if self.recorded is not None:
                 return  # nothing to stage: the caller authenticates its input, then already_delivered()
+            delivered.remove(self.parent_fd, self.name)  # dest absent or empty: a stale record vouches for nothing
             for _ in range(CLEANUP_DESCRIPTORS):  # before anything is made that would need them
                 self._reserve.append(os.dup(self.parent_fd))
             staging = prefix + secrets.token_hex(8)
