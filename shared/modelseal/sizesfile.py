@@ -102,8 +102,6 @@ def _document(archive: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        if e.errno in (errno.EMFILE, errno.ENFILE):
-            raise  # a limit of this process (exit 6, errors.from_os_error), not a bad file
         if e.errno == errno.ELOOP:
             raise IntegrityError(f"{show(path)} is a symlink, not the sizes decrypt writes") from None
         if e.errno in (errno.EMFILE, errno.ENFILE):
