@@ -8,14 +8,17 @@ with the model in place. The real CLI, plaintext on /dev/shm.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from conftest import modelseal, open_fifo_writer
+from modelseal import sealfile
 
 MIB = 1 << 20
 
@@ -216,3 +219,29 @@ def test_a_failed_delivery_leaves_no_record(sealed: Path):
     assert b"appeared or changed during the extraction" in err
     assert sorted(os.listdir(dest.parent)) == ["model"]
     assert os.listdir(dest) == ["theirs"]
+
+
+def _v1(shm: Path, name: str, model: str) -> Path:
+    """A version 1 .seal of the tar of `model` (one key, no recipients), as older sealers wrote them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        t.add(shm / model, arcname=".")
+    out = io.BytesIO()
+    writer = sealfile.seal_writer(out, sealfile.Header(name=name), (shm / "key").read_bytes())
+    writer.write(buf.getvalue())
+    writer.close()
+    path = shm / f"{name}.v1.seal"
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def test_version_1_seal_restarted_finds_its_delivery_another_is_refused(sealed: Path):
+    """Version 1: the key id checked, then the identity over its whole prefix; another prefix is refused."""
+    a, b = _v1(sealed, "a", "a"), _v1(sealed, "b", "b")
+    dest = sealed / "out" / "model"
+    assert _run(sealed, a.name, dest).code == 0
+    before = _state(dest)
+    again = _run(sealed, a.name, dest)
+    assert again.code == 0 and _events(again).count("already_delivered") == 1, again.stderr
+    assert _state(dest) == before
+    _refused_as_today(_run(sealed, b.name, dest), dest)
