@@ -99,10 +99,14 @@ class PartialFile:
     """A file written under NAME.partial, renamed to NAME by commit().
 
     `path == "-"` writes to stdout instead (no rename: the consumer must
-    rely on our exit code); `rule` sees stdout's descriptor too.
+    rely on our exit code); `rule` sees stdout's descriptor too. `dir_fd`:
+    the directory already opened (and checked) for a sibling output, used
+    instead of opening `path`'s parent again (a file written beside another,
+    as decrypt's NAME.sizes beside NAME, lands where that one does).
     """
 
-    def __init__(self, path: str, mode: int = 0o600, *, rule: TargetRule | None = None) -> None:
+    def __init__(self, path: str, mode: int = 0o600, *, rule: TargetRule | None = None,
+                 dir_fd: int | None = None) -> None:
         self.path = path
         self.stdout = path == "-"
         self.bytes_written = 0
@@ -124,7 +128,9 @@ class PartialFile:
         self.where = path
         # The operator's path, followed as the kernel follows it; what it
         # resolves to is what `rule` sees.
-        if parent and not os.path.lexists(parent):
+        if dir_fd is not None:
+            self.dir_fd = os.dup(dir_fd)
+        elif parent and not os.path.lexists(parent):
             self._parents = Parents(parent, rule, f"cannot write {path}")
             self.dir_fd = os.dup(self._parents.fd)
         else:

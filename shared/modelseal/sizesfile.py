@@ -18,6 +18,10 @@ count fails the extraction (exit 4), a larger one is refused by the
 preflight when it exceeds the room there is, and otherwise only lifts the
 limits to what that volume and memory limit hold anyway. It is parsed as
 untrusted input (untrusted.py): a malformed one is exit 4, never a crash.
+
+It also carries the header's delivery identity (delivered.py, member
+`delivery`), so a restarted `unpack` that finds its own completed tree at
+DEST exits 0 (issue 25): the tar alone has no authenticated identity.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
+from typing import Any
 
 from .atomic import PartialFile, TargetRule, remove_quietly
 from .errors import IntegrityError
@@ -33,6 +39,8 @@ from .sealfile import Sizes
 from .untrusted import json_document, show
 
 SUFFIX = ".sizes"
+IDENTITY = "delivery"  # the member holding delivered.identity_of the verified header
+_HEX256 = re.compile(r"[0-9a-f]{64}")
 #: Bytes read at most: three 63-bit numbers and their names fit in a tenth of it.
 MAX_BYTES = 4096
 
@@ -42,17 +50,21 @@ def path_of(output: str) -> str | None:
     return None if output == "-" else output + SUFFIX
 
 
-def prepare(output: str, sizes: Sizes | None, rule: TargetRule | None) -> PartialFile | None:
-    """Write `sizes` to OUT.sizes.partial (commit() it just before the tar's own commit); None when
-    there is nothing to write, after removing a stale OUT.sizes."""
+def prepare(output: str, sizes: Sizes | None, rule: TargetRule | None,
+            identity: str | None = None, dir_fd: int | None = None) -> PartialFile | None:
+    """Write `sizes` and the delivery `identity` to OUT.sizes.partial (commit() it just before the tar's
+    own commit); None when there is nothing to write, after removing a stale OUT.sizes. `dir_fd`: the
+    output's directory as opened and checked for the tar (PartialFile.dir_fd), never reopened by path."""
     path = path_of(output)
     if path is None:
         return None
-    content = sizes.to_json() if sizes is not None else {}
+    content: dict[str, Any] = dict(sizes.to_json()) if sizes is not None else {}
+    if identity is not None:
+        content[IDENTITY] = identity
     if not content:
         remove_quietly(path)
         return None
-    f = PartialFile(path, 0o600, rule=rule)
+    f = PartialFile(path, 0o600, rule=rule, dir_fd=dir_fd)
     try:
         f.write(json_bytes(content))
     except BaseException:
@@ -61,12 +73,27 @@ def prepare(output: str, sizes: Sizes | None, rule: TargetRule | None) -> Partia
     return f
 
 
-def json_bytes(content: dict[str, int]) -> bytes:
+def json_bytes(content: dict[str, Any]) -> bytes:
     return (json.dumps(content, sort_keys=True) + "\n").encode()
 
 
 def read(archive: str) -> Sizes | None:
     """The sizes decrypt left beside `archive`, or None when there are none (or the input is stdin)."""
+    doc = _document(archive)
+    sizes = Sizes.from_json(doc) if doc is not None else None
+    return sizes if sizes is not None and sizes.to_json() else None
+
+
+def identity(archive: str) -> str | None:
+    """The delivery identity decrypt left beside `archive` (delivered.py), or None."""
+    doc = _document(archive)
+    found = doc.get(IDENTITY) if doc is not None else None
+    if found is not None and not (isinstance(found, str) and _HEX256.fullmatch(found)):
+        raise IntegrityError(f"{show(path_of(archive) or '')}: malformed, {IDENTITY} is not a SHA-256 in hex")
+    return found
+
+
+def _document(archive: str) -> dict[str, Any] | None:
     path = path_of(archive)
     if path is None:
         return None
@@ -91,7 +118,7 @@ def read(archive: str) -> Sizes | None:
     doc = json_document(data, show(path))
     if not isinstance(doc, dict):
         raise IntegrityError(f"{show(path)}: malformed, not a JSON object")
-    return Sizes.from_json(doc)
+    return doc
 
 
 def remove(archive: str) -> bool:

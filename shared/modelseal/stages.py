@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import archive, header_v2, recipients, sealfile, sizesfile, tinkkeyset
+from . import archive, delivered, header_v2, recipients, sealfile, sizesfile, tinkkeyset
 from .atomic import PARTIAL_SUFFIX, PartialFile, remove_quietly
 from .connection import Connection
 from .digest import DigestReader, parse_pin
@@ -98,6 +98,7 @@ class Plaintext:
     reader: ChunkReader
     header: sealfile.AnyHeader | None = None  # .seal only
     size: int | None = None  # exact length, when the ciphertext's length is known
+    identity: str | None = None  # delivered.identity_of the authenticated .seal header; None for other formats
 
     @property
     def sizes(self) -> sealfile.Sizes | None:
@@ -136,17 +137,20 @@ def decrypting(ciphertext: Opened, decryption: Decryption, key: KeySpec, key_sou
     fmt, workers = decryption.format, decryption.workers
     if fmt == "seal":
 
+        keys: list[bytes] = []
+
         def key_for(header: sealfile.AnyHeader) -> bytes:
             # Not authenticated yet: its strings are quoted and shortened.
             log.info("header", **header.log_fields(), **header.fixed.sizes.to_json())
-            return data_key_of(header, key_source, identity)
+            keys.append(data_key_of(header, key_source, identity))
+            return keys[-1]
 
-        header, reader = sealfile.open_sealed(ciphertext.stream, key_for)
+        header, reader = sealfile.open_sealed(ciphertext.stream, key_for)  # the key checked against the header
         reader.workers = workers
         log.info("decrypting", workers=workers)
         payload = None if ciphertext.size is None else ciphertext.size - reader.associated_data_size
         size = None if payload is None else sealfile.AES256_GCM_HKDF_1MB.plaintext_size_of(payload)
-        return Plaintext(reader, header, size)
+        return Plaintext(reader, header, size, delivered.identity_of(header, keys[-1]))
     if fmt == "tink":
         ikm, params = tinkkeyset.load(key.secret(key_source, fmt), decryption.tink_template)
         log.info("decrypting", workers=workers)
@@ -572,7 +576,7 @@ def decrypt(path: str, output: Output, key: KeySpec, decryption: Decryption, gua
                     background.write(segment)
                     progress.add(len(segment))
         # Verified: the header's sizes go beside the output for unpack (sizesfile.py), whole, just before it.
-        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule)
+        sizes = sizesfile.prepare(output.path, plaintext.sizes, rule, plaintext.identity, f.dir_fd)
         if sizes is not None:
             sizes.commit()
         try:
@@ -590,19 +594,24 @@ def unpack(path: str, output: Output, guards: Guards, log: Log) -> dict:
     from . import unpack as unpacker
 
     preflight = Preflight(guards.preflight, log).announce()
-    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
-        archive = open_local(path, log)
-        declared = sizesfile.read(path)  # decrypt's record of the verified header's sizes, if it left one
-        if declared is not None:
-            log.info("sizes", path=sizesfile.path_of(path), **declared.to_json())
-        with archive.stream:
-            stats = dest.extract(archive.stream, limits=guards.limits or unpacker.Limits(),
-                                 allow_symlinks=guards.allow_symlinks, preflight=preflight, size=archive.size,
-                                 declared=declared, verify=guards.verify)
+    stats: dict = {"already_delivered": True}
+    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log,
+                              resumable=True) as dest:
+        identity = sizesfile.identity(path)  # decrypt's, from the verified header: the tar has none of its own
+        if not dest.already_delivered(identity):  # else a restart after the rename: the tar is not read
+            archive = open_local(path, log)
+            declared = sizesfile.read(path)  # decrypt's record of the verified header's sizes, if it left one
+            if declared is not None:
+                log.info("sizes", path=sizesfile.path_of(path), **declared.to_json())
+            with archive.stream:
+                stats = dest.extract(archive.stream, limits=guards.limits or unpacker.Limits(),
+                                     allow_symlinks=guards.allow_symlinks, preflight=preflight, size=archive.size,
+                                     declared=declared, verify=guards.verify, identity=identity)
     _consume([(output.delete_input, path)], log)
     if output.delete_input and sizesfile.remove(path):
         log.info("deleted", path=sizesfile.path_of(path))
-    log.info("unpacked", path=output.path, **stats)
+    if "already_delivered" not in stats:
+        log.info("unpacked", path=output.path, **stats)
     return stats
 
 
@@ -616,14 +625,19 @@ def run(source: SourceSpec, output: Output, key: KeySpec, decryption: Decryption
     identity = key.identity_source(connection)
     key_file = key.deletable(output.delete_key)
     preflight = Preflight(guards.preflight, log).announce()
-    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log) as dest:
+    with unpacker.Destination(output.path, rule=memory_only(guards.allow_disk, log), log=log,
+                              resumable=True) as dest:
         ciphertext = open_ciphertext(source, connection, log)
         with ciphertext.stream:
             plaintext = decrypting(ciphertext, decryption, key, key_source, identity, log)
+            if dest.already_delivered(plaintext.identity):  # a restart after the rename: only the header read
+                _consume([(output.delete_key, key_file)], log)
+                return {"already_delivered": True}
             buffers = ciphertext.buffers + plaintext.reader.worker_memory()
             stats = dest.extract(plaintext.reader, limits=guards.limits or unpacker.Limits(),
                                  allow_symlinks=guards.allow_symlinks, preflight=preflight, size=plaintext.size,
-                                 declared=plaintext.sizes, buffers=buffers, verify=guards.verify)
+                                 declared=plaintext.sizes, buffers=buffers, verify=guards.verify,
+                                 identity=plaintext.identity)
     _consume([(output.delete_key, key_file)], log)
     log.info("unpacked", path=output.path, **stats)
     return stats

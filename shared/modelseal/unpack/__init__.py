@@ -28,8 +28,13 @@ Destination: `dest` must not exist, or be an empty directory (replaced by the
 rename). A non-empty directory, a file, a symlink or a mount point is refused
 with UsageError (exit 2) before anything is read. Leftover `.NAME.staging-*`
 directories beside dest, from a killed earlier attempt (a restarted init
-container on the same emptyDir), are removed first; two extractions to the
-same dest at the same time are not supported.
+container on the same emptyDir), are removed first, and so is a delivery
+record (`.NAME.delivered`) beside an absent or empty dest; two extractions to the
+same dest at the same time are not supported. A resumable Destination (run,
+unpack) lets a non-empty dest through when a delivery record sits beside it
+(delivered.py, `.NAME.delivered`, written just before the rename): the caller
+authenticates its input, then already_delivered() leaves dest as it is when
+the record names that input, and refuses it as above otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import shutil
 import stat
 import time
 
+from .. import delivered
 from ..archive import detect_compression
 from ..atomic import Parents, TargetRule
 from ..errors import IntegrityError, UsageError
@@ -74,11 +80,13 @@ def _staging_prefix(name: str) -> str:
     return f".{name}.staging-"
 
 
-def _check_dest(parent_fd: int, name: str, dest: str) -> None:
+def _check_dest(parent_fd: int, name: str, dest: str, resumable: bool = False) -> str | None:
+    """Refuse a dest that is not absent or an empty directory; with `resumable`, a non-empty one that has
+    a delivery record beside it is let through: its recorded identity is returned for the caller to match."""
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return
+        return None
     if stat.S_ISLNK(st.st_mode):
         raise UsageError(f"{dest} is a symlink: give a new directory to extract into")
     if not stat.S_ISDIR(st.st_mode):
@@ -87,10 +95,18 @@ def _check_dest(parent_fd: int, name: str, dest: str) -> None:
         raise _mount_point(dest)
     fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
-        if os.listdir(fd):
-            raise UsageError(f"{dest} exists and is not empty: refusing to overwrite it")
+        if not os.listdir(fd):
+            return None
     finally:
         os.close(fd)
+    recorded = delivered.read(parent_fd, name) if resumable else None
+    if recorded is None:
+        raise _refusal(dest)
+    return recorded
+
+
+def _refusal(dest: str) -> UsageError:
+    return UsageError(f"{dest} exists and is not empty: refusing to overwrite it")
 
 
 #: Descriptors held back while the staging tree is filled and given back to remove it when the fill
@@ -137,7 +153,8 @@ class Destination:
     resolves to is what `rule` sees.
     """
 
-    def __init__(self, dest: str, *, rule: TargetRule | None = None, log: Log | None = None) -> None:
+    def __init__(self, dest: str, *, rule: TargetRule | None = None, log: Log | None = None,
+                 resumable: bool = False) -> None:
         self.dest = dest
         self.log = log if log is not None else Log("unpack", stream=_NullStream())
         parent, self.name = os.path.split(os.path.abspath(dest))
@@ -148,16 +165,22 @@ class Destination:
         self.root = -1
         self._done = False
         self._reserve: list[int] = []  # CLEANUP_DESCRIPTORS, closed to remove the staging tree
+        self._recording = False  # our delivery record is beside dest: close() removes it unless renamed
+        self.recorded: str | None = None
         try:
             _refuse_mount_point(parent, self.name, dest)  # before the rule looks at the parent (on disk, often)
             self._parents = Parents(parent, rule, f"cannot extract into {dest}")
             self.parent_fd = self._parents.fd
-            _check_dest(self.parent_fd, self.name, dest)
+            # A non-empty dest with a delivery record beside it (resumable): already_delivered() decides.
+            self.recorded = _check_dest(self.parent_fd, self.name, dest, resumable)
             prefix = _staging_prefix(self.name)
             for stale in os.listdir(self.parent_fd):
                 if stale.startswith(prefix):
                     self.log.warning("stale_staging_removed", name=stale)
                     _remove(self.parent_fd, stale)
+            if self.recorded is not None:
+                return  # nothing to stage: the caller authenticates its input, then already_delivered()
+            delivered.remove(self.parent_fd, self.name)  # dest absent or empty: a stale record vouches for nothing
             for _ in range(CLEANUP_DESCRIPTORS):  # before anything is made that would need them
                 self._reserve.append(os.dup(self.parent_fd))
             staging = prefix + secrets.token_hex(8)
@@ -173,10 +196,25 @@ class Destination:
             self.close()
             raise
 
+    def already_delivered(self, identity: str | None) -> bool:
+        """Whether dest is this very delivery, done (the record beside it names `identity`, an identity
+        taken from authenticated input): then log it and leave dest as it is. A non-empty dest with a
+        record naming anything else (or an unknown identity) is refused as any non-empty dest is.
+        False when dest was absent or empty: extract() delivers."""
+        if self.recorded is None:
+            return False
+        if not delivered.matches(self.recorded, identity):
+            raise _refusal(self.dest)
+        self.log.info("already_delivered", path=self.dest)
+        return True
+
     def extract(self, archive: Readable, *, limits: Limits = Limits(), allow_symlinks: bool = False,
                 preflight: Preflight | None = None, size: int | None = None, declared: Sizes | None = None,
-                buffers: int = 0, verify: Digests | None = None) -> dict:
-        """Fill the staging directory from `archive`, then rename it to dest; see extract()."""
+                buffers: int = 0, verify: Digests | None = None, identity: str | None = None) -> dict:
+        """Fill the staging directory from `archive`, then rename it to dest; see extract().
+        `identity` (delivered.py), when the input has one, is recorded beside dest just before the rename."""
+        if self.recorded is not None:
+            raise AssertionError("dest holds a recorded delivery: call already_delivered() first")
         started = time.monotonic()
         try:
             stats = _extract_into(archive, self.root, self.dest, limits, allow_symlinks, self.log, preflight,
@@ -185,6 +223,7 @@ class Destination:
                 stats.update(verify.finish())  # the input has ended: check before the rename
             os.fchmod(self.root, 0o755)
             assert self.staging is not None  # made in __init__, removed only by close()
+            self._record(identity)
             try:
                 os.rename(self.staging, self.name, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
             except OSError as e:
@@ -197,6 +236,18 @@ class Destination:
         stats["seconds"] = round(time.monotonic() - started, 3)
         return stats
 
+    def _record(self, identity: str | None) -> None:
+        """Before the rename: a kill between the two leaves a record and no dest, and the restart
+        delivers again (overwriting it). No identity: a stale record goes, so none names this dest."""
+        try:
+            if identity is None:
+                delivered.remove(self.parent_fd, self.name)
+            else:
+                self._recording = True
+                delivered.write(self.parent_fd, self.name, identity)
+        except OSError as e:
+            raise fs_error(e, f"recording the delivery beside {self.dest}") from None
+
     def close(self) -> None:
         """Remove what was made here unless the extraction finished; release the descriptors."""
         if self.root >= 0:
@@ -205,6 +256,12 @@ class Destination:
         while self._reserve:
             os.close(self._reserve.pop())
         if not self._done:
+            if self._recording:  # the rename failed: the record must not vouch for whatever dest is
+                self._recording = False
+                try:
+                    delivered.remove(self.parent_fd, self.name)
+                except OSError as e:
+                    self.log.error("record_cleanup_failed", error=e.strerror)
             if self.staging is not None:
                 try:
                     _remove(self.parent_fd, self.staging)
