@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import os
 import secrets
 import tarfile
@@ -102,8 +103,10 @@ class Account:
     def data_key(self, sealed: bytes) -> bytes:
         """Unwrap the .seal's data key with KMS, as fetch-key does (for the disk search)."""
         from modelseal import sealfile
+        from modelseal.recipients import kms
 
-        wrapped = sealfile.read_prefix(io.BytesIO(sealed))[0].wrapped_key
+        [stanza] = sealfile.read_prefix(io.BytesIO(sealed))[0].stanzas  # format v2: its one KMS recipient
+        wrapped = kms.wrapped_of(stanza)
         return self.kms.decrypt(CiphertextBlob=wrapped.ciphertext, EncryptionContext=wrapped.context,
                                 KeyId=wrapped.key_id)["Plaintext"]
 
@@ -163,6 +166,12 @@ def model_dir_of_single_stage(pod: Pod) -> tuple[str, str]:
     return output_location(pod, name, env_of(pod, name, "MODELSEAL_OUTPUT"))
 
 
+def record_of(rel: str) -> str:
+    """The delivery record a finished run/unpack leaves beside its tree (shared/modelseal/delivered.py)."""
+    parent, _, name = rel.rpartition("/")
+    return f"{parent}/.{name}.delivered" if parent else f".{name}.delivered"
+
+
 def parents_of(rel: str) -> set[str]:
     parts = rel.split("/")
     return {"/".join(parts[:i]) for i in range(1, len(parts))}
@@ -198,15 +207,15 @@ def test_four_stage_pod_spec_delivers_the_model_byte_for_byte(aws: Account, shm:
         volume, rel = model_dir_of_four_stage(pod)
         tree = pod.read_volume(volume)
         assert subtree(tree, rel) == tree_of(model)
-        assert set(tree) == parents_of(rel) | {rel} | {f"{rel}/{k}" for k in tree_of(model)}
+        assert set(tree) == parents_of(rel) | {rel, record_of(rel)} | {f"{rel}/{k}" for k in tree_of(model)}
         assert pod.read_volume("plaintext") == {}  # --delete-input: the tar is gone
         assert pod.read_volume("secrets") == {}  # --delete-key
         assert pod.read_volume("ciphertext") == {}  # --delete-input
         from modelseal import sealfile
 
         header = sealfile.read_prefix(io.BytesIO(sealed))[0]
-        assert header.wrapped_key and header.wrapped_key.provider == "aws-kms"
-        assert results[0].termination["key_id"] == header.key_id
+        assert [(s.type, s.args[0]) for s in header.stanzas] == [("kms", "aws-kms")]  # a KMS recipient alone
+        assert re.fullmatch(r"[0-9a-f]{16}", results[0].termination["key_id"])  # the data key's id, no key
 
 
 def test_single_stage_pod_spec_delivers_only_the_model(aws: Account, shm: Path) -> None:
@@ -217,7 +226,7 @@ def test_single_stage_pod_spec_delivers_only_the_model(aws: Account, shm: Path) 
         volume, rel = model_dir_of_single_stage(pod)
         tree = pod.read_volume(volume)
         # Nothing but the model tree: no ciphertext, no tar, no staging directory, ever stored.
-        assert set(tree) == parents_of(rel) | {rel} | {f"{rel}/{k}" for k in tree_of(model)}
+        assert set(tree) == parents_of(rel) | {rel, record_of(rel)} | {f"{rel}/{k}" for k in tree_of(model)}
         assert subtree(tree, rel) == tree_of(model)
 
 
@@ -333,7 +342,7 @@ def test_hostile_archive_stops_at_unpack_with_no_partial_tree(aws: Account, shm:
         # Only unpack's input is left (it deletes it on success only, so a retry can run);
         # no model directory, no staging directory, nothing escaped beside it.
         tar_volume, tar_rel = output_location(pod, "decrypt", arg_after(pod, "decrypt", "-o"))
-        assert sorted(pod.read_volume(tar_volume)) == [tar_rel]
+        assert sorted(pod.read_volume(tar_volume)) == [tar_rel, tar_rel + ".sizes"]  # decrypt's, kept with the tar
         assert pod.read_volume("models") == {}
 
     with Pod(load_example("single-stage.yaml"), shm, subst=aws.subst(), env=aws.creds()) as pod:

@@ -136,7 +136,7 @@ def test_run_single_pass_on_tmpfs(box: Path, sealed: tuple[Path, Path, Path]) ->
             network="host", mounts=(box,))
     assert r.returncode == 0, r.stderr
     assert same_tree(model, box / "models" / "tiny")
-    assert sorted(p.name for p in (box / "models").iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (box / "models").iterdir()) == [".tiny.delivered", "tiny"]  # and its record
 
 
 @pytest.mark.parametrize("name", ["decrypt", "run"])
