@@ -64,8 +64,7 @@ from ..connection import Connection
 from ..errors import IntegrityError, UsageError, from_os_error
 from ..upload import Upload
 from ..uri import URI
-from . import Source, Stream
-from .ranged import RangedStream
+from .ranged import RangedSource
 from .s3 import MIN_PART_SIZE, READ_CHUNK, parse_size
 
 SCHEMES = ("azblob",)
@@ -227,8 +226,7 @@ def authorization(account: str, connection: Any, env: dict[str, str]) -> tuple[A
 
 # --------------------------------------------------------------------------- the source
 
-class Backend(Source):
-    PARALLEL_PARTS = True  # RangedStream
+class Backend(RangedSource):
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -294,26 +292,6 @@ class Backend(Source):
 
             self._head = retry.call(self.what, self.connection, once)
         return self._head
-
-    @property
-    def size(self) -> int | None:
-        return self.head()[0]
-
-    @property
-    def buffer_bytes(self) -> int:
-        return (self.connection.concurrency + 1) * self.part_size
-
-    def read_prefix(self, n: int) -> bytes:
-        if n <= 0:
-            return b""
-        size, etag, _ = self.head()
-        n = min(n, size)
-        if n == 0:
-            return b""
-        return bytes(fetch_range(self, 0, n - 1, size, etag, None, threading.Event()))
-
-    def open(self) -> Stream:
-        return RangedStream(self, "azblob")
 
     def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
               cancel: threading.Event, into: memoryview | None = None) -> memoryview:

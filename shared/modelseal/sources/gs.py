@@ -47,8 +47,7 @@ from ..connection import Connection
 from ..errors import IntegrityError, UsageError
 from ..upload import Upload
 from ..uri import URI
-from . import Source, Stream
-from .ranged import RangedStream
+from .ranged import RangedSource
 from .s3 import MIN_PART_SIZE, READ_CHUNK, parse_size
 
 SCHEMES = ("gs",)
@@ -64,8 +63,7 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", re.ASCII)
 _PERSISTED = re.compile(r"bytes=0-([0-9]{1,19})", re.ASCII)
 
 
-class Backend(Source):
-    PARALLEL_PARTS = True  # RangedStream
+class Backend(RangedSource):
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -140,31 +138,11 @@ class Backend(Source):
             self._head = (size, generation, None)
         return self._head
 
-    @property
-    def size(self) -> int | None:
-        return self.head()[0]
-
-    @property
-    def buffer_bytes(self) -> int:
-        return (self.connection.concurrency + 1) * self.part_size
-
     def media_url(self, generation: str) -> str:
         # A generation named in the URI reads that (immutable) generation; otherwise the live
         # object, on condition that it is still the generation the download started with.
         pin = {"generation": generation} if self.pinned else {"ifGenerationMatch": generation}
         return f"{self.object_url}?{urlencode({'alt': 'media', **pin})}"
-
-    def read_prefix(self, n: int) -> bytes:
-        if n <= 0:
-            return b""
-        size, generation, _ = self.head()
-        n = min(n, size)
-        if n == 0:
-            return b""
-        return bytes(fetch_range(self, 0, n - 1, size, generation, None, threading.Event()))
-
-    def open(self) -> Stream:
-        return RangedStream(self, "gs")
 
     def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
               cancel: threading.Event, into: memoryview | None = None) -> memoryview:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ..connection import Connection
-from . import Stream
+from . import Source, Stream
 
 
 class Ranged(Protocol):
@@ -35,6 +35,42 @@ class Ranged(Protocol):
               cancel: threading.Event, into: memoryview | None = None) -> memoryview:
         """Bytes start..end (inclusive) of the pinned object, in `into`; retried, resuming a cut."""
         ...
+
+
+class RangedSource(Source):
+    """What every ranged backend (s3, gs, azblob) shares: the size and pin from head(), the prefix as one
+    ranged read, the whole object as a RangedStream. A backend gives head() and fetch() (and part_size)."""
+
+    PARALLEL_PARTS = True  # its stream holds `concurrency` parts in flight (placement, inject)
+    part_size: int
+
+    def head(self) -> tuple[int, str | None, str | None]:
+        raise NotImplementedError
+
+    def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
+              cancel: threading.Event, into: memoryview | None = None) -> memoryview:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int | None:
+        return self.head()[0]
+
+    @property
+    def buffer_bytes(self) -> int:
+        # The RangedStream: `concurrency` parts in flight plus the one being read.
+        return (self.connection.concurrency + 1) * self.part_size
+
+    def read_prefix(self, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        size, pin, version = self.head()
+        n = min(n, size)
+        if n == 0:
+            return b""
+        return bytes(self.fetch(0, n - 1, size, pin, version, threading.Event()))
+
+    def open(self) -> Stream:
+        return RangedStream(self, self.uri.scheme)
 
 
 class RangedStream(Stream):

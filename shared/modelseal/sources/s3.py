@@ -36,8 +36,7 @@ from ..connection import Connection
 from ..errors import IntegrityError, UsageError
 from ..upload import Upload
 from ..uri import URI
-from . import Source, Stream
-from .ranged import RangedStream
+from .ranged import RangedSource
 
 SCHEMES = ("s3",)
 
@@ -64,8 +63,7 @@ def parse_size(text: str | int) -> int:
     return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
-class Backend(Source):
-    PARALLEL_PARTS = True  # RangedStream
+class Backend(RangedSource):
 
     def __init__(self, uri: URI, connection: Connection) -> None:
         super().__init__(uri, connection)
@@ -107,27 +105,6 @@ class Backend(Source):
                 raise IntegrityError(f"{self.what}: the store's HeadObject answer is malformed")
             self._head = (size, etag, version)
         return self._head
-
-    @property
-    def size(self) -> int | None:
-        return self.head()[0]
-
-    @property
-    def buffer_bytes(self) -> int:
-        # The RangedStream: `concurrency` parts in flight plus the one being read.
-        return (self.connection.concurrency + 1) * self.part_size
-
-    def read_prefix(self, n: int) -> bytes:
-        if n <= 0:
-            return b""
-        size, etag, version = self.head()
-        n = min(n, size)
-        if n == 0:
-            return b""
-        return bytes(fetch_range(self, 0, n - 1, size, etag, version, threading.Event()))
-
-    def open(self) -> Stream:
-        return RangedStream(self, "s3")
 
     def fetch(self, start: int, end: int, size: int, pin: str | None, version: str | None,
               cancel: threading.Event, into: memoryview | None = None) -> memoryview:
