@@ -49,6 +49,18 @@ class KeySource:
         """Whether a key wrapped by `provider` is this source's to unwrap."""
         return provider in (self.providers or ((self.provider,) if self.provider else ()))
 
+    def unwrappable(self, wrapped: WrappedKey | None, context: dict[str, str], what: str) -> WrappedKey:
+        """`wrapped`, once it is this source's to unwrap and carries each `context.NAME=VALUE` the URI asks for
+        (one rule for every key service that wraps: a wrong provider is a usage error, a missing context 4)."""
+        assert wrapped is not None  # KeySource.data_key checks
+        if not self.unwraps_for(wrapped.provider):
+            raise UsageError(f"the file's data key is wrapped by {untrusted.show(wrapped.provider, 40)}, "
+                             f"not by {self.provider}")
+        for k, v in context.items():
+            if wrapped.context.get(k) != v:
+                raise IntegrityError(f"{what}: the file's encryption context does not have {k}={v}")
+        return wrapped
+
     def wrapped_by(self, key_id: str) -> bool:
         """Whether a wrapped key that names `key_id` was wrapped by this source's key (`rewrap --remove URI`).
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import aws, untrusted
+from .. import aws
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
 from ..sealheader import DATA_KEY_SIZE, WrappedKey
@@ -59,13 +59,7 @@ class Backend(KeySource):
         return self._client
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
-        assert wrapped is not None  # KeySource.data_key checks
-        if wrapped.provider != PROVIDER:
-            raise UsageError(f"the file's data key is wrapped by {untrusted.show(wrapped.provider, 40)}, "
-                             "not by aws-kms")
-        for k, v in self.user_context.items():
-            if wrapped.context.get(k) != v:
-                raise IntegrityError(f"{self.what}: the file's encryption context does not have {k}={v}")
+        wrapped = self.unwrappable(wrapped, self.user_context, self.what)
         resp = aws.call(self.what, self.connection, self.client.decrypt,
                         CiphertextBlob=wrapped.ciphertext, KeyId=self.key_id,
                         EncryptionContext=dict(wrapped.context))

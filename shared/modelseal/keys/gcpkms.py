@@ -108,13 +108,7 @@ class Backend(KeySource):
         return answer
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
-        assert wrapped is not None  # KeySource.data_key checks
-        if wrapped.provider != PROVIDER:
-            raise UsageError(f"the file's data key is wrapped by {untrusted.show(wrapped.provider, 40)}, "
-                             "not by gcp-kms")
-        for k, v in self.user_context.items():
-            if wrapped.context.get(k) != v:
-                raise IntegrityError(f"{self.what}: the file's encryption context does not have {k}={v}")
+        wrapped = self.unwrappable(wrapped, self.user_context, self.what)
         aad = canonical_context(wrapped.context)
         try:
             answer = self._call("decrypt", {

@@ -48,10 +48,7 @@ class Backend(KeySource):
         return f"{_path(self.mount.split('/'))}/{op}/{_path([self.key])}"
 
     def material(self, wrapped: WrappedKey | None) -> bytes:
-        assert wrapped is not None  # KeySource.data_key checks
-        if wrapped.provider != PROVIDER:
-            raise UsageError(f"the file's data key is wrapped by {untrusted.show(wrapped.provider, 40)}, "
-                             "not by vault-transit")
+        wrapped = self.unwrappable(wrapped, {}, self.what)
         try:
             ciphertext = wrapped.ciphertext.decode("ascii")
         except UnicodeDecodeError:
