@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/support, whatever the import mode
 
+from modelseal.connection import Connection
 from modelseal.errors import DeniedError, IntegrityError, UnavailableError, UsageError
 from modelseal.sealfile import WrappedKey
 from modelseal.keys import open_key
@@ -451,3 +452,14 @@ def test_backends_import_no_sdk_until_used():
 
     assert {"https", "http", "aws-kms", "secretsmanager", "vault", "vault-transit", "kbs"} <= set(keys.backends())
     assert {"s3", "https", "http"} <= set(sources.backends())
+
+
+@pytest.mark.parametrize("uri", ["vault-transit://127.0.0.1:1/transit/k?token_file=/nonexistent",
+                                 "gcp-kms://projects/p/locations/l/keyRings/r/cryptoKeys/k",
+                                 "aws-kms://arn:aws:kms:eu-west-1:111122223333:key/k"])
+def test_a_key_wrapped_by_another_service_is_refused_before_any_call(uri):
+    """A wrapping key source unwraps only its own provider's keys: another's is a usage error naming both,
+    before any request (the services here are unreachable: a call would fail otherwise)."""
+    source = open_key(uri, Connection(retries=1, timeout=1))
+    with pytest.raises(UsageError, match=r"wrapped by 'azure-kv', not by (vault-transit|gcp-kms|aws-kms)$"):
+        source.data_key(WrappedKey(provider="azure-kv", key_id="x", ciphertext=b"x", context={}))
