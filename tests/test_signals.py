@@ -278,3 +278,32 @@ def test_an_error_raised_while_a_stop_unwinds_is_reported_as_the_stop() -> None:
         err = classify(exc)
     assert isinstance(err, StoppedError) and err.exit_code == 143 and "SIGTERM" in str(err)
     assert classify(ImportError("no stop behind it")).exit_code == 1
+
+
+def test_a_stop_whose_unwinding_loses_it_is_still_exit_143(shm: Path) -> None:
+    """A stop inside an import (https's first `import ssl`, run under the soak) unwound into a
+    TypeError that no longer carried the Stopped as its context: exit 1, "internal error at ssl.py".
+    Here the stage's command takes the stop and raises an unrelated error with no context at all."""
+    boot = ("import os, signal, sys, time; from modelseal import cli, errors\n"
+            "def lost(args, log):\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(5)\n"
+            "    except errors.Stopped:\n"
+            "        pass\n"
+            "    raise TypeError('an unrelated failure')  # outside the except: no context\n"
+            "parse = cli.argparse.ArgumentParser.parse_args\n"
+            "def parse_args(self, *a, **k):\n"
+            "    ns = parse(self, *a, **k)\n"
+            "    ns.func = lost\n"
+            "    return ns\n"
+            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
+                       env=env, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 143, err
+    failed = [x for x in map(json.loads, filter(str.strip, err.splitlines())) if x["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["exit_code"] == 143 and "SIGTERM" in failed[0]["error"], err
+    assert "TypeError" not in err

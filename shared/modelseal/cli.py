@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = args.func(args, log) or {}
             except (Exception, KeyboardInterrupt, Stopped) as exc:
                 signals.quiet()
-                return _failed(args, log, exc)
+                return _failed(args, log, exc, signals.taken)
     except Stopped as exc:  # in the instant the handlers were being put in place or taken down (the soak's find)
         return _failed(args, log, exc)
     seconds = round(log.elapsed(), 3)
@@ -599,9 +599,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _failed(args: argparse.Namespace, log: Log, exc: BaseException) -> int:
-    """Report a failure: one line, the termination message, its exit code (at once after a stop signal)."""
-    err = classify(exc)
+def _failed(args: argparse.Namespace, log: Log, exc: BaseException, stop: int | None = None) -> int:
+    """Report a failure: one line, the termination message, its exit code (at once after a stop signal).
+
+    Once a stop signal's handler has run, the stage was stopped, whatever
+    exception the unwinding ended in: a stop inside an import can leave the
+    import system to raise a TypeError that no longer carries the Stopped as
+    its context (the soak's find in CI: exit 1, "internal error ... ssl.py")."""
+    err = StoppedError(stop) if stop is not None else classify(exc)
     log.error("failed", category=err.category, exit_code=err.exit_code, error=str(err))
     write_termination({"stage": args.command, "status": "error", "exit_code": err.exit_code,
                        "category": err.category, "error": str(err)})

@@ -47,6 +47,9 @@ class StopSignals:
         self._handled = threading.Event()
         self._pipe: tuple[int, int] | None = None
         self._wakeup = -1
+        #: The stop signal whose handler ran, if one did: the stage was stopped,
+        #: whatever exception its unwinding ends in (cli.py reports the stop).
+        self.taken: int | None = None
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is not threading.main_thread():
@@ -63,6 +66,7 @@ class StopSignals:
         if self._handled.is_set():
             return  # a re-send that crossed the first one: the stage is already unwinding
         self._handled.set()
+        self.taken = signum
         self.quiet()
         raise Stopped(signum)
 
