@@ -103,7 +103,16 @@ def venv(tmp_path_factory, dist) -> Venv:
     venv = root / "venv"
     r = run(sys.executable, "-m", "venv", venv, env=clean_env())
     assert r.returncode == 0, r.stderr
-    links = [a for w in wheelhouse + [dist] for a in ("--find-links", w)]
+    # Only the dependencies from the wheelhouses: images/.wheelhouse also holds the
+    # modelseal wheel an image build made, from another build of this version,
+    # which pip may pick over dist/'s and fail its hash (the CI's find).
+    deps = root / "deps"
+    deps.mkdir()
+    for w in wheelhouse:
+        for whl in w.glob("*.whl"):
+            if not whl.name.startswith("modelseal-") and not (deps / whl.name).exists():
+                (deps / whl.name).symlink_to(whl)
+    links = [a for w in (deps, dist) for a in ("--find-links", w)]
     wheel = wheel_of(dist)
     (root / "modelseal.txt").write_text(f"modelseal=={modelseal.__version__} --hash=sha256:{sha256(wheel)}\n")
     r = pip(venv, "install", "--no-index", "--require-hashes", *links,
