@@ -191,6 +191,48 @@ def test_https_body_that_ends_cleanly_before_its_length_is_resumed(pki, blob, sh
         srv.close()
 
 
+def _sealed_model(shm: Path, *extra: str) -> bytes:
+    model = shm / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(3 * MIB + 777))
+    r = modelseal("keygen", "-o", str(shm / "key"))
+    assert r.code == 0, r.stderr
+    r = modelseal("seal", str(model), "-o", str(shm / "src.seal"), "--key", str(shm / "key"), *extra)
+    assert r.code == 0, r.stderr
+    sealed = (shm / "src.seal").read_bytes()
+    for p in (shm / "src.seal", shm / "key", model / "weights.bin", model):
+        p.rmdir() if p.is_dir() else p.unlink()
+    return sealed
+
+
+def test_https_seal_that_ends_cleanly_before_its_header_says_is_exit_4_with_nothing_kept(pki, shm: Path) -> None:
+    """The first answer itself short, its Content-Length agreeing: only the .seal header's declared sizes
+    tell. fetch-model exited 0 with a short file, and decrypt refused it on every restart (the soak's find)."""
+    sealed = _sealed_model(shm)
+    assert sealfile.declared_length(sealed[:sealfile.MAX_PREFIX]) == len(sealed)
+    srv = ObjectServer({"/m.seal": sealed}, tls=pki.server_context())
+    try:
+        srv.add_fault(Fault("short", after=len(sealed) - 20_000, method="GET"))
+        r = modelseal("fetch-model", "--source", srv.url + "/m.seal", "--ca", pki.ca, "-o", str(shm / "m.seal"))
+        assert r.code == 4, r.stderr
+        assert f"the download is {len(sealed) - 20_000} bytes and its .seal header declares {len(sealed)}" in r.stderr
+        assert os.listdir(shm) == []
+        # Whole, it is fetched as before; another format, which no header describes, is fetched whatever its length.
+        r = modelseal("fetch-model", "--source", srv.url + "/m.seal", "--ca", pki.ca, "-o", str(shm / "m.seal"))
+        assert r.code == 0, r.stderr
+        assert (shm / "m.seal").read_bytes() == sealed
+    finally:
+        srv.close()
+
+
+def test_a_compressed_seal_or_another_format_declares_no_length(shm: Path) -> None:
+    """With compression the ciphertext's length is not in the header: decrypt's checks are what hold."""
+    sealed = _sealed_model(shm, "--compress", "zstd")
+    assert sealfile.declared_length(sealed[:sealfile.MAX_PREFIX]) is None
+    assert sealfile.declared_length(b"not a seal") is None
+    assert sealfile.declared_length(b"") is None
+
+
 def test_https_resume_answered_at_another_offset_is_exit_4(pki, blob, shm: Path) -> None:
     srv = ObjectServer({"/m.seal": blob}, tls=pki.server_context())
     try:

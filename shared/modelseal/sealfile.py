@@ -13,6 +13,7 @@ through read_prefix, the one place that dispatches on the version byte.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Union
@@ -159,3 +160,24 @@ def seal_writer(out: Writable, header: Header, data_key: bytes) -> EncryptingWri
     prefix = encode_prefix(header)
     out.write(prefix)
     return EncryptingWriter(out, data_key, prefix, AES256_GCM_HKDF_1MB)
+
+
+def declared_length(prefix: bytes) -> int | None:
+    """The whole file's length that the .seal prefix at the start of `prefix` declares, or None.
+
+    Known when the payload is uncompressed and the header gives its tar_bytes:
+    the prefix plus that many bytes as the stream format encrypts them. So
+    fetch-model, which holds no key, can tell a download that a server ended
+    cleanly but early (a Content-Length that agrees with a short body) from
+    a whole one. Unauthenticated: a liar can only make the fetch fail, which
+    serving other bytes does as well. None for bytes that are not a .seal
+    prefix (fetch-model also carries other formats).
+    """
+    try:
+        header, raw = read_prefix(io.BytesIO(prefix))
+    except IntegrityError:
+        return None
+    fixed = header.fixed
+    if fixed.compression != "none" or fixed.sizes.tar_bytes is None:
+        return None
+    return len(raw) + AES256_GCM_HKDF_1MB.ciphertext_size(fixed.sizes.tar_bytes)

@@ -540,10 +540,17 @@ def fetch_model(source: SourceSpec, output: Output, connection: Connection, log:
     out = output.path
     ciphertext = open_ciphertext(source, connection, log)
     progress = log.progress("fetch", ciphertext.size)
+    head = bytearray()  # the first bytes, for the length a .seal header declares
     with ciphertext.stream, PartialFile(out, 0o644) as f:
         while view := ciphertext.stream.read_view(1 << 20):  # S3: straight from the part buffers
+            if len(head) < PREFIX_READ:
+                head += view[:PREFIX_READ - len(head)]
             f.write(view)
             progress.add(len(view))
+        declared = sealfile.declared_length(bytes(head))
+        if declared is not None and f.bytes_written != declared:  # not the URI: a presigned one holds a secret
+            raise IntegrityError(f"the download is {f.bytes_written} bytes and its .seal header declares {declared}: "
+                                 "the server ended it early (or serves another object); nothing kept")
         f.commit()
     log.info("fetched", path=out, **progress.summary())
     return progress.summary()
