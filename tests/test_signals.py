@@ -307,3 +307,46 @@ def test_a_stop_whose_unwinding_loses_it_is_still_exit_143(shm: Path) -> None:
     failed = [x for x in map(json.loads, filter(str.strip, err.splitlines())) if x["event"] == "failed"]
     assert len(failed) == 1 and failed[0]["exit_code"] == 143 and "SIGTERM" in failed[0]["error"], err
     assert "TypeError" not in err
+
+
+def test_a_stop_taken_by_another_thread_wakes_a_main_thread_blocked_for_good(shm: Path) -> None:
+    """The relay itself (signals.py): the main thread blocked with no timeout (a lock never released), the
+    signal sent to another thread only. Python's C handler runs in that thread and nothing wakes the main
+    one, so without the re-send to the main thread the stage never ends. (The stages' own waits have
+    timeouts today, so the stage tests above no longer tell the relay's absence apart.)"""
+    tid_file = shm / "bystander.tid"
+    boot = ("import os, sys, threading; from modelseal import cli\n"
+            "def blocked(args, log):\n"
+            "    def bystander():\n"
+            f"        open({str(tid_file)!r}, 'w').write(str(threading.get_native_id()))\n"
+            "        threading.Event().wait()\n"
+            "    threading.Thread(target=bystander, daemon=True).start()\n"
+            "    lock = threading.Lock()\n"
+            "    lock.acquire()\n"
+            "    lock.acquire()  # for good: only a signal handler run in this thread ends it\n"
+            "parse = cli.argparse.ArgumentParser.parse_args\n"
+            "def parse_args(self, *a, **k):\n"
+            "    ns = parse(self, *a, **k)\n"
+            "    ns.func = blocked\n"
+            "    return ns\n"
+            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    proc = subprocess.Popen([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tid_file.exists() and tid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # the main thread is in its second acquire
+        _tgkill(proc.pid, int(tid_file.read_text()), signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the stage never handled a SIGTERM taken by another thread: its main thread slept on")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, err.decode(errors="replace")
+    failed = [x for x in map(json.loads, filter(str.strip, err.decode().splitlines())) if x["event"] == "failed"]
+    assert len(failed) == 1 and "SIGTERM" in failed[0]["error"]
