@@ -350,3 +350,36 @@ def test_a_stop_taken_by_another_thread_wakes_a_main_thread_blocked_for_good(shm
     assert proc.returncode == 143, err.decode(errors="replace")
     failed = [x for x in map(json.loads, filter(str.strip, err.decode().splitlines())) if x["event"] == "failed"]
     assert len(failed) == 1 and "SIGTERM" in failed[0]["error"]
+
+
+def test_a_stop_that_python_drops_inside_a_callback_is_raised_again(shm: Path) -> None:
+    """The handler ran inside the import system's weakref callback (`_get_module_lock.<locals>.cb`), where
+    Python prints an exception and drops it: a traceback on stderr, and the stage ran on (the soak's find).
+    Here the signal lands inside such a callback every time; the stage must still stop, 143, one JSON line."""
+    boot = ("import os, signal, sys, time, weakref; from modelseal import cli\n"
+            "class Thing: pass\n"
+            "def dropped(args, log):\n"
+            "    def cb(ref):\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(0.2)\n"
+            "        for _ in range(100000): pass  # the handler runs in here: what it raises is dropped\n"
+            "    thing = Thing()\n"
+            "    ref = weakref.ref(thing, cb)\n"
+            "    del thing\n"
+            "    time.sleep(5)\n"
+            "    print('ran on', file=sys.stderr)\n"
+            "parse = cli.argparse.ArgumentParser.parse_args\n"
+            "def parse_args(self, *a, **k):\n"
+            "    ns = parse(self, *a, **k)\n"
+            "    ns.func = dropped\n"
+            "    return ns\n"
+            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
+                       env=env, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 143, err
+    lines = [json.loads(x) for x in err.splitlines() if x.strip()]  # every line JSON: no "Exception ignored"
+    failed = [x for x in lines if x["event"] == "failed"]
+    assert len(failed) == 1 and "SIGTERM" in failed[0]["error"], err

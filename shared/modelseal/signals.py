@@ -16,12 +16,21 @@ So the C-level handler also writes the signal's number to a pipe
 (signal.set_wakeup_fd, whichever thread took it), and a thread reading that
 pipe re-sends the signal to the main thread itself until its handler has
 run: each re-send interrupts whatever the main thread sleeps in.
+
+Why a hook on unraisable exceptions: the handler may run inside code whose
+exceptions Python prints and drops, such as the import system's weakref
+callback that drops a module lock. The Stopped vanished there ("Exception
+ignored in ... _get_module_lock", a traceback on stderr), and the stage ran
+on or failed some other way (the soak's find, twice). The hook arms the
+handler again and has the relay re-send the signal, so it is raised at the
+next point where it can unwind the stage.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -47,6 +56,7 @@ class StopSignals:
         self._handled = threading.Event()
         self._pipe: tuple[int, int] | None = None
         self._wakeup = -1
+        self._hook: Any = None
         #: The stop signal whose handler ran, if one did: the stage was stopped,
         #: whatever exception its unwinding ends in (cli.py reports the stop).
         self.taken: int | None = None
@@ -58,6 +68,7 @@ class StopSignals:
         os.set_blocking(self._pipe[1], False)
         self._wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
         self._previous = {s: signal.signal(s, self._stop) for s in STOP_SIGNALS}
+        self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         threading.Thread(target=self._nudge, args=(self._pipe[0], threading.main_thread().ident),
                          name="modelseal-signals", daemon=True).start()
         return self
@@ -69,6 +80,20 @@ class StopSignals:
         self.taken = signum
         self.quiet()
         raise Stopped(signum)
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """A Stopped that Python dropped (raised inside a callback): raise it again, elsewhere."""
+        exc = unraisable.exc_value
+        if not isinstance(exc, Stopped) or self._pipe is None:
+            self._hook(unraisable)
+            return
+        self._handled.clear()
+        for s in self._previous:
+            signal.signal(s, self._stop)
+        try:
+            os.write(self._pipe[1], bytes([exc.signum]))  # the relay re-sends it to the main thread
+        except OSError:
+            pass  # a full pipe already holds a signal for the relay
 
     def _nudge(self, pipe: int, main: int | None) -> None:
         """Re-send the first stop signal to the main thread until its handler has run.
@@ -86,12 +111,16 @@ class StopSignals:
             os.close(pipe)
 
     def quiet(self) -> None:
+        """Ignore stop signals from now on (the stage is unwinding, or reporting its outcome)."""
+        self._handled.set()
         for s in self._previous:
             signal.signal(s, signal.SIG_IGN)
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if self._hook is not None:
+            sys.unraisablehook = self._hook
         if self._pipe is not None:
             signal.set_wakeup_fd(self._wakeup)
             os.close(self._pipe[1])  # the nudging thread reads EOF, closes its end and ends
