@@ -31,6 +31,7 @@ from .sealheader import Fixed as Fixed
 from .sealheader import Sizes as Sizes
 from .sealheader import WrappedKey as WrappedKey
 from .sealheader import check_data_key as check_data_key
+from .sealheader import declared_payload
 from .sealheader import key_id as key_id
 from .streaming import (
     AES256_GCM_HKDF_1MB,
@@ -177,7 +178,5 @@ def declared_length(prefix: bytes) -> int | None:
         header, raw = read_prefix(io.BytesIO(prefix))
     except IntegrityError:
         return None
-    fixed = header.fixed
-    if fixed.compression != "none" or fixed.sizes.tar_bytes is None:
-        return None
-    return len(raw) + AES256_GCM_HKDF_1MB.ciphertext_size(fixed.sizes.tar_bytes)
+    payload = declared_payload(header.fixed.sizes, header.fixed.compression)
+    return None if payload is None else len(raw) + AES256_GCM_HKDF_1MB.ciphertext_size(payload)

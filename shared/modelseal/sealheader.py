@@ -188,6 +188,13 @@ class Fixed:
         return {}
 
 
+def declared_payload(sizes: Sizes | None, compression: str) -> int | None:
+    """The decrypted payload's length a header declares: its tar_bytes, for an uncompressed payload."""
+    if sizes is not None and sizes.tar_bytes is not None and compression == "none":
+        return sizes.tar_bytes
+    return None
+
+
 def _is_int(value: Any, expected: int) -> bool:
     """value is the integer `expected` (JSON true and 1.0 are not 1)."""
     return type(value) is int and value == expected

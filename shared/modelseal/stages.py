@@ -38,8 +38,8 @@ from .options import (
 )
 from .overlap import BackgroundWriter
 from .placement import Need, Preflight, file_need
-from .placement.need import declared_payload
 from .placement.tmpfs import memory_only
+from .sealheader import declared_payload
 from .sources import Stream, open_sink, open_source
 from .sources.file import open_local as open_file
 from .streaming import ChunkReader, DecryptingReader, Readable, Writable

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..sealheader import declared_payload
+
 if TYPE_CHECKING:
     from ..sealfile import Sizes
 
@@ -44,13 +46,6 @@ class Need:
     @classmethod
     def unknown(cls, source: str) -> "Need":
         return cls(None, 0, source)
-
-
-def declared_payload(sizes: Sizes | None, compression: str) -> int | None:
-    """The decrypted payload's length a header declares: its tar_bytes, for an uncompressed payload."""
-    if sizes is not None and sizes.tar_bytes is not None and compression == "none":
-        return sizes.tar_bytes
-    return None
 
 
 def file_need(size: int | None, sizes: Sizes | None, compression: str, buffers: int = 0) -> Need:
