@@ -241,6 +241,20 @@ def test_a_stage_that_finishes_is_unaffected(inputs: Path):
 
 # ---- found by the soak (bench/soak.py, issue 25): a stop at an awkward instant was exit 1 --------
 
+def _stopped_by_sigterm(boot: str, shm: Path) -> str:
+    """Run a `python -c` stage script; it must exit 143 with only JSON lines on stderr (no traceback, no
+    "Exception ignored") and exactly one 'failed' line naming SIGTERM. Returns its stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
+                       env=env, timeout=60)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 143, err
+    lines = [json.loads(x) for x in err.splitlines() if x.strip()]
+    failed = [x for x in lines if x["event"] == "failed"]
+    assert len(failed) == 1 and failed[0]["exit_code"] == 143 and "SIGTERM" in failed[0]["error"], err
+    return err
+
+
 def test_a_stop_in_the_instant_the_handlers_are_set_up_is_exit_143_with_its_line(shm: Path) -> None:
     """A SIGTERM that lands while StopSignals is still being entered (its handler in place, the stage's
     try not yet begun) escaped main() as a traceback, exit 1. Here it lands there every time."""
@@ -253,14 +267,7 @@ def test_a_stop_in_the_instant_the_handlers_are_set_up_is_exit_143_with_its_line
             "    return out\n"
             "signals.StopSignals.__enter__ = late\n"
             "sys.exit(cli.main(sys.argv[1:]))\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
-    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
-                       env=env, timeout=60)
-    err = p.stderr.decode(errors="replace")
-    assert p.returncode == 143, err
-    lines = [json.loads(x) for x in err.splitlines() if x.strip()]  # every line JSON: no traceback
-    failed = [x for x in lines if x["event"] == "failed"]
-    assert len(failed) == 1 and failed[0]["exit_code"] == 143 and "SIGTERM" in failed[0]["error"]
+    _stopped_by_sigterm(boot, shm)
     assert not (shm / "key").exists()
 
 
@@ -280,32 +287,31 @@ def test_an_error_raised_while_a_stop_unwinds_is_reported_as_the_stop() -> None:
     assert classify(ImportError("no stop behind it")).exit_code == 1
 
 
+def _as_stage(func: str, source: str) -> str:
+    """A `python -c` script: `source` defines `func(args, log)`, which then runs as the stage's command
+    inside the real cli.main (its StopSignals, its reporting), whatever command the argv names."""
+    return (source + "parse = cli.argparse.ArgumentParser.parse_args\n"
+            "def parse_args(self, *a, **k):\n"
+            "    ns = parse(self, *a, **k)\n"
+            f"    ns.func = {func}\n"
+            "    return ns\n"
+            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+
+
 def test_a_stop_whose_unwinding_loses_it_is_still_exit_143(shm: Path) -> None:
     """A stop inside an import (https's first `import ssl`, run under the soak) unwound into a
     TypeError that no longer carried the Stopped as its context: exit 1, "internal error at ssl.py".
     Here the stage's command takes the stop and raises an unrelated error with no context at all."""
-    boot = ("import os, signal, sys, time; from modelseal import cli, errors\n"
+    boot = _as_stage("lost", "import os, signal, sys, time; from modelseal import cli, errors\n"
             "def lost(args, log):\n"
             "    try:\n"
             "        os.kill(os.getpid(), signal.SIGTERM)\n"
             "        time.sleep(5)\n"
             "    except errors.Stopped:\n"
             "        pass\n"
-            "    raise TypeError('an unrelated failure')  # outside the except: no context\n"
-            "parse = cli.argparse.ArgumentParser.parse_args\n"
-            "def parse_args(self, *a, **k):\n"
-            "    ns = parse(self, *a, **k)\n"
-            "    ns.func = lost\n"
-            "    return ns\n"
-            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
-    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
-                       env=env, timeout=60)
-    err = p.stderr.decode(errors="replace")
-    assert p.returncode == 143, err
-    failed = [x for x in map(json.loads, filter(str.strip, err.splitlines())) if x["event"] == "failed"]
-    assert len(failed) == 1 and failed[0]["exit_code"] == 143 and "SIGTERM" in failed[0]["error"], err
+            "    raise TypeError('an unrelated failure')  # outside the except: no context\n")
+    err = _stopped_by_sigterm(boot, shm)
     assert "TypeError" not in err
 
 
@@ -315,7 +321,7 @@ def test_a_stop_taken_by_another_thread_wakes_a_main_thread_blocked_for_good(shm
     one, so without the re-send to the main thread the stage never ends. (The stages' own waits have
     timeouts today, so the stage tests above no longer tell the relay's absence apart.)"""
     tid_file = shm / "bystander.tid"
-    boot = ("import os, sys, threading; from modelseal import cli\n"
+    boot = _as_stage("blocked", "import os, sys, threading; from modelseal import cli\n"
             "def blocked(args, log):\n"
             "    def bystander():\n"
             f"        open({str(tid_file)!r}, 'w').write(str(threading.get_native_id()))\n"
@@ -323,14 +329,7 @@ def test_a_stop_taken_by_another_thread_wakes_a_main_thread_blocked_for_good(shm
             "    threading.Thread(target=bystander, daemon=True).start()\n"
             "    lock = threading.Lock()\n"
             "    lock.acquire()\n"
-            "    lock.acquire()  # for good: only a signal handler run in this thread ends it\n"
-            "parse = cli.argparse.ArgumentParser.parse_args\n"
-            "def parse_args(self, *a, **k):\n"
-            "    ns = parse(self, *a, **k)\n"
-            "    ns.func = blocked\n"
-            "    return ns\n"
-            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
+            "    lock.acquire()  # for good: only a signal handler run in this thread ends it\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
     proc = subprocess.Popen([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -356,7 +355,7 @@ def test_a_stop_that_python_drops_inside_a_callback_is_raised_again(shm: Path) -
     """The handler ran inside the import system's weakref callback (`_get_module_lock.<locals>.cb`), where
     Python prints an exception and drops it: a traceback on stderr, and the stage ran on (the soak's find).
     Here the signal lands inside such a callback every time; the stage must still stop, 143, one JSON line."""
-    boot = ("import os, signal, sys, time, weakref; from modelseal import cli\n"
+    boot = _as_stage("dropped", "import os, signal, sys, time, weakref; from modelseal import cli\n"
             "class Thing: pass\n"
             "def dropped(args, log):\n"
             "    def cb(ref):\n"
@@ -367,19 +366,5 @@ def test_a_stop_that_python_drops_inside_a_callback_is_raised_again(shm: Path) -
             "    ref = weakref.ref(thing, cb)\n"
             "    del thing\n"
             "    time.sleep(5)\n"
-            "    print('ran on', file=sys.stderr)\n"
-            "parse = cli.argparse.ArgumentParser.parse_args\n"
-            "def parse_args(self, *a, **k):\n"
-            "    ns = parse(self, *a, **k)\n"
-            "    ns.func = dropped\n"
-            "    return ns\n"
-            "cli.argparse.ArgumentParser.parse_args = parse_args\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
-    p = subprocess.run([sys.executable, "-c", boot, "keygen", "-o", str(shm / "key")], capture_output=True,
-                       env=env, timeout=60)
-    err = p.stderr.decode(errors="replace")
-    assert p.returncode == 143, err
-    lines = [json.loads(x) for x in err.splitlines() if x.strip()]  # every line JSON: no "Exception ignored"
-    failed = [x for x in lines if x["event"] == "failed"]
-    assert len(failed) == 1 and "SIGTERM" in failed[0]["error"], err
+            "    print('ran on', file=sys.stderr)\n")
+    _stopped_by_sigterm(boot, shm)  # every line JSON: no "Exception ignored", no "ran on"
