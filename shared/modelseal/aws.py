@@ -49,7 +49,13 @@ _MALFORMED = (RecursionError, AttributeError, TypeError, LookupError, ValueError
 _PARSING = ("/botocore/parsers.py", "/botocore/endpoint.py")
 
 
-def client(service: str, connection: Connection, *, region: str | None = None, require_region: bool = False) -> Any:
+def session() -> Any:
+    """A boto3 session: clients made from one share its loaded service models (the second costs ~10 ms)."""
+    return extras.require("boto3", "AWS").session.Session()
+
+
+def client(service: str, connection: Connection, *, region: str | None = None, require_region: bool = False,
+           from_session: Any = None, signature_version: str | None = None) -> Any:
     boto3 = extras.require("boto3", service)
     Config = extras.require("botocore.config", service).Config
     extras.require("tenacity", service)  # the retry policy every call runs under
@@ -66,7 +72,7 @@ def client(service: str, connection: Connection, *, region: str | None = None, r
         raise UsageError(f"CA bundle {connection.ca} does not exist")
     if connection.timeout <= 0:
         raise UsageError("timeout must be positive")
-    session = boto3.session.Session()
+    session = from_session or boto3.session.Session()
     # AWS_REGION is what EKS Pod Identity and most SDKs set; botocore reads only AWS_DEFAULT_REGION.
     region = region or connection.extra.get("region") or session.region_name or os.environ.get("AWS_REGION")
     if require_region and not region:
@@ -78,6 +84,7 @@ def client(service: str, connection: Connection, *, region: str | None = None, r
         max_pool_connections=max(10, connection.concurrency + 2),
         user_agent_extra="modelseal",
         s3={"addressing_style": connection.extra.get("addressing_style", "auto")},
+        **({"signature_version": signature_version} if signature_version else {}),
     )
     kwargs: dict[str, Any] = {"config": config}
     if connection.endpoint_url:

@@ -31,6 +31,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         app = self.server.app
+        with app.lock:
+            app.connections += 1
         self.tls_failed = False
         if app.tls is not None:
             self.request.settimeout(10)
@@ -185,6 +187,7 @@ class Server:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, str | None]] = []
         self.bytes_sent = 0
+        self.connections = 0  # TCP connections accepted: keep-alive shows as fewer than requests
         self.tls_failures = 0
         self.faults: list[Fault] = []
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []  # method, path, headers, body

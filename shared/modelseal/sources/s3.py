@@ -11,7 +11,9 @@ carries `If-Match` with the ETag from HeadObject (and the VersionId, when
 the bucket is versioned or `version_id=` is given), and every answer's ETag
 (and VersionId), Content-Range and total length are compared with
 HeadObject's, so an object replaced mid-download fails with exit 4 instead of
-splicing two versions, even from a store that ignores If-Match.
+splicing two versions, even from a store that ignores If-Match. How a GET
+is sent (a presigned URL on botocore's own connections, the SDK call when the
+store will not take one) is s3get.py's.
 
 Credentials, endpoint, CA bundle and timeouts: see modelseal.aws.
 
@@ -29,14 +31,15 @@ import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
-from .. import aws, retry, untrusted, web
+from .. import aws, retry, untrusted
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
 from ..upload import Upload
 from ..uri import URI
 from .ranged import RangedSource
+from .s3get import RangedGets
 
 SCHEMES = ("s3",)
 
@@ -79,6 +82,8 @@ class Backend(RangedSource):
             raise UsageError("concurrency must be at least 1")
         self.version_id = self.connection.extra.get("version_id")
         self._client: Any = None
+        self._session: Any = None
+        self._gets: RangedGets | None = None
         self._head: tuple[int, str | None, str | None] | None = None
         self._lock = threading.Lock()
 
@@ -86,8 +91,21 @@ class Backend(RangedSource):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = aws.client("s3", self.connection)
+                self._session = aws.session()
+                self._client = aws.client("s3", self.connection, from_session=self._session)
             return self._client
+
+    @property
+    def gets(self) -> RangedGets:
+        """The ranged GETs of this object (s3get.py: presigned on botocore's pool, else get_object)."""
+        client = self.client
+        with self._lock:
+            if self._gets is None:
+                # botocore presigns S3 URLs with SigV2 unless told otherwise (no region launched
+                # since 2014 takes it): a second client, from the same session, signs with SigV4.
+                presigner = aws.client("s3", self.connection, from_session=self._session, signature_version="s3v4")
+                self._gets = RangedGets(client, presigner, self.bucket, self.key, self.what)
+            return self._gets
 
     def _version(self, version_id: str | None = None) -> dict[str, Any]:
         v = version_id or self.version_id
@@ -121,55 +139,36 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
     from the last good byte."""
     view = memoryview(bytearray(end - start + 1)) if into is None else into[:end - start + 1]
     filled = 0
-    extra: dict[str, Any] = dict(b._version(version))
-    if etag:
-        extra["IfMatch"] = etag
-    get = aws.parsed(b.what, b.client.get_object)
 
     def once() -> None:
         nonlocal filled
         if cancel.is_set():
             raise retry.Cancelled()
         first = start + filled
-        resp = get(Bucket=b.bucket, Key=b.key, Range=f"bytes={first}-{end}", **extra)
-        body = resp["Body"]
+        answer = b.gets.get(first, end, etag, version)
+        complete = False
         try:
             # Every answer must be the object HeadObject described: a store that ignores
             # If-Match (or VersionId) and serves a replaced object fails here, exit 4.
-            if resp.get("ETag") != etag or (version and resp.get("VersionId") != version):
+            if answer.etag != etag or (version and answer.version != version):
                 raise IntegrityError(f"{b.what}: the object changed during the download (another ETag or "
                                      "version than when it started)")
-            cr = untrusted.content_range(resp.get("ContentRange"))
+            cr = untrusted.content_range(answer.content_range)
             if cr is None or cr[0] != first or cr[1] != end or (cr[2] is not None and cr[2] != size):
                 raise IntegrityError(f"{b.what}: asked for bytes {first}-{end}, the store answered another range")
-            readinto = _reader(body)
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
-                n = readinto(view[filled:min(len(view), filled + READ_CHUNK)])
+                n = answer.readinto(view[filled:min(len(view), filled + READ_CHUNK)])
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
+            complete = True
         finally:
-            body.close()
+            answer.finish(complete)
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
-
-
-def _reader(body: Any) -> Callable[[memoryview], int]:
-    """readinto for a GetObject body: straight from the socket into our buffer when we can
-    (web.direct_readinto; botocore's StreamingBody adds a copy of its own), else through body.read."""
-    direct = web.direct_readinto(getattr(body, "_raw_stream", None))
-    if direct is not None:
-        return direct
-
-    def readinto(view: memoryview) -> int:
-        chunk = body.read(len(view))
-        view[:len(chunk)] = chunk
-        return len(chunk)
-
-    return readinto
 
 
 def _upload_part(b: Backend, upload_id: str, number: int, data: bytes, checksum: dict[str, str],
