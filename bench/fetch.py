@@ -13,7 +13,9 @@ start); side by side, interleaved, into tmpfs:
 - `modelseal fetch-model` (parallel ranged GETs, handed out in order),
 - `modelseal run` (fetch + decrypt + unpack in one pass).
 The server runs on the same two cores as the client, so a client's CPU
-cost shows up as wall time. BENCH_FETCH_GIB sets the size.
+cost shows up as wall time. BENCH_FETCH_GIB sets the size;
+BENCH_FETCH_BASE=DIR (a checkout or worktree of another commit) adds that
+build's fetch-model to the same rounds, an A/B of a change to the S3 path.
 
 As in the images: the fetch-model image has neither awscrt nor pyOpenSSL,
 but this virtualenv has both (for the CRT contender and the signing
@@ -39,6 +41,7 @@ from support.s3rver import ACCESS_KEY, missing, s3rver_server, SECRET_KEY
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZE = int(float(os.environ.get("BENCH_FETCH_GIB", "1")) * 2**30)
 SMALL = 1 << 20  # the start-up measurement's model
+BASE = os.environ.get("BENCH_FETCH_BASE", "")  # another build's tree, for an A/B of fetch-model
 
 BOTO3 = r"""
 import sys, boto3
@@ -133,13 +136,18 @@ def main() -> None:
                 Contender("modelseal run (fetch+decrypt+unpack)" + tag,
                           ["modelseal", "run", "--source", f"s3://bench/{obj}", "--key", key, "-o", out, *ep],
                           setup=clean),
-            ]
+            ] + ([Contender(f"modelseal fetch-model, {os.path.basename(BASE.rstrip('/'))}" + tag,
+                            [sys.executable, "-m", "modelseal", "fetch-model", "--source", f"s3://bench/{obj}",
+                             "-o", out, *ep], setup=clean)] if BASE else [])
 
         contenders = contenders_for("model.seal")
         starts = contenders_for("small.seal", " (1 MiB)")
+        base_env = dict(plain_env, PYTHONPATH=os.pathsep.join([plain_env["PYTHONPATH"], os.path.join(BASE, "shared")]))
         for group in (contenders, starts):  # each contender with its own environment (see the docstring)
             envs = {c.name: plain_env for c in group}
             envs[group[1].name] = crt_env
+            if BASE:
+                envs[group[4].name] = base_env
             for c in group:
                 c.once = (lambda env=None, c=c, once=c.once, envs=envs: once(envs[c.name]))  # type: ignore
         cpu = count_cpu(contenders + starts)  # the client's CPU: the goal is stated in it (the server shares the cores)

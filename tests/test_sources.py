@@ -169,6 +169,33 @@ def test_s3_a_failed_presigned_get_names_no_signature(s3, proxy, fault):
     assert proxy.count("GET") == 1 and presigned_v4([p for m, p, _ in proxy.requests if m == "GET"][0])
 
 
+def test_s3_object_deleted_mid_download_is_denied_from_the_presigned_answer(s3, proxy):
+    """The presigned GET's 404 is parsed by botocore's own parser into the ClientError get_object raises:
+    NoSuchKey, exit 3, in one request (not asked again, not retried)."""
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=pattern(2 * MiB))
+    src = open_source(f"s3://{bucket}/m?part_size=1MiB", fast(endpoint_url=proxy.url, concurrency=1, retries=4))
+    assert src.size == 2 * MiB
+    client.delete_object(Bucket=bucket, Key="m")
+    with pytest.raises(DeniedError, match="NoSuchKey") as e:
+        read_all(src.open())
+    assert e.value.exit_code == 3
+    assert proxy.count("GET") == 1
+
+
+def test_s3_an_error_answer_too_large_to_be_one_is_malformed(s3, proxy):
+    """An error answer is read for its code only up to 64 KiB: a longer one is malformed, exit 4."""
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=b"z" * 1000)
+    f = s3_error("InternalError", 500)
+    f.method, f.body = "GET", b"<Error>" + b"x" * (100 << 10) + b"</Error>"
+    proxy.add_fault(f)
+    with pytest.raises(IntegrityError, match="error answer .HTTP 500. of more than 65536 bytes") as e:
+        read_all(open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, retries=3)).open())
+    assert e.value.exit_code == 4
+    assert proxy.count("GET") == 1
+
+
 def test_s3_no_such_key_is_denied_without_retry(s3, proxy):
     _, bucket = s3
     src = open_source(f"s3://{bucket}/missing", fast(endpoint_url=proxy.url))
