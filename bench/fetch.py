@@ -42,6 +42,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SIZE = int(float(os.environ.get("BENCH_FETCH_GIB", "1")) * 2**30)
 SMALL = 1 << 20  # the start-up measurement's model
 BASE = os.environ.get("BENCH_FETCH_BASE", "")  # another build's tree, for an A/B of fetch-model
+BASE_NAME = f"modelseal fetch-model, {os.path.basename(BASE.rstrip('/'))}"
 
 BOTO3 = r"""
 import sys, boto3
@@ -136,7 +137,7 @@ def main() -> None:
                 Contender("modelseal run (fetch+decrypt+unpack)" + tag,
                           ["modelseal", "run", "--source", f"s3://bench/{obj}", "--key", key, "-o", out, *ep],
                           setup=clean),
-            ] + ([Contender(f"modelseal fetch-model, {os.path.basename(BASE.rstrip('/'))}" + tag,
+            ] + ([Contender(BASE_NAME + tag,
                             [sys.executable, "-m", "modelseal", "fetch-model", "--source", f"s3://bench/{obj}",
                              "-o", out, *ep], setup=clean)] if BASE else [])
 
@@ -146,8 +147,9 @@ def main() -> None:
         for group in (contenders, starts):  # each contender with its own environment (see the docstring)
             envs = {c.name: plain_env for c in group}
             envs[group[1].name] = crt_env
-            if BASE:
-                envs[group[4].name] = base_env
+            for c in group:
+                if BASE and c.name.startswith(BASE_NAME):
+                    envs[c.name] = base_env
             for c in group:
                 c.once = (lambda env=None, c=c, once=c.once, envs=envs: once(envs[c.name]))  # type: ignore
         cpu = count_cpu(contenders + starts)  # the client's CPU: the goal is stated in it (the server shares the cores)

@@ -132,19 +132,37 @@ def test_s3_parts_are_presigned_gets_on_kept_connections(s3, proxy):
     assert proxy.connections <= 1 + 3
 
 
-def test_s3_store_refusing_presigned_urls_is_read_through_the_sdk(s3, proxy):
-    """A store that does not take query-string authentication (here: a 403 to any presigned GET) costs one
-    request: that attempt and every later one go through the SDK, and the bytes are the object's."""
+@pytest.mark.parametrize("code, status", [("SignatureDoesNotMatch", 403), ("AuthorizationQueryParametersError", 400),
+                                          ("PermanentRedirect", 301)])
+def test_s3_store_refusing_presigned_urls_is_read_through_the_sdk(s3, proxy, code, status):
+    """A store that does not take query-string authentication (a 403 or 400 to any presigned GET), or a
+    redirect the SDK knows how to follow, costs one request: that attempt and every later one go through the
+    SDK, and the bytes are the object's."""
     client, bucket = s3
     data = pattern(5 * MiB + 3, seed=22)
     client.put_object(Bucket=bucket, Key="m", Body=data)
-    refuse = s3_error("SignatureDoesNotMatch", 403)
+    refuse = s3_error(code, status)
     refuse.method, refuse.path, refuse.times = "GET", "X-Amz-Signature=", 100
     proxy.add_fault(refuse)
     src = open_source(f"s3://{bucket}/m?part_size=1MiB", fast(endpoint_url=proxy.url, concurrency=1, retries=1))
     assert digest(read_all(src.open())) == digest(data)
     gets = [p for m, p, _ in proxy.requests if m == "GET"]
     assert len(gets) == 6 + 1 and sum(presigned_v4(p) for p in gets) == 1
+
+
+def test_s3_a_presigned_url_of_another_scheme_is_never_sent(aws_env):
+    """A presigned URL is sent only with the scheme of the endpoint that was checked: one that would turn
+    https into plain http is dropped, and the SDK call is used. Both clients are botocore's own; nothing
+    listens, and nothing is sent."""
+    from modelseal import aws
+    from modelseal.sources.s3get import RangedGets
+
+    session = aws.session()
+    https = aws.client("s3", fast(endpoint_url="https://127.0.0.1:9"), from_session=session)
+    http = aws.client("s3", fast(endpoint_url="http://127.0.0.1:9"), from_session=session, signature_version="s3v4")
+    gets = RangedGets(https, http, "bucket", "key", "s3://bucket/key")
+    assert gets._presigned(0, 9, '"etag"', None) is None
+    assert gets.presigned is False
 
 
 @pytest.mark.parametrize("fault", ["reset", "stall"])

@@ -139,13 +139,14 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
     from the last good byte."""
     view = memoryview(bytearray(end - start + 1)) if into is None else into[:end - start + 1]
     filled = 0
+    gets = b.gets
 
     def once() -> None:
         nonlocal filled
         if cancel.is_set():
             raise retry.Cancelled()
         first = start + filled
-        answer = b.gets.get(first, end, etag, version)
+        answer = gets.get(first, end, etag, version)
         complete = False
         try:
             # Every answer must be the object HeadObject described: a store that ignores

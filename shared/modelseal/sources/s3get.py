@@ -82,12 +82,12 @@ class RangedGets:
                 return answer
         return self._sdk(first, end, etag, version)
 
+    def _object(self, version: str | None) -> dict[str, str]:
+        return {"Bucket": self.bucket, "Key": self.key, **({"VersionId": version} if version else {})}
+
     def _sdk(self, first: int, end: int, etag: str | None, version: str | None) -> Answer:
-        extra: dict[str, Any] = {"VersionId": version} if version else {}
-        if etag:
-            extra["IfMatch"] = etag
-        resp = aws.parsed(self.what, self.client.get_object)(Bucket=self.bucket, Key=self.key,
-                                                             Range=f"bytes={first}-{end}", **extra)
+        resp = aws.parsed(self.what, self.client.get_object)(**self._object(version), Range=f"bytes={first}-{end}",
+                                                             **({"IfMatch": etag} if etag else {}))
         body = resp["Body"]
         return Answer(resp.get("ETag"), resp.get("VersionId"), resp.get("ContentRange"),
                       getattr(body, "_raw_stream", body), body.close)
@@ -96,8 +96,8 @@ class RangedGets:
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import BotoCoreError
 
-        params = {"Bucket": self.bucket, "Key": self.key, **({"VersionId": version} if version else {})}
-        url = self.presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGNED_SECONDS)
+        url = self.presigner.generate_presigned_url("get_object", Params=self._object(version),
+                                                    ExpiresIn=PRESIGNED_SECONDS)
         if urlsplit(url).scheme != urlsplit(self.client.meta.endpoint_url).scheme:
             self.presigned = False  # never a scheme other than the endpoint's checked one (no https -> http)
             return None
