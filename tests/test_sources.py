@@ -119,16 +119,20 @@ def presigned_v4(path: str) -> bool:
 
 
 def test_s3_parts_are_presigned_gets_on_kept_connections(s3, proxy):
-    """Every part is a SigV4-presigned ranged GET (not botocore's call, ~2 ms of CPU each), and a part read
-    whole hands its connection back: 25 parts over the HEAD's connection and one per worker, where a
+    """Every part is a SigV4-presigned ranged GET (not botocore's call, ~2 ms of CPU each) on one URL, signed
+    once (the Range header is not in the signature), and a part read whole hands its connection back: 25 parts over the HEAD's connection and one per worker, where a
     connection per part was opened before (a TLS handshake per 8 MiB from a real store)."""
     client, bucket = s3
     data = pattern(24 * MiB + 5, seed=21)
     client.put_object(Bucket=bucket, Key="m", Body=data)
     src = open_source(f"s3://{bucket}/m?part_size=1MiB", fast(endpoint_url=proxy.url, concurrency=3))
+    signed = []
+    presign = src.gets.presigner.generate_presigned_url
+    src.gets.presigner.generate_presigned_url = lambda *a, **kw: signed.append(kw) or presign(*a, **kw)
     assert digest(read_all(src.open())) == digest(data)
     gets = [p for m, p, _ in proxy.requests if m == "GET"]
     assert len(gets) == 25 and all(presigned_v4(p) for p in gets)
+    assert len(signed) == 1  # one URL for every part: the Range header is not in its signature
     assert proxy.connections <= 1 + 3
 
 
@@ -198,7 +202,8 @@ def test_s3_object_deleted_mid_download_is_denied_from_the_presigned_answer(s3, 
     with pytest.raises(DeniedError, match="NoSuchKey") as e:
         read_all(src.open())
     assert e.value.exit_code == 3
-    assert proxy.count("GET") == 1
+    # The first part was asked once; the next may have been sent before the stream saw the error.
+    assert [r for m, _, r in proxy.requests if m == "GET" and r.startswith("bytes=0-")] == ["bytes=0-1048575"]
 
 
 def test_s3_an_error_answer_too_large_to_be_one_is_malformed(s3, proxy):
@@ -286,11 +291,178 @@ def test_s3_cut_connections_resume_within_the_part(s3, proxy):
     assert proxy.bytes_sent - size <= 4 * 256 * 1024
 
 
-def test_s3_stalled_server_times_out_then_retries(s3, proxy):
+@pytest.fixture
+def tls_proxy(moto, pki):
+    """moto behind an https front signed by the test CA: parts arrive on TLS sockets."""
+    p = FaultProxy(moto.port, tls=pki.server_context())
+    yield p
+    p.close()
+
+
+def test_s3_over_tls_every_part_is_read_whole_by_the_pump(s3, tls_proxy, pki):
+    """TLS bodies on the pump's thread: a TLS socket is read until it needs the network again (data that
+    OpenSSL has decrypted does not wake epoll), so no part waits for its timeout and none is asked twice."""
+    client, bucket = s3
+    data = pattern(20 * MiB + 7, seed=23)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    src = open_source(f"s3://{bucket}/m?part_size=1MiB",
+                      fast(endpoint_url=tls_proxy.url, ca=pki.ca, concurrency=3, timeout=30))
+    assert digest(read_all(src.open())) == digest(data)
+    assert tls_proxy.count("GET") == 21  # one GET per part: no timeout, no retry
+    assert tls_proxy.connections <= 1 + 3
+
+
+@pytest.mark.parametrize("fault", ["stall", "cut"])
+def test_s3_a_part_stopped_mid_body_resumes_from_its_exact_byte(s3, tls_proxy, pki, fault):
+    """The pump counts every byte that arrived before a stall's timeout or a cut, so the part resumes
+    there: nothing is fetched twice (the HTTP layer's reads lost up to a read chunk, 256 KiB)."""
+    client, bucket = s3
+    data = pattern(6 * MiB + 11, seed=24)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    stop_at = 2 * MiB + 300_001  # no chunk boundary
+    tls_proxy.add_fault(Fault(fault, method="GET", after=stop_at, seconds=3))
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=tls_proxy.url, ca=pki.ca, concurrency=1, timeout=1))
+    assert digest(read_all(src.open())) == digest(data)
+    ranges = [r for m, _, r in tls_proxy.requests if m == "GET"]
+    assert ranges == [f"bytes=0-{len(data) - 1}", f"bytes={stop_at}-{len(data) - 1}"]
+
+
+def test_s3_a_closed_stream_stops_a_part_waiting_on_a_stalled_store(s3, proxy):
+    """Closing the stream (a failed decryption, SIGTERM) cancels the part the pump is reading: its worker
+    ends long before the store's stall or the socket timeout would end it."""
+    import threading
+
+    client, bucket = s3
+    client.put_object(Bucket=bucket, Key="m", Body=pattern(2 * MiB))
+    proxy.add_fault(Fault("stall", method="GET", after=1000, seconds=30))
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, concurrency=1, timeout=60))
+    stream = src.open()
+    deadline = time.monotonic() + 10
+    while proxy.count("GET") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the part is in the pump, waiting for bytes that do not come
+    workers = [t for t in threading.enumerate() if t.name.startswith("modelseal-s3")]
+    assert workers
+    stream.close()
+    for t in workers:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in workers)
+
+
+def test_a_pump_that_fails_fails_its_reads_and_a_new_one_serves_the_next():
+    """A bug on the pump's thread must fail every read waiting on it, never leave a worker waiting forever;
+    the next read gets a new pump."""
+    import socket
+    import threading
+
+    from modelseal import pump
+
+    a, b = socket.socketpair()
+    try:
+        broken = pump.pump()
+
+        def boom(read):
+            raise RuntimeError("a bug")
+
+        broken._pull = boom  # the instance only
+        b.sendall(b"x" * 10)
+        buf = memoryview(bytearray(10))
+        answers: list = []
+        reader = threading.Thread(target=lambda: answers.append(broken.readinto(a, buf, 5.0, None)), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "a read waited on a pump that had stopped"
+        [(n, error)] = answers
+        assert n == 0 and isinstance(error, RuntimeError) and "RuntimeError" in str(error)
+        with pytest.raises(RuntimeError, match="body reader stopped"):
+            broken.readinto(a, buf, 5.0, None)
+        assert a.gettimeout() is None  # the socket is the caller's again, as it was
+        fresh = pump.pump()
+        assert fresh is not broken
+        assert fresh.readinto(a, buf, 5.0, None) == (10, None) and bytes(buf) == b"x" * 10
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_pump_times_out_a_socket_that_sends_nothing():
+    """A store that answered and then sends not one body byte times out after the socket's timeout, as a
+    blocking read would (the part is then asked again); it is not left waiting."""
+    import socket
+    import threading
+
+    from modelseal import pump
+
+    a, b = socket.socketpair()
+    a.settimeout(0.5)
+    answers: list = []
+    try:
+        reader = threading.Thread(target=lambda: answers.append(
+            pump.pump().readinto(a, memoryview(bytearray(10)), a.gettimeout(), None)), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive(), "a read of a silent socket never timed out"
+        [(n, error)] = answers
+        assert n == 0 and isinstance(error, TimeoutError)
+        assert a.gettimeout() == 0.5  # the socket is the caller's again, as it was
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_pump_reads_what_tls_has_decrypted_already(pki):
+    """One TLS record holds more than a read asks for: the rest is in OpenSSL, not in the kernel, so epoll
+    never reports it; the next read on that socket must still get it, not wait for its timeout."""
+    import socket
+    import ssl
+    import threading
+
+    from modelseal import pump
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    record = bytes(range(256)) * 40  # 10 KiB: one write, one record
+
+    def serve():
+        conn, _ = listener.accept()
+        with pki.server_context().wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(record)
+            tls.recv(1)  # hold the connection open until the client is done
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = ssl.create_default_context(cafile=pki.ca).wrap_socket(
+        socket.create_connection(listener.getsockname()), server_hostname="127.0.0.1")
+    try:
+        first, rest = memoryview(bytearray(100)), memoryview(bytearray(len(record) - 100))
+        assert pump.pump().readinto(client, first, 2.0, None) == (100, None)
+        assert client.pending() > 0  # the record's other bytes wait in OpenSSL
+        assert pump.pump().readinto(client, rest, 2.0, None) == (len(rest), None)
+        assert bytes(first) + bytes(rest) == record
+        client.sendall(b"!")
+    finally:
+        client.close()
+        listener.close()
+        server.join(timeout=10)
+
+
+def test_s3_a_slow_link_is_not_a_stall(s3, proxy):
+    """The timeout is for a store that stops sending, not for a slow one: a part that takes longer than
+    --timeout but never pauses that long is read in one GET."""
+    client, bucket = s3
+    data = pattern(1 * MiB, seed=25)
+    client.put_object(Bucket=bucket, Key="m", Body=data)
+    proxy.add_fault(Fault("trickle", after=256 << 10, seconds=0.4, method="GET"))
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, timeout=1))
+    assert read_all(src.open()) == data
+    assert proxy.count("GET") == 1
+
+
+@pytest.mark.parametrize("after", [0, 1000])
+def test_s3_stalled_server_times_out_then_retries(s3, proxy, after):
     client, bucket = s3
     data = pattern(300_000, seed=5)
     client.put_object(Bucket=bucket, Key="m", Body=data)
-    proxy.add_fault(Fault("stall", after=1000, seconds=4, method="GET"))
+    proxy.add_fault(Fault("stall", after=after, seconds=4, method="GET"))
     src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, timeout=1))
     start = time.monotonic()
     assert read_all(src.open()) == data

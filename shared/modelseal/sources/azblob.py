@@ -56,16 +56,16 @@ import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .. import azure, retry, untrusted, web
+from .. import azure, pump, retry, untrusted, web
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError, from_os_error
 from ..upload import Upload
 from ..uri import URI
 from .ranged import RangedSource
-from .s3 import MIN_PART_SIZE, READ_CHUNK, parse_size
+from .s3 import MIN_PART_SIZE, parse_size
 
 SCHEMES = ("azblob",)
 
@@ -327,11 +327,11 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
             cr = web.content_range(resp.headers, b.what)
             if cr is None or cr[0] != first or cr[1] != end or (cr[2] is not None and cr[2] != size):
                 raise IntegrityError(f"{b.what}: asked for bytes {first}-{end}, the store answered another range")
-            readinto = web.direct_readinto(resp.raw) or _reader(resp.raw)
+            readinto, _ = pump.part_reader(resp.raw)  # one thread reads every part's body
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
-                n = readinto(view[filled:min(len(view), filled + READ_CHUNK)])
+                n = readinto(view[filled:], cancel)
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
@@ -340,15 +340,6 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
-
-
-def _reader(raw: Any) -> Callable[[memoryview], int]:
-    def readinto(view: memoryview) -> int:
-        chunk = raw.read(len(view), decode_content=False)
-        view[:len(chunk)] = chunk
-        return len(chunk)
-
-    return readinto
 
 
 # --------------------------------------------------------------------------- upload

@@ -42,13 +42,13 @@ import threading
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
 
-from .. import gcp, retry, untrusted, web
+from .. import gcp, pump, retry, untrusted, web
 from ..connection import Connection
 from ..errors import IntegrityError, UsageError
 from ..upload import Upload
 from ..uri import URI
 from .ranged import RangedSource
-from .s3 import MIN_PART_SIZE, READ_CHUNK, parse_size
+from .s3 import MIN_PART_SIZE, parse_size
 
 SCHEMES = ("gs",)
 
@@ -184,11 +184,11 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
             if encoding != "identity":
                 raise IntegrityError(f"{b.what}: the store sent Content-Encoding {untrusted.show(encoding, 40)} "
                                      "although identity was asked for")
-            readinto = web.direct_readinto(resp.raw) or _reader(resp.raw)
+            readinto, _ = pump.part_reader(resp.raw)  # one thread reads every part's body
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
-                n = readinto(view[filled:min(len(view), filled + READ_CHUNK)])
+                n = readinto(view[filled:], cancel)
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
@@ -197,15 +197,6 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view
-
-
-def _reader(raw: Any) -> Any:
-    def readinto(view: memoryview) -> int:
-        chunk = raw.read(len(view), decode_content=False)
-        view[:len(chunk)] = chunk
-        return len(chunk)
-
-    return readinto
 
 
 def _uint64(value: Any) -> int | None:

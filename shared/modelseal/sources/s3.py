@@ -6,7 +6,7 @@ default 8 MiB, in flight, handed out in order, memory bounded).
 
 Each part is its own ranged GET under the retry policy, and a part whose
 connection drops resumes from its last good byte (a new Range for the rest
-of the part), so a cut costs at most one read chunk (256 KiB) again. Every GET
+of the part): every byte that arrived before the cut is kept. Every GET
 carries `If-Match` with the ETag from HeadObject (and the VersionId, when
 the bucket is versioned or `version_id=` is given), and every answer's ETag
 (and VersionId), Content-Range and total length are compared with
@@ -48,7 +48,6 @@ MIN_PART_SIZE = 64 << 10  # for reads; S3 itself sets no minimum on ranges
 MIN_UPLOAD_PART = 5 << 20  # S3's minimum for every multipart part but the last
 MAX_UPLOAD_PART = 512 << 20  # our memory cap (S3 allows 5 GiB)
 MAX_PARTS = 10000
-READ_CHUNK = 256 << 10  # a part is read in pieces of this size: a cut costs at most one again
 
 MAX_OBJECT = 1 << 56  # far beyond any store's object size limit (S3: 50 TB)
 
@@ -160,7 +159,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
-                n = answer.readinto(view[filled:min(len(view), filled + READ_CHUNK)])
+                n = answer.readinto(view[filled:], cancel)
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n

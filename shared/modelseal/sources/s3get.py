@@ -5,10 +5,12 @@ Why not always `get_object`: botocore spends about 2 ms of CPU on every call
 for LastModified), and a 150 GB model is 19,000 ranged GETs of 8 MiB. A
 presigned URL (botocore resolves endpoint, region, addressing style and
 credentials, and signs) sent on the client's own urllib3 pool (its proxies,
-CA bundle, client certificate, timeouts) costs about 0.6 ms; s3.fetch_range
-then checks the answer exactly as it checks the SDK's (ETag, version,
-Content-Range). A part read whole hands its connection back to the pool: an
-https store is not asked for a TLS handshake per part.
+CA bundle, client certificate, timeouts) costs about 0.6 ms, and one URL
+serves every part for SIGNED_FOR seconds (Range and If-Match are headers,
+outside the signature); s3.fetch_range then checks the answer exactly as it
+checks the SDK's (ETag, version, Content-Range). The body is read on the
+pump's thread (pump.py). A part read whole hands its connection back to the
+pool: an https store is not asked for a TLS handshake per part.
 
 Answers other than a part:
 - An error status is parsed by botocore's own parser for GetObject and
@@ -19,23 +21,28 @@ Answers other than a part:
   path is switched off for this download and the same attempt asks again
   through get_object, whose answer counts. At most one extra request.
 
-The URL is a bearer credential for this object for PRESIGNED_SECONDS: it
-lives only inside one call, an exception raised while sending it is rebuilt
+The URL is a bearer credential for this object for PRESIGNED_SECONDS: it is
+kept only in this object's memory (which holds the credentials that signed
+it) for SIGNED_FOR seconds, an exception raised while sending it is rebuilt
 without it, and nothing logs it (urllib3 logs paths only at DEBUG, which
 modelseal never turns on).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from .. import aws, retry, web
+from .. import aws, pump, retry
 from ..errors import IntegrityError
 
 #: As long as botocore lets a header-signed request's clock be off (15 minutes), so a skew the SDK call
 #: survives does not fail here.
 PRESIGNED_SECONDS = 900
+#: A URL is used for this long, then signed again: the Range and If-Match headers are not part of the
+#: signature, so one URL serves every part, and a clock skew of up to 14 minutes still finds it valid.
+SIGNED_FOR = 60.0
 #: Statuses that may be about the presigned URL itself rather than the object: asked again through the SDK.
 ASK_THE_SDK = frozenset({400, 403})
 #: The most of an error answer read for its code (S3's are a few hundred bytes).
@@ -48,19 +55,13 @@ class Answer:
     def __init__(self, etag: Any, version: Any, content_range: Any, raw: Any, close: Callable[[], None]) -> None:
         self.etag, self.version, self.content_range = etag, version, content_range
         self._raw, self._close = raw, close
-        self._direct = web.direct_readinto(raw)
-
-    def readinto(self, view: memoryview) -> int:
-        if self._direct is not None:  # straight from the socket (web.direct_readinto)
-            return self._direct(view)
-        chunk = self._raw.read(len(view))
-        view[:len(chunk)] = chunk
-        return len(chunk)
+        # readinto(view, cancel): one thread reads every part's body (pump.py)
+        self.readinto, self._past_urllib3 = pump.part_reader(raw)
 
     def finish(self, complete: bool) -> None:
         """Give the connection back for the next part when its body was read to the last byte, else close it."""
         fp = getattr(self._raw, "_fp", None)
-        if complete and self._direct is not None and fp is not None and fp.isclosed():
+        if complete and self._past_urllib3 and fp is not None and fp.isclosed():
             self._raw.release_conn()
         else:
             self._close()
@@ -74,6 +75,7 @@ class RangedGets:
         # botocore's own pool for the client (a private attribute: without it, every GET is get_object).
         self._send: Any = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "send", None)
         self.presigned = callable(self._send)
+        self._signed: dict[str | None, tuple[str, float]] = {}  # version -> (URL, when signed)
 
     def get(self, first: int, end: int, etag: str | None, version: str | None) -> Answer:
         if self.presigned:
@@ -84,6 +86,16 @@ class RangedGets:
 
     def _object(self, version: str | None) -> dict[str, str]:
         return {"Bucket": self.bucket, "Key": self.key, **({"VersionId": version} if version else {})}
+
+    def _url(self, version: str | None) -> str:
+        """A presigned GetObject URL, signed again once it is SIGNED_FOR old (signing costs more than sending)."""
+        now = time.monotonic()
+        signed = self._signed.get(version)
+        if signed is None or now - signed[1] >= SIGNED_FOR:
+            url = self.presigner.generate_presigned_url("get_object", Params=self._object(version),
+                                                        ExpiresIn=PRESIGNED_SECONDS)
+            signed = self._signed[version] = (url, now)
+        return signed[0]
 
     def _sdk(self, first: int, end: int, etag: str | None, version: str | None) -> Answer:
         resp = aws.parsed(self.what, self.client.get_object)(**self._object(version), Range=f"bytes={first}-{end}",
@@ -96,8 +108,7 @@ class RangedGets:
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import BotoCoreError
 
-        url = self.presigner.generate_presigned_url("get_object", Params=self._object(version),
-                                                    ExpiresIn=PRESIGNED_SECONDS)
+        url = self._url(version)
         if urlsplit(url).scheme != urlsplit(self.client.meta.endpoint_url).scheme:
             self.presigned = False  # never a scheme other than the endpoint's checked one (no https -> http)
             return None

@@ -1,0 +1,306 @@
+"""One thread that reads the bodies of every ranged part in flight, the way the CRT's event loop does.
+
+Why: a download keeps `concurrency` GETs in flight, and when each worker
+thread reads its own body, every few dozen KiB one of them wakes, takes the
+GIL from another and goes back to sleep: measured from s3rver, that hand-off
+was the largest part of the client CPU fetch-model spent beyond the CRT
+client's (19,000 context switches per GiB against its 6,500). Here a worker
+sends its request and checks the answer's headers as before, then hands the
+socket and the rest of its buffer to the pump and waits; one thread, woken
+by epoll when any socket has data, reads each into its own buffer with
+`recv_into` (no copy beyond the kernel's) and wakes the worker when its part
+is whole, the peer ended it, or it failed.
+
+The worker keeps everything else: the retry policy, the checks, the
+connection (handed back to its pool when the body was read whole). What the
+pump adds to a read is only where it runs: the same socket timeout (without
+data for that long, TimeoutError), the same errors from `recv_into`, and the
+bytes that arrived before a failure are counted, so a part cut mid-way
+resumes from its last byte.
+
+Only a body the HTTP layer has not started to decode is read here: identity
+encoding, a Content-Length, a plain or TLS socket of the standard library.
+Any other body is read by `part_reader` as before, through the HTTP layer in
+pieces of READ_CHUNK.
+"""
+
+from __future__ import annotations
+
+import http.client
+import selectors
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable
+
+from . import web
+
+#: A body the HTTP layer reads (not the pump) is read in pieces of this size: a cut costs at most one again.
+READ_CHUNK = 256 << 10
+#: How often a waiting worker looks at its cancel event (a cancelled download stops within this).
+CANCEL_POLL = 0.1
+
+
+class _Read:
+    """One body being read: the socket, the rest of the buffer, and how it ended."""
+
+    __slots__ = ("sock", "view", "timeout", "deadline", "filled", "error", "done", "cancelled", "events")
+
+    def __init__(self, sock: socket.socket, view: memoryview, timeout: float | None) -> None:
+        self.sock, self.view, self.timeout = sock, view, timeout
+        self.deadline = float("inf")
+        self.filled = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.cancelled = False
+        self.events = selectors.EVENT_READ
+
+
+class Pump:
+    """The reading thread and its selector; started on first use, a daemon that sleeps when idle."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._incoming: list[_Read] = []
+        self._reads: set[_Read] = set()
+        self._stopped: BaseException | None = None  # a bug stopped the thread: every read fails, none hangs
+        self._thread = threading.Thread(target=self._run, name="modelseal-pump", daemon=True)
+        self._thread.start()
+
+    def readinto(self, sock: socket.socket, view: memoryview, timeout: float | None,
+                 cancel: threading.Event | None) -> tuple[int, BaseException | None]:
+        """Fill `view` from `sock` on the pump's thread: (bytes read, the error that stopped it or None).
+
+        Fewer bytes than asked and no error: the peer closed the connection (or `cancel` was set)."""
+        read = _Read(sock, view, timeout)
+        previous = sock.gettimeout()
+        with self._lock:
+            if self._stopped is not None:
+                raise RuntimeError(f"the body reader stopped ({type(self._stopped).__name__})")
+            sock.setblocking(False)
+            self._incoming.append(read)
+        try:
+            self._wake()
+            while not read.done.wait(CANCEL_POLL):
+                if cancel is not None and cancel.is_set():
+                    read.cancelled = True
+                    self._wake()
+                    read.done.wait()  # the pump may be inside recv_into on this buffer: never return before it
+                    break
+        finally:
+            if read.done.is_set():
+                sock.settimeout(previous)
+            else:  # interrupted (a signal in the main thread): the pump drops it at its next turn
+                read.cancelled = True
+                self._wake()
+        return read.filled, read.error
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except BlockingIOError:  # a wake-up is already pending: that one will do
+            pass
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._turn()
+        except BaseException as exc:  # noqa: BLE001 - a bug here must fail the reads, never hang them
+            with self._lock:
+                self._stopped = exc
+                waiting = list(self._incoming) + list(self._reads)
+                self._incoming.clear()
+            for read in waiting:
+                read.error = read.error or RuntimeError(f"the body reader stopped ({type(exc).__name__})")
+                read.done.set()
+
+    def _turn(self) -> None:
+        deadline = min((r.deadline for r in self._reads), default=None)
+        wait = None if deadline is None or deadline == float("inf") else max(0.0, deadline - time.monotonic())
+        for key, _ in self._sel.select(wait):
+            if key.data is None:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif key.data in self._reads:
+                self._pull(key.data)
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        now = time.monotonic()
+        for read in incoming:
+            read.deadline = now + read.timeout if read.timeout is not None else float("inf")
+            try:
+                self._sel.register(read.sock, read.events, read)
+            except (OSError, ValueError, KeyError) as exc:  # closed under us
+                read.error = exc
+                read.done.set()
+                continue
+            self._reads.add(read)
+            if isinstance(read.sock, ssl.SSLSocket) and read.sock.pending():
+                self._pull(read)  # bytes OpenSSL has decrypted already: epoll will never say so
+        for read in list(self._reads):
+            if read.cancelled:
+                self._finish(read)
+            elif read.deadline <= now:
+                self._finish(read, TimeoutError("timed out"))
+
+    def _pull(self, read: _Read) -> None:
+        """Read what the socket has into the buffer. A plain socket: one recv per wake-up (the selector says
+        when there is more). A TLS socket gives one record (16 KiB) per recv: read until it needs the
+        network again, rather than one turn of the loop per record."""
+        tls = isinstance(read.sock, ssl.SSLSocket)
+        while True:
+            try:
+                n = read.sock.recv_into(read.view[read.filled:])
+            except (BlockingIOError, ssl.SSLWantReadError):
+                self._want(read, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:  # TLS needs to send first (a key update): wait until it can
+                self._want(read, selectors.EVENT_WRITE)
+                return
+            except OSError as exc:
+                self._finish(read, exc)
+                return
+            if n == 0:  # the peer ended it: the caller decides what a short body means
+                self._finish(read)
+                return
+            read.filled += n
+            if read.timeout is not None:
+                read.deadline = time.monotonic() + read.timeout
+            if read.filled == len(read.view):
+                self._finish(read)
+                return
+            if not tls:
+                return
+
+    def _want(self, read: _Read, events: int) -> None:
+        if read.events != events:
+            read.events = events
+            self._sel.modify(read.sock, events, read)
+
+    def _finish(self, read: _Read, error: BaseException | None = None) -> None:
+        read.error = error
+        self._reads.discard(read)
+        try:
+            self._sel.unregister(read.sock)
+        except (KeyError, ValueError):  # the socket was closed while interrupted: epoll has dropped it
+            pass
+        read.view = memoryview(b"")  # the pump keeps no view of the caller's buffer
+        read.done.set()
+
+
+_pump: Pump | None = None
+_pump_lock = threading.Lock()
+
+
+def pump() -> Pump:
+    """The process's pump, started on first use (and again should a bug have stopped it)."""
+    global _pump
+    with _pump_lock:
+        if _pump is None or _pump._stopped is not None:
+            _pump = Pump()
+        return _pump
+
+
+class Body:
+    """A response body read through the pump: readinto(view, cancel) fills as much of `view` as the body holds."""
+
+    def __init__(self, response: http.client.HTTPResponse, sock: socket.socket) -> None:
+        self._response, self._sock = response, sock
+        self._error: BaseException | None = None
+        self._buffered = True  # http.client's reader may hold the body's first bytes
+
+    def readinto(self, view: memoryview, cancel: threading.Event | None = None) -> int:
+        """Bytes read (0 at the end of the body); an error after some bytes is raised at the next call."""
+        error = self._error
+        if error is not None:
+            self._error = None
+            raise error
+        response = self._response
+        left = response.length or 0
+        want = min(len(view), left)
+        if want <= 0:
+            return 0
+        got = self._from_buffer(view[:want]) if self._buffered else 0
+        if got < want:
+            n, error = pump().readinto(self._sock, view[got:want], self._sock.gettimeout(), cancel)
+            got += n
+            if error is not None:
+                if not got:
+                    raise error
+                self._error = error
+        response.length = left - got
+        if response.length == 0:
+            response.close()  # as http.client does at the end of a body: the connection may carry the next
+        return got
+
+    def _from_buffer(self, view: memoryview) -> int:
+        """The bytes http.client's buffered reader took past the headers, without asking the socket."""
+        self._buffered = False
+        reader: Any = self._response.fp
+        previous = self._sock.gettimeout()
+        self._sock.setblocking(False)  # when nothing is buffered, read1 asks the socket once: never wait
+        try:
+            chunk = reader.read1(len(view))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            chunk = b""
+        finally:
+            self._sock.settimeout(previous)
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def body(raw: Any) -> Body | None:
+    """The pump's reader for a urllib3 response's body, or None where only the HTTP layer may read it.
+
+    Taken only for a body without Content-Encoding that urllib3 has not
+    started to read, with a Content-Length and no chunking, on a standard
+    library socket (not urllib3's TLS-in-TLS transport)."""
+    fp = getattr(raw, "_fp", None)
+    headers = getattr(raw, "headers", None)
+    if not isinstance(fp, http.client.HTTPResponse) or headers is None or fp.fp is None:
+        return None
+    if (headers.get("content-encoding") or "identity").strip().lower() != "identity":
+        return None
+    if getattr(raw, "_fp_bytes_read", 0) or getattr(raw, "_has_decoded_content", False):
+        return None
+    buffered = getattr(raw, "_decoded_buffer", None)
+    if buffered is not None and len(buffered):
+        return None
+    if fp.chunked or fp.length is None:
+        return None
+    sock = getattr(getattr(fp.fp, "raw", None), "_sock", None)
+    if not isinstance(sock, socket.socket):
+        return None
+    return Body(fp, sock)
+
+
+def part_reader(raw: Any) -> tuple[Callable[..., int], bool]:
+    """readinto(view, cancel=None) for a ranged part's body (a urllib3 response): the bytes read, 0 at its end;
+    and whether it reads past urllib3 (the pump, http.client), which leaves nothing buffered in urllib3.
+
+    Through the pump when `body()` allows, else straight from http.client
+    (web.direct_readinto), else urllib3's read without decoding: the stored
+    bytes are the ciphertext, whatever Content-Encoding they were labelled with."""
+    pumped = body(raw)
+    if pumped is not None:
+        return pumped.readinto, True
+    direct = web.direct_readinto(raw)
+
+    def readinto(view: memoryview, cancel: threading.Event | None = None) -> int:
+        view = view[:READ_CHUNK]
+        if direct is not None:
+            return int(direct(view))
+        chunk = raw.read(len(view), decode_content=False)
+        view[:len(chunk)] = chunk
+        return len(chunk)
+
+    return readinto, direct is not None
