@@ -191,6 +191,34 @@ def test_s3_a_failed_presigned_get_names_no_signature(s3, proxy, fault):
     assert proxy.count("GET") == 1 and presigned_v4([p for m, p, _ in proxy.requests if m == "GET"][0])
 
 
+def test_s3_a_stalled_content_encoded_body_names_no_signature(s3, proxy):
+    """An object stored with a Content-Encoding is read through urllib3 (never decoded: the stored bytes
+    are the ciphertext). When its body stalls, nothing in what is raised, down the whole chain, holds the
+    presigned URL's signature (urllib3 2.x raises its read timeout with no URL)."""
+    import threading
+
+    from modelseal.sources.s3 import Backend
+    from modelseal.uri import URI
+
+    client, bucket = s3
+    data = pattern(3 * MiB, seed=26)
+    client.put_object(Bucket=bucket, Key="m", Body=data, ContentEncoding="gzip")
+    proxy.add_fault(Fault("stall", method="GET", after=100_000, seconds=3))
+    b = Backend(URI.parse(f"s3://{bucket}/m"), fast(endpoint_url=proxy.url, timeout=1, retries=1))
+    size, etag, version = b.head()
+    with pytest.raises(Exception) as e:
+        b.fetch(0, size - 1, size, etag, version, threading.Event())
+    chain, exc = [], e.value
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    shown = " ".join(f"{x!s} {x!r} {getattr(x, 'url', '')!r} {getattr(x, 'kwargs', '')!r}" for x in chain)
+    assert "Signature" not in shown and "X-Amz" not in shown
+    assert any("timed out" in str(x).lower() or isinstance(x, TimeoutError) for x in chain)
+    assert proxy.count("GET") == 1 and presigned_v4([p for m, p, _ in proxy.requests if m == "GET"][0])
+    assert b.fetch(0, size - 1, size, etag, version, threading.Event()) == data  # and read whole, undecoded
+
+
 def test_s3_object_deleted_mid_download_is_denied_from_the_presigned_answer(s3, proxy):
     """The presigned GET's 404 is parsed by botocore's own parser into the ClientError get_object raises:
     NoSuchKey, exit 3, in one request (not asked again, not retried)."""
