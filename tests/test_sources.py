@@ -360,15 +360,17 @@ def test_s3_a_closed_stream_stops_a_part_waiting_on_a_stalled_store(s3, proxy):
     ends long before the store's stall or the socket timeout would end it."""
     import threading
 
+    from modelseal import pump
+
     client, bucket = s3
     client.put_object(Bucket=bucket, Key="m", Body=pattern(2 * MiB))
     proxy.add_fault(Fault("stall", method="GET", after=1000, seconds=30))
     src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, concurrency=1, timeout=60))
     stream = src.open()
-    deadline = time.monotonic() + 10
-    while proxy.count("GET") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # the part is in the pump, waiting for bytes that do not come
+    deadline = time.monotonic() + 20
+    while not pump.pump()._reads and time.monotonic() < deadline:  # the part is in the pump, waiting
+        time.sleep(0.02)
+    assert pump.pump()._reads
     workers = [t for t in threading.enumerate() if t.name.startswith("modelseal-s3")]
     assert workers
     stream.close()
@@ -396,18 +398,18 @@ def test_a_pump_that_fails_fails_its_reads_and_a_new_one_serves_the_next():
         b.sendall(b"x" * 10)
         buf = memoryview(bytearray(10))
         answers: list = []
-        reader = threading.Thread(target=lambda: answers.append(broken.readinto(a, buf, 5.0, None)), daemon=True)
+        reader = threading.Thread(target=lambda: answers.append(broken.readinto(a, buf, None)), daemon=True)
         reader.start()
         reader.join(timeout=30)
         assert not reader.is_alive(), "a read waited on a pump that had stopped"
         [(n, error)] = answers
         assert n == 0 and isinstance(error, RuntimeError) and "RuntimeError" in str(error)
         with pytest.raises(RuntimeError, match="body reader stopped"):
-            broken.readinto(a, buf, 5.0, None)
+            broken.readinto(a, buf, None)
         assert a.gettimeout() is None  # the socket is the caller's again, as it was
         fresh = pump.pump()
         assert fresh is not broken
-        assert fresh.readinto(a, buf, 5.0, None) == (10, None) and bytes(buf) == b"x" * 10
+        assert fresh.readinto(a, buf, None) == (10, None) and bytes(buf) == b"x" * 10
     finally:
         a.close()
         b.close()
@@ -426,7 +428,7 @@ def test_the_pump_times_out_a_socket_that_sends_nothing():
     answers: list = []
     try:
         reader = threading.Thread(target=lambda: answers.append(
-            pump.pump().readinto(a, memoryview(bytearray(10)), a.gettimeout(), None)), daemon=True)
+            pump.pump().readinto(a, memoryview(bytearray(10)), None)), daemon=True)
         reader.start()
         reader.join(timeout=30)
         assert not reader.is_alive(), "a read of a silent socket never timed out"
@@ -460,11 +462,12 @@ def test_the_pump_reads_what_tls_has_decrypted_already(pki):
     server.start()
     client = ssl.create_default_context(cafile=pki.ca).wrap_socket(
         socket.create_connection(listener.getsockname()), server_hostname="127.0.0.1")
+    client.settimeout(2.0)  # the pump's timeout for it: without the rule, the second read times out
     try:
         first, rest = memoryview(bytearray(100)), memoryview(bytearray(len(record) - 100))
-        assert pump.pump().readinto(client, first, 2.0, None) == (100, None)
+        assert pump.pump().readinto(client, first, None) == (100, None)
         assert client.pending() > 0  # the record's other bytes wait in OpenSSL
-        assert pump.pump().readinto(client, rest, 2.0, None) == (len(rest), None)
+        assert pump.pump().readinto(client, rest, None) == (len(rest), None)
         assert bytes(first) + bytes(rest) == record
         client.sendall(b"!")
     finally:
@@ -477,10 +480,11 @@ def test_s3_a_slow_link_is_not_a_stall(s3, proxy):
     """The timeout is for a store that stops sending, not for a slow one: a part that takes longer than
     --timeout but never pauses that long is read in one GET."""
     client, bucket = s3
-    data = pattern(1 * MiB, seed=25)
+    data = pattern(2 * MiB, seed=25)
     client.put_object(Bucket=bucket, Key="m", Body=data)
+    # 8 pauses of 0.4 s: 3.2 s in all, against a timeout of 2 s that no single pause comes near
     proxy.add_fault(Fault("trickle", after=256 << 10, seconds=0.4, method="GET"))
-    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, timeout=1))
+    src = open_source(f"s3://{bucket}/m", fast(endpoint_url=proxy.url, timeout=2))
     assert read_all(src.open()) == data
     assert proxy.count("GET") == 1
 

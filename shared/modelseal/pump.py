@@ -73,7 +73,8 @@ class Pump:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._poll.register(self._wake_r.fileno(), _IN)
+        self._wake_fd = self._wake_r.fileno()
+        self._poll.register(self._wake_fd, _IN)
         self._lock = threading.Lock()
         self._incoming: list[_Read] = []
         self._reads: dict[int, _Read] = {}  # fd -> the read on it
@@ -81,13 +82,14 @@ class Pump:
         self._thread = threading.Thread(target=self._run, name="modelseal-pump", daemon=True)
         self._thread.start()
 
-    def readinto(self, sock: socket.socket, view: memoryview, timeout: float | None,
+    def readinto(self, sock: socket.socket, view: memoryview,
                  cancel: threading.Event | None) -> tuple[int, BaseException | None]:
         """Fill `view` from `sock` on the pump's thread: (bytes read, the error that stopped it or None).
 
-        Fewer bytes than asked and no error: the peer closed the connection (or `cancel` was set)."""
-        read = _Read(sock, view, timeout)
+        Without a byte for the socket's own timeout, TimeoutError. Fewer bytes than asked and no error:
+        the peer closed the connection (or `cancel` was set)."""
         previous = sock.gettimeout()
+        read = _Read(sock, view, previous)
         with self._lock:
             if self._stopped is not None:
                 raise RuntimeError(f"the body reader stopped ({type(self._stopped).__name__})")
@@ -136,12 +138,11 @@ class Pump:
             if deadline != _NEVER:
                 wait = max(0, int((deadline - time.monotonic()) * 1000) + 1)  # ms, rounded up
         woken = False
-        wake_fd = self._wake_r.fileno()
         for fd, _ in self._poll.poll(wait):
             read = reads.get(fd)
             if read is not None:
                 self._pull(read)
-            elif fd == wake_fd:
+            elif fd == self._wake_fd:
                 woken = True
         now = time.monotonic()
         if woken:
@@ -250,7 +251,7 @@ class Body:
             return 0
         got = self._from_buffer(view[:want]) if self._buffered else 0
         if got < want:
-            n, error = pump().readinto(self._sock, view[got:want], self._sock.gettimeout(), cancel)
+            n, error = pump().readinto(self._sock, view[got:want], cancel)
             got += n
             if error is not None:
                 if not got:
@@ -280,21 +281,11 @@ class Body:
 def body(raw: Any) -> Body | None:
     """The pump's reader for a urllib3 response's body, or None where only the HTTP layer may read it.
 
-    Taken only for a body without Content-Encoding that urllib3 has not
-    started to read, with a Content-Length and no chunking, on a standard
-    library socket (not urllib3's TLS-in-TLS transport)."""
-    fp = getattr(raw, "_fp", None)
-    headers = getattr(raw, "headers", None)
-    if not isinstance(fp, http.client.HTTPResponse) or headers is None or fp.fp is None:
-        return None
-    if (headers.get("content-encoding") or "identity").strip().lower() != "identity":
-        return None
-    if getattr(raw, "_fp_bytes_read", 0) or getattr(raw, "_has_decoded_content", False):
-        return None
-    buffered = getattr(raw, "_decoded_buffer", None)
-    if buffered is not None and len(buffered):
-        return None
-    if fp.chunked or fp.length is None:
+    Taken only for an untouched body (web.untouched_body) with a
+    Content-Length and no chunking, on a standard library socket (not
+    urllib3's TLS-in-TLS transport)."""
+    fp = web.untouched_body(raw)
+    if fp is None or fp.fp is None or fp.chunked or fp.length is None:
         return None
     sock = getattr(getattr(fp.fp, "raw", None), "_sock", None)
     if not isinstance(sock, socket.socket):

@@ -338,17 +338,12 @@ def request_small(client: Requester, method: str, url: str, what: str, *,
     return retry.call(what, client.connection, once)
 
 
-def direct_readinto(raw: Any) -> Any:
-    """readinto straight from the socket into the caller's buffer, for a urllib3 response body; None when unsafe.
+def untouched_body(raw: Any) -> http.client.HTTPResponse | None:
+    """The http.client response under a urllib3 response whose body may be read past urllib3, else None.
 
-    urllib3's read/read1/readinto each read into a new bytes object (read1:
-    one TLS record, ~16 KiB, per call) and copy it; the http.client response
-    under it reads into the buffer it is given, a whole buffer per call.
-    Measured: the difference between 0.3x and about curl's speed from nginx,
-    and the top user-space cost of fetch-model from S3. Taken only for a body
-    without Content-Encoding that urllib3 has not started to read, through
-    the layers as urllib3 2.x builds them; callers check lengths themselves.
-    """
+    That is a body without Content-Encoding that urllib3 has not started to
+    read (nothing decoded, nothing buffered), through the layers as urllib3
+    2.x builds them."""
     fp = getattr(raw, "_fp", None)
     headers = getattr(raw, "headers", None)
     if not isinstance(fp, http.client.HTTPResponse) or headers is None:
@@ -360,4 +355,18 @@ def direct_readinto(raw: Any) -> Any:
     buffered = getattr(raw, "_decoded_buffer", None)
     if buffered is not None and len(buffered):
         return None
-    return fp.readinto
+    return fp
+
+
+def direct_readinto(raw: Any) -> Any:
+    """readinto straight from the socket into the caller's buffer, for a urllib3 response body; None when unsafe.
+
+    urllib3's read/read1/readinto each read into a new bytes object (read1:
+    one TLS record, ~16 KiB, per call) and copy it; the http.client response
+    under it reads into the buffer it is given, a whole buffer per call.
+    Measured: the difference between 0.3x and about curl's speed from nginx,
+    and the top user-space cost of fetch-model from S3. Taken only for an
+    untouched body (`untouched_body`); callers check lengths themselves.
+    """
+    fp = untouched_body(raw)
+    return None if fp is None else fp.readinto
