@@ -391,7 +391,7 @@ def test_a_pump_that_fails_fails_its_reads_and_a_new_one_serves_the_next():
     try:
         broken = pump.pump()
 
-        def boom(read):
+        def boom(*_):
             raise RuntimeError("a bug")
 
         broken._pull = boom  # the instance only

@@ -78,6 +78,7 @@ class Pump:
         self._lock = threading.Lock()
         self._incoming: list[_Read] = []
         self._reads: dict[int, _Read] = {}  # fd -> the read on it
+        self._check_at = _NEVER  # when _check next has a deadline to look at
         self._stopped: BaseException | None = None  # a bug stopped the thread: every read fails, none hangs
         self._thread = threading.Thread(target=self._run, name="modelseal-pump", daemon=True)
         self._thread.start()
@@ -132,26 +133,34 @@ class Pump:
 
     def _turn(self) -> None:
         reads = self._reads
-        wait = None
-        if reads:
-            deadline = min(r.deadline for r in reads.values())
-            if deadline != _NEVER:
-                wait = max(0, int((deadline - time.monotonic()) * 1000) + 1)  # ms, rounded up
+        check_at = self._check_at
+        wait = None if check_at == _NEVER else max(0, int((check_at - time.monotonic()) * 1000) + 1)  # ms, up
+        events = self._poll.poll(wait)
+        now = time.monotonic()
         woken = False
-        for fd, _ in self._poll.poll(wait):
+        for fd, _ in events:
             read = reads.get(fd)
             if read is not None:
-                self._pull(read)
+                self._pull(read, now)
             elif fd == self._wake_fd:
                 woken = True
-        now = time.monotonic()
         if woken:
             self._arrivals(now)
-        for read in list(reads.values()):
+        if woken or now >= check_at:
+            self._check(now)
+
+    def _check(self, now: float) -> None:
+        """Finish the reads cancelled or past their deadline; the next check is at the earliest deadline
+        (a read that gets bytes moves its own deadline on, so most checks find nothing to do)."""
+        check_at = _NEVER
+        for read in list(self._reads.values()):
             if read.cancelled:
                 self._finish(read)
             elif read.deadline <= now:
                 self._finish(read, TimeoutError("timed out"))
+            elif read.deadline < check_at:
+                check_at = read.deadline
+        self._check_at = check_at
 
     def _arrivals(self, now: float) -> None:
         """Take the reads handed over since the last turn (and empty the wake-up socket)."""
@@ -171,9 +180,9 @@ class Pump:
             self._poll.register(read.fd, read.events)
             self._reads[read.fd] = read
             if read.tls and read.sock.pending():  # type: ignore[attr-defined]
-                self._pull(read)  # bytes OpenSSL has decrypted already: poll will never say so
+                self._pull(read, now)  # bytes OpenSSL has decrypted already: poll will never say so
 
-    def _pull(self, read: _Read) -> None:
+    def _pull(self, read: _Read, now: float) -> None:
         """Read what the socket has into the buffer. A plain socket: one recv per wake-up (poll says
         when there is more). A TLS socket gives one record (16 KiB) per recv: read until it needs the
         network again, rather than one turn of the loop per record."""
@@ -194,7 +203,7 @@ class Pump:
                 return
             read.filled += n
             if read.timeout is not None:
-                read.deadline = time.monotonic() + read.timeout
+                read.deadline = now + read.timeout
             if read.filled == len(read.view):
                 self._finish(read)
                 return
