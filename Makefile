@@ -77,8 +77,9 @@ mutants: setup  ## plant each curated bug (tools/mutants.toml) in a copy of the 
 bench: setup  ## every benchmark in bench/ (decrypt, run, scaling, fetch, https, oci, verify, openpgp, s2k, large), then one table of ratios
 	$(PY) bench/all.py
 
-bench-large: setup  ## LLM-sized models: run and decrypt at 1, 4 and 16 GiB against tar -xf and dd (needs ~34 GiB on /var/tmp, 17 GiB of /dev/shm)
+bench-large: setup  ## LLM-sized models: run and decrypt at 1, 4 and 16 GiB against tar -xf and dd, then the S3 client CPU at 4 GiB (needs ~34 GiB on /var/tmp, 17 GiB of /dev/shm)
 	BENCH_SIZES_GIB="1 4 16" $(PY) bench/large.py
+	BENCH_FETCH_GIB=4 BENCH_ROUNDS=5 $(PY) bench/fetch.py
 
 SOAK_ARGS ?=
 soak: setup  ## the long soak (issue 25): 128 deliveries, 16 at once, under faults, kills and resource limits; a table (SOAK_ARGS: --seed, --concurrency, --deliveries)
