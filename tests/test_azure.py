@@ -686,6 +686,18 @@ def test_blob_read_byte_exact_in_parallel_parts(container, proxy, key_env, size)
                for m, _, h, _ in proxy.seen if m == "GET")
 
 
+def test_blob_parts_are_read_on_kept_connections(container, proxy, key_env):
+    """A part read whole hands its connection back for the next: 25 parts over one connection per worker
+    and the HEAD's, where each part opened its own before (a TLS handshake per part from Azure)."""
+    data = pattern(6 * MiB + 5, seed=31)
+    container.upload_blob("m.seal", data)
+    src = open_source(blob_uri(container, query="?part_size=256KiB"), fast(endpoint_url=via(proxy), concurrency=3))
+    with src.open() as stream:
+        assert stream.read() == data
+    assert len([r for r in proxy.requests if r[0] == "GET"]) == 25
+    assert proxy.connections <= 1 + 3
+
+
 def test_blob_read_prefix_is_one_ranged_get(container, proxy, key_env):
     data = pattern(300_000)
     container.upload_blob("m.seal", data)

@@ -465,6 +465,20 @@ def test_gs_emulator_host_means_no_credentials(emulator, metadata, monkeypatch):
     assert metadata.count() == 0  # no token asked for: anonymous, as the SDKs do with an emulator
 
 
+def test_gs_parts_are_read_on_kept_connections(emulator, proxy):
+    """A part read whole hands its connection back for the next: 25 parts over one connection per worker
+    and the metadata read's, where each part opened its own before (a TLS handshake per part from GCS)."""
+    emu, bucket = emulator
+    data = pattern(6 * MiB + 5, seed=31)
+    emu.put(bucket, "m.seal", data)
+    src = open_source(f"gs://{bucket}/m.seal?part_size=256KiB&anonymous=true",
+                      fast(endpoint_url=proxy.url, concurrency=3))
+    with src.open() as stream:
+        assert stream.read() == data
+    assert len(media_gets(proxy)) == 25
+    assert proxy.connections <= 1 + 3
+
+
 def test_gs_cut_connections_resume_within_the_part(emulator, proxy):
     emu, bucket = emulator
     size = 4 * MiB + 777

@@ -323,3 +323,14 @@ def part_reader(raw: Any) -> tuple[Callable[..., int], bool]:
         return len(chunk)
 
     return readinto, direct is not None
+
+
+def release(raw: Any, read_whole: bool, past_urllib3: bool) -> bool:
+    """Hand a part's connection back to its pool, for the next part, when its body was read to the last
+    byte past urllib3 (http.client closed its response at the body's end: nothing is left on the wire).
+    False where the caller must close it instead: a part cut short, failed or read through urllib3."""
+    fp = getattr(raw, "_fp", None)
+    if read_whole and past_urllib3 and fp is not None and fp.isclosed():
+        raw.release_conn()
+        return True
+    return False

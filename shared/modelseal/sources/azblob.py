@@ -316,6 +316,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
             raise retry.Cancelled()
         first = start + filled
         resp = b.request("GET", b.what, headers={"Range": f"bytes={first}-{end}", "If-Match": etag})
+        whole, past_urllib3 = False, False
         try:
             if resp.status_code == 412:
                 raise IntegrityError(f"{b.what}: the blob changed during the download (its ETag is no longer the "
@@ -327,7 +328,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
             cr = web.content_range(resp.headers, b.what)
             if cr is None or cr[0] != first or cr[1] != end or (cr[2] is not None and cr[2] != size):
                 raise IntegrityError(f"{b.what}: asked for bytes {first}-{end}, the store answered another range")
-            readinto, _ = pump.part_reader(resp.raw)  # one thread reads every part's body
+            readinto, past_urllib3 = pump.part_reader(resp.raw)  # one thread reads every part's body
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
@@ -335,8 +336,10 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
+            whole = True
         finally:
-            resp.close()
+            if not pump.release(resp.raw, whole, past_urllib3):  # a part read whole keeps its connection
+                resp.close()
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view

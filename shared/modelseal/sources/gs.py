@@ -168,6 +168,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
             raise retry.Cancelled()
         first = start + filled
         resp = b.client.request("GET", url, b.what, headers={**b.auth(), "Range": f"bytes={first}-{end}"})
+        whole, past_urllib3 = False, False
         try:
             if resp.status_code == 412:
                 raise IntegrityError(f"{b.what}: the object changed during the download (generation {generation} "
@@ -184,7 +185,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
             if encoding != "identity":
                 raise IntegrityError(f"{b.what}: the store sent Content-Encoding {untrusted.show(encoding, 40)} "
                                      "although identity was asked for")
-            readinto, _ = pump.part_reader(resp.raw)  # one thread reads every part's body
+            readinto, past_urllib3 = pump.part_reader(resp.raw)  # one thread reads every part's body
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
@@ -192,8 +193,10 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
+            whole = True
         finally:
-            resp.close()
+            if not pump.release(resp.raw, whole, past_urllib3):  # a part read whole keeps its connection
+                resp.close()
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view

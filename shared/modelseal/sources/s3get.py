@@ -60,10 +60,7 @@ class Answer:
 
     def finish(self, complete: bool) -> None:
         """Give the connection back for the next part when its body was read to the last byte, else close it."""
-        fp = getattr(self._raw, "_fp", None)
-        if complete and self._past_urllib3 and fp is not None and fp.isclosed():
-            self._raw.release_conn()
-        else:
+        if not pump.release(self._raw, complete, self._past_urllib3):
             self._close()
 
 
