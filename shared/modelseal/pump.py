@@ -3,12 +3,12 @@
 Why: a download keeps `concurrency` GETs in flight, and when each worker
 thread reads its own body, every few dozen KiB one of them wakes, takes the
 GIL from another and goes back to sleep (19,000 context switches per GiB
-from s3rver, against the CRT client's 6,500; 12,600 with the pump). Here a worker sends its request and
-checks the answer's headers as before, then hands the socket and the rest
-of its buffer to the pump and waits; one thread, woken by poll(2) when any
-socket has data, reads each into its own buffer with `recv_into` (no copy
-beyond the kernel's) and wakes the worker when its part is whole, the peer
-ended it, or it failed.
+from s3rver, against the CRT client's 6,500; 12,600 with the pump). Here a
+worker sends its request and checks the answer's headers as before, then
+hands the socket and the rest of its buffer to the pump and waits; one
+thread, woken by poll(2) when any socket has data, reads each into its own
+buffer with `recv_into` (no copy beyond the kernel's) and wakes the worker
+when its part is whole, the peer ended it, or it failed.
 
 The worker keeps everything else: the retry policy, the checks, the
 connection (handed back to its pool when the body was read whole). What the
@@ -19,7 +19,7 @@ resumes from its last byte.
 
 Only a body the HTTP layer has not started to decode is read here: identity
 encoding, a Content-Length, a plain or TLS socket of the standard library.
-Any other body is read by `part_reader` as before, through the HTTP layer in
+Any other body is read by `PartBody` as before, through the HTTP layer in
 pieces of READ_CHUNK.
 """
 
@@ -302,35 +302,36 @@ def body(raw: Any) -> Body | None:
     return Body(fp, sock)
 
 
-def part_reader(raw: Any) -> tuple[Callable[..., int], bool]:
-    """readinto(view, cancel=None) for a ranged part's body (a urllib3 response): the bytes read, 0 at its end;
-    and whether it reads past urllib3 (the pump, http.client), which leaves nothing buffered in urllib3.
+class PartBody:
+    """A ranged part's body (a urllib3 response): readinto(view, cancel=None) reads it, 0 at its end, and
+    finish(read_whole) hands its connection to the next part or closes it.
 
-    Through the pump when `body()` allows, else straight from http.client
-    (web.direct_readinto), else urllib3's read without decoding: the stored
-    bytes are the ciphertext, whatever Content-Encoding they were labelled with."""
-    pumped = body(raw)
-    if pumped is not None:
-        return pumped.readinto, True
-    direct = web.direct_readinto(raw)
+    Read through the pump when `body()` allows, else straight from
+    http.client (web.direct_readinto), else by urllib3's read without
+    decoding: the stored bytes are the ciphertext, whatever Content-Encoding
+    they were labelled with."""
 
-    def readinto(view: memoryview, cancel: threading.Event | None = None) -> int:
+    def __init__(self, raw: Any, close: Callable[[], None]) -> None:
+        self._raw, self._close = raw, close
+        pumped = body(raw)
+        self._direct = None if pumped is not None else web.direct_readinto(raw)
+        self.readinto: Callable[..., int] = pumped.readinto if pumped is not None else self._read_chunk
+        self._past_urllib3 = pumped is not None or self._direct is not None  # nothing left buffered in urllib3
+
+    def _read_chunk(self, view: memoryview, cancel: threading.Event | None = None) -> int:
         view = view[:READ_CHUNK]
-        if direct is not None:
-            return int(direct(view))
-        chunk = raw.read(len(view), decode_content=False)
+        if self._direct is not None:
+            return int(self._direct(view))
+        chunk = self._raw.read(len(view), decode_content=False)
         view[:len(chunk)] = chunk
         return len(chunk)
 
-    return readinto, direct is not None
-
-
-def release(raw: Any, read_whole: bool, past_urllib3: bool) -> bool:
-    """Hand a part's connection back to its pool, for the next part, when its body was read to the last
-    byte past urllib3 (http.client closed its response at the body's end: nothing is left on the wire).
-    False where the caller must close it instead: a part cut short, failed or read through urllib3."""
-    fp = getattr(raw, "_fp", None)
-    if read_whole and past_urllib3 and fp is not None and fp.isclosed():
-        raw.release_conn()
-        return True
-    return False
+    def finish(self, read_whole: bool) -> None:
+        """Hand the connection back to its pool for the next part when the body was read to its last byte
+        past urllib3 (http.client closed its response at the body's end: nothing is left on the wire);
+        else (cut short, failed, read through urllib3) close it."""
+        fp = getattr(self._raw, "_fp", None)
+        if read_whole and self._past_urllib3 and fp is not None and fp.isclosed():
+            self._raw.release_conn()
+        else:
+            self._close()

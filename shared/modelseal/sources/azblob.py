@@ -316,7 +316,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
             raise retry.Cancelled()
         first = start + filled
         resp = b.request("GET", b.what, headers={"Range": f"bytes={first}-{end}", "If-Match": etag})
-        whole, past_urllib3 = False, False
+        part = pump.PartBody(resp.raw, resp.close)  # one thread reads every part's body
         try:
             if resp.status_code == 412:
                 raise IntegrityError(f"{b.what}: the blob changed during the download (its ETag is no longer the "
@@ -328,18 +328,15 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str, _unused:
             cr = web.content_range(resp.headers, b.what)
             if cr is None or cr[0] != first or cr[1] != end or (cr[2] is not None and cr[2] != size):
                 raise IntegrityError(f"{b.what}: asked for bytes {first}-{end}, the store answered another range")
-            readinto, past_urllib3 = pump.part_reader(resp.raw)  # one thread reads every part's body
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
-                n = readinto(view[filled:], cancel)
+                n = part.readinto(view[filled:], cancel)
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
-            whole = True
         finally:
-            if not pump.release(resp.raw, whole, past_urllib3):  # a part read whole keeps its connection
-                resp.close()
+            part.finish(filled == len(view))  # a part read whole keeps its connection
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view

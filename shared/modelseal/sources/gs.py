@@ -168,7 +168,7 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
             raise retry.Cancelled()
         first = start + filled
         resp = b.client.request("GET", url, b.what, headers={**b.auth(), "Range": f"bytes={first}-{end}"})
-        whole, past_urllib3 = False, False
+        part = pump.PartBody(resp.raw, resp.close)  # one thread reads every part's body
         try:
             if resp.status_code == 412:
                 raise IntegrityError(f"{b.what}: the object changed during the download (generation {generation} "
@@ -185,18 +185,15 @@ def fetch_range(b: Backend, start: int, end: int, size: int, generation: str, _u
             if encoding != "identity":
                 raise IntegrityError(f"{b.what}: the store sent Content-Encoding {untrusted.show(encoding, 40)} "
                                      "although identity was asked for")
-            readinto, past_urllib3 = pump.part_reader(resp.raw)  # one thread reads every part's body
             while filled < len(view):
                 if cancel.is_set():
                     raise retry.Cancelled()
-                n = readinto(view[filled:], cancel)
+                n = part.readinto(view[filled:], cancel)
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
-            whole = True
         finally:
-            if not pump.release(resp.raw, whole, past_urllib3):  # a part read whole keeps its connection
-                resp.close()
+            part.finish(filled == len(view))  # a part read whole keeps its connection
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view

@@ -146,7 +146,6 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
             raise retry.Cancelled()
         first = start + filled
         answer = gets.get(first, end, etag, version)
-        complete = False
         try:
             # Every answer must be the object HeadObject described: a store that ignores
             # If-Match (or VersionId) and serves a replaced object fails here, exit 4.
@@ -163,9 +162,8 @@ def fetch_range(b: Backend, start: int, end: int, size: int, etag: str | None, v
                 if not n:
                     raise retry.TransientError(f"part body ended early at byte {start + filled}")
                 filled += n
-            complete = True
         finally:
-            answer.finish(complete)
+            answer.finish(filled == len(view))  # a part read whole keeps its connection
 
     retry.call(b.what, b.connection, once, sleep=retry.interruptible_sleep(cancel))
     return view

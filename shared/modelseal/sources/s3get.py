@@ -49,19 +49,13 @@ ASK_THE_SDK = frozenset({400, 403})
 MAX_ERROR_BODY = 64 << 10
 
 
-class Answer:
-    """The answer to one ranged GET: the headers the checks need, and its body read straight into a buffer."""
+class Answer(pump.PartBody):
+    """The answer to one ranged GET: the headers the checks need, and its body read straight into a buffer
+    (readinto, by the pump) and its connection kept for the next part (finish)."""
 
     def __init__(self, etag: Any, version: Any, content_range: Any, raw: Any, close: Callable[[], None]) -> None:
         self.etag, self.version, self.content_range = etag, version, content_range
-        self._raw, self._close = raw, close
-        # readinto(view, cancel): one thread reads every part's body (pump.py)
-        self.readinto, self._past_urllib3 = pump.part_reader(raw)
-
-    def finish(self, complete: bool) -> None:
-        """Give the connection back for the next part when its body was read to the last byte, else close it."""
-        if not pump.release(self._raw, complete, self._past_urllib3):
-            self._close()
+        super().__init__(raw, close)
 
 
 class RangedGets:
